@@ -1,0 +1,71 @@
+"""What every castkeep command shares: model/device options, JSON output, analyzer construction."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Callable
+
+import click
+import numpy as np
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (for scripts).")
+models_option = click.option(
+    "--models", "models", metavar="PACK", default=None, envvar="CASTKEEP_MODELS", show_envvar=True,
+    help="Model pack: an insightface pack name (e.g. buffalo_l, downloaded by insightface when "
+         "missing) or a folder of .onnx files.")
+device_option = click.option(
+    "--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+    help="onnxruntime device. `auto` uses CUDA when onnxruntime-gpu really has it.")
+face_option = click.option(
+    "--face", "face_index", type=click.IntRange(min=0), default=None,
+    help="Which face to use when an image holds several (0 = largest, as `analyze` lists them).")
+
+
+def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    return models_option(device_option(func))
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False, default=_default)
+
+
+def emit(data: Any, as_json: bool, text: Callable[[Any], str] | str | None = None) -> None:
+    """Print `data` as JSON, or as human text rendered by `text`."""
+    if as_json:
+        click.echo(dumps(data))
+    elif text is not None:
+        click.echo(text(data) if callable(text) else text)
+
+
+def make_analyzer(models: str | None, device: str, **kwargs: Any):
+    from ..identity.analyzer import FaceAnalyzer
+
+    return FaceAnalyzer.from_pretrained(models, device=device, **kwargs)
+
+
+def quiet_native_logs() -> None:
+    """MediaPipe/TFLite and onnxruntime log to stderr from C++; keep CLI output to our own lines."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
+
+
+def progress(iterable: Any, *, label: str, total: int | None = None, enabled: bool = True) -> Any:
+    """A tqdm bar on stderr for long loops, off when not a terminal or when asked."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=label, total=total, disable=not enabled or not sys.stderr.isatty(),
+                unit="img", leave=False)
+

@@ -1,0 +1,231 @@
+"""Finding and loading insightface-style model packs (a folder of ONNX models) on onnxruntime.
+
+Resolution follows insightface: a pack *name* lives in `<root>/models/<name>` (root defaults to
+`~/.insightface`) and is downloaded there by insightface when missing (buffalo_l for real users);
+a *folder* path is used as it is. `CASTKEEP_MODELS` points at a pack folder, or at a root that holds
+pack folders, and wins over the default so everything works offline from local paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PACK = "buffalo_l"
+DEFAULT_ROOT = "~/.insightface"
+ENV_MODELS = "CASTKEEP_MODELS"
+
+# Where each known pack comes from, and under which terms (shown by `castkeep doctor`).
+PACK_LICENSES = {
+    "buffalo_l": "InsightFace pretrained models: non-commercial research use only",
+    "buffalo_m": "InsightFace pretrained models: non-commercial research use only",
+    "buffalo_s": "InsightFace pretrained models: non-commercial research use only",
+    "buffalo_sc": "InsightFace pretrained models: non-commercial research use only",
+    "antelopev2": "InsightFace pretrained models: non-commercial research use only",
+}
+DEFAULT_LICENSE = "InsightFace-format pack: check its source's terms (InsightFace's own are non-commercial)"
+
+
+def _is_pack_dir(path: Path) -> bool:
+    return path.is_dir() and any(path.glob("*.onnx"))
+
+
+def resolve_pack_dir(pack: str | os.PathLike | None = None, *, root: str | os.PathLike | None = None,
+                     download: bool = True) -> Path:
+    """Return the folder holding the pack's ONNX files.
+
+    `pack` is a folder path or a pack name. With no pack, `CASTKEEP_MODELS` is used, else buffalo_l.
+    """
+    env = os.environ.get(ENV_MODELS)
+    if pack is None and env:
+        env_path = Path(env).expanduser()
+        if _is_pack_dir(env_path):
+            return env_path.resolve()
+        candidates = sorted(p for p in env_path.glob("*") if _is_pack_dir(p)) if env_path.is_dir() else []
+        preferred = [p for p in candidates if p.name == DEFAULT_PACK]
+        if preferred or candidates:
+            return (preferred or candidates)[0].resolve()
+        raise ModelNotFoundError(f"{ENV_MODELS}={env} holds no model pack (a folder of .onnx files)")
+    pack = DEFAULT_PACK if pack is None else pack
+    direct = Path(os.fspath(pack)).expanduser()
+    if _is_pack_dir(direct):
+        return direct.resolve()
+    if os.sep in os.fspath(pack) or direct.exists():
+        raise ModelNotFoundError(f"model pack folder {direct} has no .onnx files")
+    name = os.fspath(pack)
+    roots = [Path(root).expanduser()] if root else []
+    if env and Path(env).expanduser().is_dir():
+        roots.append(Path(env).expanduser())
+    roots.append(Path(DEFAULT_ROOT).expanduser())
+    for base in roots:
+        for candidate in (base / "models" / name, base / name):
+            if _is_pack_dir(candidate):
+                return candidate.resolve()
+    if not download:
+        raise ModelNotFoundError(_missing_pack_message(name, roots[0]))
+    try:
+        from insightface.utils.storage import ensure_available
+
+        folder = Path(ensure_available("models", name, root=os.fspath(roots[0])))
+    except Exception as exc:  # network errors, bad zip, unknown name: all mean "not here"
+        raise ModelNotFoundError(f"{_missing_pack_message(name, roots[0])} (download failed: "
+                                 f"{type(exc).__name__})") from None
+    nested = folder / name
+    if not _is_pack_dir(folder) and _is_pack_dir(nested):
+        folder = nested
+    if not _is_pack_dir(folder):
+        raise ModelNotFoundError(_missing_pack_message(name, roots[0]))
+    return folder.resolve()
+
+
+def _missing_pack_message(name: str, root: Path) -> str:
+    return (f"model pack '{name}' not found: put its .onnx files in {root / 'models' / name}, "
+            f"or point {ENV_MODELS} / --models at a pack folder")
+
+
+def select_providers(device: str = "cpu") -> list[str]:
+    """onnxruntime providers for a device name: cpu, cuda or auto."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    device = device.lower()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device in ("cuda", "gpu", "auto"):
+        if "CUDAExecutionProvider" in available:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if device == "auto":
+            return ["CPUExecutionProvider"]
+        raise ModelNotFoundError(
+            "CUDA was requested but onnxruntime has no CUDAExecutionProvider "
+            "(install castkeep[gpu], i.e. onnxruntime-gpu, in place of onnxruntime)")
+    raise ModelNotFoundError(f"unknown device '{device}' (use cpu, cuda or auto)")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class ModelPack:
+    """The models of one insightface pack, loaded lazily through insightface's model_zoo router."""
+
+    path: Path
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    _models: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_pretrained(cls, pack: str | os.PathLike | None = None, *, device: str = "cpu",
+                        root: str | os.PathLike | None = None, download: bool = True) -> "ModelPack":
+        return cls(path=resolve_pack_dir(pack, root=root, download=download),
+                   providers=select_providers(device))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @cached_property
+    def _routed(self) -> dict[str, Path]:
+        """Which ONNX file serves which task, decided by insightface's router (first file wins)."""
+        import onnx
+
+        tasks: dict[str, Path] = {}
+        for onnx_file in sorted(self.path.glob("*.onnx")):
+            task = _task_of(onnx, onnx_file)
+            if task and task not in tasks:
+                tasks[task] = onnx_file
+        return tasks
+
+    def has(self, task: str) -> bool:
+        return task in self._routed
+
+    def model_file(self, task: str) -> Path:
+        try:
+            return self._routed[task]
+        except KeyError:
+            raise ModelNotFoundError(f"model pack {self.path} has no {task} model") from None
+
+    def model(self, task: str) -> Any:
+        """The insightface model object for a task: detection, recognition or landmark_2d_106."""
+        if task not in self._models:
+            from insightface.model_zoo import model_zoo
+
+            import onnxruntime
+
+            onnxruntime.set_default_logger_severity(3)
+            model = model_zoo.get_model(os.fspath(self.model_file(task)), providers=self.providers)
+            if model is None or model.taskname != task:
+                raise ModelNotFoundError(f"{self.model_file(task)} is not a {task} model")
+            self._models[task] = model
+        return self._models[task]
+
+    def active_providers(self) -> dict[str, list[str]]:
+        """Providers each loaded session really runs on (onnxruntime-gpu falls back silently)."""
+        return {task: list(model.session.get_providers()) for task, model in self._models.items()}
+
+    @cached_property
+    def recognition_sha256(self) -> str:
+        return file_sha256(self.model_file("recognition"))
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the embedding space: embeddings from different fingerprints never mix."""
+        return f"{self.name}:{self.model_file('recognition').name}:{self.recognition_sha256[:16]}"
+
+    @property
+    def license(self) -> str:
+        return PACK_LICENSES.get(self.name, DEFAULT_LICENSE)
+
+
+def _task_of(onnx: Any, onnx_file: Path) -> str | None:
+    """The task insightface's ModelRouter would assign, read from the graph without a session."""
+    try:
+        graph = onnx.load(os.fspath(onnx_file), load_external_data=False).graph
+    except Exception:
+        return None
+    initializers = {init.name for init in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if not inputs:
+        return None
+    dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
+    if len(graph.output) >= 5:
+        return "detection"
+    if len(dims) == 4 and dims[2] == dims[3] == 192:
+        out = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
+        return "landmark_3d_68" if out and out[-1] >= 3000 else "landmark_2d_106"
+    if len(dims) == 4 and dims[2] == dims[3] == 96:
+        return "genderage"
+    if len(inputs) == 2:
+        return "inswapper"
+    if len(dims) == 4 and dims[2] == dims[3] and dims[2] >= 112 and dims[2] % 16 == 0:
+        return "recognition"
+    return None
+
+
+def available_packs(roots: Sequence[str | os.PathLike] = ()) -> list[Path]:
+    """Pack folders found locally (for `castkeep doctor`)."""
+    found: list[Path] = []
+    bases = [Path(r).expanduser() for r in roots]
+    env = os.environ.get(ENV_MODELS)
+    if env:
+        bases.append(Path(env).expanduser())
+    bases.append(Path(DEFAULT_ROOT).expanduser() / "models")
+    for base in bases:
+        if _is_pack_dir(base):
+            found.append(base.resolve())
+        elif base.is_dir():
+            found.extend(p.resolve() for p in sorted(base.iterdir()) if _is_pack_dir(p))
+    return list(dict.fromkeys(found))

@@ -1,0 +1,108 @@
+"""SCRFD face detection with 5 keypoints, retried at other scales before giving up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+# Tried in order until a face is found. 640 is insightface's standard size; smaller sizes catch
+# faces that fill the frame (SCRFD's anchors top out near 1/2 of the input); the padded pass
+# catches tight crops whose chin or forehead touch the border; the last pass lowers the score
+# threshold for faint, blurred or dark faces.
+DEFAULT_ATTEMPTS: tuple[tuple[int, float, float], ...] = (
+    # (det size, score threshold, padding as a fraction of the longer side)
+    (640, 0.5, 0.0),
+    (320, 0.5, 0.0),
+    (640, 0.5, 0.5),
+    (160, 0.4, 0.0),
+    (640, 0.3, 0.25),
+)
+
+
+@dataclass
+class Detection:
+    """One detected face: box (x1, y1, x2, y2), 5 keypoints (eyes, nose, mouth corners), score."""
+
+    bbox: np.ndarray
+    kps: np.ndarray
+    score: float
+    attempt: int = 0  # which pass of the retry schedule found it (0 = the first)
+
+    @property
+    def width(self) -> float:
+        return float(self.bbox[2] - self.bbox[0])
+
+    @property
+    def height(self) -> float:
+        return float(self.bbox[3] - self.bbox[1])
+
+    @property
+    def area(self) -> float:
+        return max(self.width, 0.0) * max(self.height, 0.0)
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return float(self.bbox[0] + self.bbox[2]) / 2, float(self.bbox[1] + self.bbox[3]) / 2
+
+
+class FaceDetector:
+    """Wraps insightface's SCRFD model (from `ModelPack.model("detection")`)."""
+
+    def __init__(self, model: Any, attempts: Sequence[tuple[int, float, float]] = DEFAULT_ATTEMPTS,
+                 nms_threshold: float = 0.4) -> None:
+        self.model = model
+        self.attempts = tuple(attempts)
+        self.model.prepare(0, input_size=(640, 640), det_thresh=0.5, nms_thresh=nms_threshold)
+
+    @classmethod
+    def from_pretrained(cls, pack: Any = None, **kwargs: Any) -> "FaceDetector":
+        from ..identity.model_pack import ModelPack
+
+        pack = pack if isinstance(pack, ModelPack) else ModelPack.from_pretrained(pack)
+        return cls(pack.model("detection"), **kwargs)
+
+    def _run(self, image: np.ndarray, size: int, threshold: float, pad: float) -> list[Detection]:
+        offset = 0
+        if pad > 0:
+            offset = int(round(max(image.shape[:2]) * pad))
+            image = np.pad(image, ((offset, offset), (offset, offset), (0, 0)), mode="edge")
+        # An attribute, not detect(det_thresh=...), so insightface 0.7.x works too.
+        self.model.det_thresh = threshold
+        boxes, kpss = self.model.detect(image, input_size=(size, size))
+        detections = []
+        for i in range(boxes.shape[0]):
+            bbox = boxes[i, :4].astype(np.float32) - offset
+            kps = kpss[i].astype(np.float32) - offset
+            detections.append(Detection(bbox=bbox, kps=kps, score=float(boxes[i, 4])))
+        return detections
+
+    def detect(self, image: np.ndarray, *, retry: bool = True) -> list[Detection]:
+        """Faces in a BGR image, largest first. Returns [] only after every retry pass failed."""
+        attempts = self.attempts if retry else self.attempts[:1]
+        for attempt, (size, threshold, pad) in enumerate(attempts):
+            detections = self._run(image, size, threshold, pad)
+            if detections:
+                for detection in detections:
+                    detection.attempt = attempt
+                return sorted(detections, key=lambda d: d.area, reverse=True)
+        return []
+
+
+def select_face(detections: Sequence[Detection], image_shape: tuple[int, ...],
+                policy: str = "largest") -> int:
+    """Index of the face a single-face operation should use.
+
+    `largest` picks the biggest box; `center` prefers big faces near the image centre, the way
+    insightface ranks faces (and the way LFW-style photos are framed).
+    """
+    if not detections:
+        raise ValueError("no detections")
+    if policy == "largest":
+        return int(np.argmax([d.area for d in detections]))
+    if policy == "center":
+        cy, cx = image_shape[0] / 2, image_shape[1] / 2
+        values = [d.area - 2.0 * ((d.center[0] - cx) ** 2 + (d.center[1] - cy) ** 2) for d in detections]
+        return int(np.argmax(values))
+    raise ValueError(f"unknown face selection policy '{policy}'")

@@ -1,0 +1,109 @@
+"""Reading images from disk into the BGR uint8 arrays insightface and OpenCV expect.
+
+Everything a user may point castkeep at goes through `load_image`, so every bad file becomes one
+`ImageError` naming the file and the reason, never a decoder traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import ImageError
+
+# Larger than any camera or generated image a user would register (a 100 MP photo is 10000x10000);
+# smaller than the decompression-bomb sizes an attacker would send.
+MAX_IMAGE_PIXELS = 120_000_000
+
+ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: grayscale, palette, alpha, 16-bit and CMYK included."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16/32-bit grayscale: scale by the real range, not a blind right shift, so both
+        # full-range and 12-bit-in-16 files keep their contrast.
+        data = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if data.max() > 255 else 255.0
+        data = np.clip(data / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        image = Image.fromarray(data, mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent pixels carry arbitrary colour: composite onto neutral grey.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (127, 127, 127, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def load_pil(path: str | os.PathLike) -> Image.Image:
+    """Open, validate and decode an image file; apply its EXIF orientation; return RGB."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError("file not found", path=path)
+    if path.is_dir():
+        raise ImageError("is a directory, not an image", path=path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageError(f"cannot read file ({exc.strerror})", path=path) from None
+    if size == 0:
+        raise ImageError("file is empty (0 bytes)", path=path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise ImageError(
+                        f"image too large ({width}x{height} = {width * height / 1e6:.0f} MP; "
+                        f"limit {MAX_IMAGE_PIXELS / 1e6:.0f} MP)",
+                        path=path,
+                    )
+                image.load()
+                image = ImageOps.exif_transpose(image) or image
+                return _to_rgb(image)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError("not an image file (unknown format)", path=path) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"image too large (decompression bomb): {exc}", path=path) from None
+    except OSError as exc:
+        reason = str(exc) or type(exc).__name__
+        if "truncated" in reason:
+            reason = "image file is truncated or corrupt"
+        raise ImageError(f"cannot decode image ({reason})", path=path) from None
+    except (ValueError, SyntaxError, MemoryError) as exc:
+        raise ImageError(f"cannot decode image ({exc})", path=path) from None
+
+
+def load_image(source: ImageInput) -> np.ndarray:
+    """Return an HxWx3 BGR uint8 array from a path, a PIL image or an array (assumed BGR)."""
+    if isinstance(source, np.ndarray):
+        array = source
+        if array.ndim == 2:
+            array = np.repeat(array[:, :, None], 3, axis=2)
+        if array.ndim != 3 or array.shape[2] not in (3, 4):
+            raise ImageError(f"array of shape {source.shape} is not an image")
+        if array.dtype != np.uint8:
+            raise ImageError(f"array dtype {array.dtype} is not uint8")
+        return np.ascontiguousarray(array[:, :, :3])
+    if isinstance(source, Image.Image):
+        rgb = _to_rgb(ImageOps.exif_transpose(source) or source)
+    else:
+        rgb = load_pil(source)
+    return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
+
+
+def describe_source(source: ImageInput) -> str:
+    """A short label for an image input, for messages and reports."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, np.ndarray):
+        return f"<array {source.shape[1]}x{source.shape[0]}>"
+    return f"<image {source.size[0]}x{source.size[1]}>"

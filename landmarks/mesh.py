@@ -1,0 +1,158 @@
+"""Dense landmarks (478-point face mesh), blendshapes and the head-pose matrix from MediaPipe's
+Face Landmarker, run on a crop around each SCRFD face so small faces in group photos work too."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelNotFoundError
+
+LANDMARKER_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/"
+                  "face_landmarker/float16/1/face_landmarker.task")
+LANDMARKER_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
+ENV_LANDMARKER = "CASTKEEP_FACE_LANDMARKER"
+# The crop handed to MediaPipe: the face box grown by this factor, squared, then resized so the
+# face is large enough for MediaPipe's own short-range detector.
+CROP_SCALE = 2.0
+CROP_SIZE = 384
+
+
+@dataclass
+class MeshResult:
+    """Landmarks in image pixels (x, y, z; z in the same pixel scale), blendshapes, pose matrix."""
+
+    points: np.ndarray
+    blendshapes: dict[str, float] = field(default_factory=dict)
+    matrix: np.ndarray | None = None
+
+
+def _cache_dir() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("castkeep"))
+
+
+def resolve_landmarker(path: str | os.PathLike | None = None, *, search: tuple[Path, ...] = (),
+                       download: bool = True) -> Path:
+    """Find `face_landmarker.task`: an explicit path, $CASTKEEP_FACE_LANDMARKER, beside the model
+    pack, the user cache; else download Google's official file and verify its checksum."""
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ModelNotFoundError("face landmarker bundle not found", path=path)
+        return path
+    env = os.environ.get(ENV_LANDMARKER)
+    candidates = [Path(env).expanduser()] if env else []
+    for folder in search:
+        candidates += [folder / "face_landmarker.task", folder.parent / "mediapipe" / "face_landmarker.task"]
+    cached = _cache_dir() / "face_landmarker.task"
+    candidates.append(cached)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    if not download:
+        raise ModelNotFoundError(
+            f"MediaPipe face_landmarker.task not found: download {LANDMARKER_URL} to {cached} "
+            f"or set {ENV_LANDMARKER}")
+    return _download_landmarker(cached)
+
+
+def _download_landmarker(target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as tmp:
+        try:
+            with urllib.request.urlopen(LANDMARKER_URL, timeout=30) as response:
+                shutil.copyfileobj(response, tmp)
+        except OSError as exc:
+            os.unlink(tmp.name)
+            raise ModelNotFoundError(
+                f"cannot download {LANDMARKER_URL} ({exc}); put the file at {target} "
+                f"or set {ENV_LANDMARKER}") from None
+    digest = hashlib.sha256(Path(tmp.name).read_bytes()).hexdigest()
+    if digest != LANDMARKER_SHA256:
+        os.unlink(tmp.name)
+        raise ModelNotFoundError(f"downloaded face landmarker has sha256 {digest[:12]}…, "
+                                 f"expected {LANDMARKER_SHA256[:12]}…; not used")
+    os.replace(tmp.name, target)
+    return target
+
+
+class DenseLandmarker:
+    """MediaPipe Tasks FaceLandmarker (IMAGE mode). Use as a context manager or call close()."""
+
+    def __init__(self, model_path: str | os.PathLike) -> None:
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        self.model_path = Path(model_path)
+        options = vision.FaceLandmarkerOptions(
+            base_options=BaseOptions(model_asset_path=os.fspath(self.model_path)),
+            running_mode=vision.RunningMode.IMAGE,
+            num_faces=1,
+            min_face_detection_confidence=0.3,
+            min_face_presence_confidence=0.3,
+            output_face_blendshapes=True,
+            output_facial_transformation_matrixes=True,
+        )
+        self._landmarker = vision.FaceLandmarker.create_from_options(options)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, **kwargs: Any) -> "DenseLandmarker":
+        return cls(resolve_landmarker(path, **kwargs))
+
+    def close(self) -> None:
+        if self._landmarker is not None:
+            self._landmarker.close()
+            self._landmarker = None
+
+    def __enter__(self) -> "DenseLandmarker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # MediaPipe prints a TypeError at exit if never closed.
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def detect(self, image: np.ndarray, bbox: np.ndarray) -> MeshResult | None:
+        """Mesh for the face in `bbox` of a BGR image, in image coordinates; None if not found."""
+        import cv2
+        import mediapipe as mp
+
+        x1, y1, x2, y2 = [float(v) for v in bbox[:4]]
+        side = max(x2 - x1, y2 - y1) * CROP_SCALE
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        scale = CROP_SIZE / side
+        # Affine crop: out-of-image areas become black instead of shifting the face.
+        matrix = np.array([[scale, 0, CROP_SIZE / 2 - cx * scale],
+                           [0, scale, CROP_SIZE / 2 - cy * scale]], dtype=np.float64)
+        crop = cv2.warpAffine(image, matrix, (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT)
+        rgb = np.ascontiguousarray(crop[:, :, ::-1])
+        result = self._landmarker.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb))
+        if not result.face_landmarks:
+            return None
+        landmarks = result.face_landmarks[0]
+        points = np.array([[p.x * CROP_SIZE, p.y * CROP_SIZE, p.z * CROP_SIZE] for p in landmarks],
+                          dtype=np.float32)
+        points[:, 0] = (points[:, 0] - matrix[0, 2]) / scale
+        points[:, 1] = (points[:, 1] - matrix[1, 2]) / scale
+        points[:, 2] = points[:, 2] / scale
+        blendshapes = {}
+        if result.face_blendshapes:
+            blendshapes = {c.category_name: float(c.score) for c in result.face_blendshapes[0]}
+        pose_matrix = None
+        if result.facial_transformation_matrixes:
+            pose_matrix = np.asarray(result.facial_transformation_matrixes[0], dtype=np.float32)
+        return MeshResult(points=points, blendshapes=blendshapes, matrix=pose_matrix)
