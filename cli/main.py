@@ -28,6 +28,7 @@ COMMANDS = {
     "score": "store_commands:score",
     "export": "store_commands:export",
     "import": "store_commands:import_character",
+    "verify": "store_commands:verify",
     "generate": "generate:generate",
     "bench": "bench:bench",
 }

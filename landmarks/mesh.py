@@ -3,11 +3,14 @@ Face Landmarker, run on a crop around each SCRFD face so small faces in group ph
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
 import urllib.request
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,36 @@ ENV_LANDMARKER = "CASTKEEP_FACE_LANDMARKER"
 # face is large enough for MediaPipe's own short-range detector.
 CROP_SCALE = 2.0
 CROP_SIZE = 384
+
+# MediaPipe's own __del__ fails at interpreter shutdown ("TypeError: 'NoneType' object is not
+# callable"): close every landmarker still open while the interpreter is intact.
+_OPEN: "weakref.WeakSet[DenseLandmarker]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for landmarker in list(_OPEN):
+        landmarker.close()
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the C++ log lines (glog/TFLite) MediaPipe writes straight to file descriptor 2."""
+    if os.environ.get("CASTKEEP_DEBUG"):
+        yield
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 @dataclass
@@ -102,28 +135,26 @@ class DenseLandmarker:
             output_face_blendshapes=True,
             output_facial_transformation_matrixes=True,
         )
-        self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        with _quiet_stderr():
+            self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        self._warm = False
+        _OPEN.add(self)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, **kwargs: Any) -> "DenseLandmarker":
         return cls(resolve_landmarker(path, **kwargs))
 
     def close(self) -> None:
-        if self._landmarker is not None:
+        if getattr(self, "_landmarker", None) is not None:
             self._landmarker.close()
             self._landmarker = None
+        _OPEN.discard(self)
 
     def __enter__(self) -> "DenseLandmarker":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __del__(self) -> None:  # MediaPipe prints a TypeError at exit if never closed.
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def detect(self, image: np.ndarray, bbox: np.ndarray) -> MeshResult | None:
         """Mesh for the face in `bbox` of a BGR image, in image coordinates; None if not found."""
@@ -140,7 +171,13 @@ class DenseLandmarker:
         crop = cv2.warpAffine(image, matrix, (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT)
         rgb = np.ascontiguousarray(crop[:, :, ::-1])
-        result = self._landmarker.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb))
+        frame = mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
+        if self._warm:
+            result = self._landmarker.detect(frame)
+        else:  # the first call logs its delegate set-up
+            with _quiet_stderr():
+                result = self._landmarker.detect(frame)
+            self._warm = True
         if not result.face_landmarks:
             return None
         landmarks = result.face_landmarks[0]

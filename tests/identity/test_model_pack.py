@@ -1,0 +1,87 @@
+"""Model pack resolution (name, folder, CASTKEEP_MODELS) and provider reporting."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from castkeep.errors import ModelNotFoundError
+from castkeep.identity.model_pack import ModelPack, resolve_pack_dir, select_providers
+
+
+@pytest.fixture
+def insightface_root(tmp_path, pack_dir):
+    """A ~/.insightface-style root holding the pack under models/<name>, made of symlinks."""
+    target = tmp_path / "models" / "my_pack"
+    target.mkdir(parents=True)
+    for onnx in pack_dir.glob("*.onnx"):
+        os.symlink(onnx, target / onnx.name)
+    return tmp_path
+
+
+def test_folder_name_and_env_resolution(insightface_root, pack_dir, monkeypatch):
+    monkeypatch.delenv("CASTKEEP_MODELS", raising=False)
+    assert resolve_pack_dir(pack_dir) == pack_dir.resolve()
+    assert resolve_pack_dir("my_pack", root=insightface_root).name == "my_pack"
+    monkeypatch.setenv("CASTKEEP_MODELS", str(insightface_root / "models"))
+    assert resolve_pack_dir().name == "my_pack"       # a root holding packs
+    assert resolve_pack_dir("my_pack").name == "my_pack"
+    monkeypatch.setenv("CASTKEEP_MODELS", str(pack_dir))
+    assert resolve_pack_dir() == pack_dir.resolve()   # the pack itself
+
+
+def test_missing_pack_says_where_to_put_it_without_downloading(tmp_path, monkeypatch):
+    monkeypatch.delenv("CASTKEEP_MODELS", raising=False)
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_pack_dir("buffalo_l", root=tmp_path, download=False)
+    assert "buffalo_l" in str(info.value) and str(tmp_path) in str(info.value)
+    empty = tmp_path / "empty_pack"
+    empty.mkdir()
+    with pytest.raises(ModelNotFoundError, match="no .onnx"):
+        resolve_pack_dir(empty)
+
+
+def test_failed_download_is_a_clear_error(tmp_path, monkeypatch):
+    # No network here: insightface's own download path fails, and we say what to do instead.
+    monkeypatch.delenv("CASTKEEP_MODELS", raising=False)
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    with pytest.raises(ModelNotFoundError, match="download failed"):
+        resolve_pack_dir("buffalo_l", root=tmp_path)
+
+
+def test_tasks_routed_and_providers_reported(pack_dir):
+    pack = ModelPack.from_pretrained(pack_dir)
+    assert {"detection", "recognition", "landmark_2d_106"} <= set(pack._routed)
+    pack.model("recognition")
+    assert pack.active_providers() == {"recognition": ["CPUExecutionProvider"]}
+    assert pack.fingerprint.startswith("buffalo_s_lite:w600k_mbf.onnx:")
+
+
+def test_fingerprint_changes_with_the_recognition_weights(tmp_path, pack_dir):
+    other = tmp_path / "other_pack"
+    other.mkdir()
+    for onnx in pack_dir.glob("*.onnx"):
+        shutil.copy(onnx, other / onnx.name)
+    import onnx
+
+    model = onnx.load(other / "w600k_mbf.onnx")
+    model.doc_string = "retrained"  # different bytes, same file name
+    onnx.save(model, other / "w600k_mbf.onnx")
+    assert ModelPack.from_pretrained(other).fingerprint != ModelPack.from_pretrained(pack_dir).fingerprint
+
+
+def test_cuda_request_on_a_cpu_build_is_refused():
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime lists CUDA")
+    assert select_providers("auto") == ["CPUExecutionProvider"]
+    with pytest.raises(ModelNotFoundError, match="CUDA"):
+        select_providers("cuda")

@@ -1,0 +1,86 @@
+"""load_image: every format a user may hand us, and every broken file, on real photos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from castkeep.errors import ImageError
+from castkeep.landmarks.images import MAX_IMAGE_PIXELS, load_image
+
+
+@pytest.fixture(scope="module")
+def photo(faces_dir):
+    return faces_dir / "lfw_gallery" / "Angelina_Jolie" / "Angelina_Jolie_0001.jpg"
+
+
+def test_reads_rgb_jpeg_as_bgr(photo):
+    image = load_image(photo)
+    rgb = np.asarray(Image.open(photo).convert("RGB"))
+    assert image.dtype == np.uint8 and image.shape == rgb.shape
+    assert np.array_equal(image[:, :, ::-1], rgb)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16"])
+def test_converts_every_mode_to_three_channel_uint8(photo, tmp_path, mode):
+    source = Image.open(photo).convert("RGB")
+    if mode == "I;16":
+        data = (np.asarray(source.convert("L"), dtype=np.uint16) * 257)
+        converted = Image.fromarray(data)
+        assert converted.mode.startswith("I;16")
+        target = tmp_path / "deep.png"
+    elif mode == "CMYK":
+        converted, target = source.convert("CMYK"), tmp_path / "cmyk.jpg"
+    else:
+        converted, target = source.convert(mode), tmp_path / f"{mode}.png"
+    converted.save(target)
+    image = load_image(target)
+    assert image.shape == (source.height, source.width, 3) and image.dtype == np.uint8
+    gray_original = np.asarray(source.convert("L"), dtype=np.float32)
+    gray_loaded = image.astype(np.float32).mean(axis=2)
+    # Content survives the conversion (not a black or inverted image).
+    assert np.corrcoef(gray_original.ravel(), gray_loaded.ravel())[0, 1] > 0.9
+
+
+def test_applies_exif_orientation(photo, tmp_path):
+    source = Image.open(photo).convert("RGB").crop((0, 0, 250, 200))  # not square
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    target = tmp_path / "rotated.jpg"
+    source.transpose(Image.Transpose.ROTATE_90).save(target, exif=exif, quality=95)
+    image = load_image(target)
+    assert image.shape[:2] == (200, 250)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "file not found"),
+    ("empty", "empty"),
+    ("truncated", "truncated"),
+    ("text", "not an image"),
+    ("directory", "directory"),
+])
+def test_bad_files_raise_one_line_errors(photo, tmp_path, kind, message):
+    target = tmp_path / f"{kind}.jpg"
+    if kind == "empty":
+        target.write_bytes(b"")
+    elif kind == "truncated":
+        data = photo.read_bytes()
+        target.write_bytes(data[: len(data) // 2])
+    elif kind == "text":
+        target.write_text("this is not a picture\n")
+    elif kind == "directory":
+        target.mkdir()
+    with pytest.raises(ImageError) as info:
+        load_image(target)
+    text = str(info.value)
+    assert message in text and str(target) in text and "\n" not in text
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path):
+    side = int(MAX_IMAGE_PIXELS ** 0.5) + 100
+    target = tmp_path / "bomb.png"
+    Image.new("1", (side, side)).save(target)  # 1-bit: tiny on disk, huge when decoded
+    assert target.stat().st_size < 2_000_000
+    with pytest.raises(ImageError, match="too large"):
+        load_image(target)
