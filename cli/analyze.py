@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..errors import CastkeepError, ImageError
-from .common import emit, json_option, make_analyzer, model_options, progress
+from .common import emit, face_option, json_option, make_analyzer, model_options, progress
 
 
 def _face_line(face: dict[str, Any]) -> str:
@@ -43,10 +43,11 @@ def _text(results: list[dict[str, Any]]) -> str:
 @click.option("--no-dense", is_flag=True, help="Skip the MediaPipe 478-point mesh (faster; pose then "
                                               "comes from the 5 keypoints).")
 @click.option("--keep-going", is_flag=True, help="Report unreadable images and continue instead of stopping.")
+@face_option
 @model_options
 @json_option
 def analyze(images: tuple[Path, ...], draw: Path | None, points: bool, no_dense: bool, keep_going: bool,
-            models: str | None, device: str, as_json: bool) -> None:
+            face_index: int | None, models: str | None, device: str, as_json: bool) -> None:
     """Detect faces in IMAGES and report boxes, landmarks, head pose and quality.
 
     Exits non-zero if an image cannot be read or holds no face (unless --keep-going).
@@ -62,9 +63,12 @@ def analyze(images: tuple[Path, ...], draw: Path | None, points: bool, no_dense:
                 image = load_image(path)
                 analysis = analyzer.analyze(image)
                 analysis.source = str(path)
+                if face_index is not None or (not analysis.faces and not keep_going):
+                    # raises NoFaceError / FaceIndexError naming the file
+                    chosen = analysis.face(face_index)
+                    if face_index is not None:
+                        analysis.faces = [chosen]
                 result = analysis.to_dict(include_points=points)
-                if not analysis.faces and not keep_going:
-                    analysis.face()  # raises NoFaceError naming the file
                 if draw is not None:
                     target = draw / f"{path.stem}.png" if len(images) > 1 else draw
                     target.parent.mkdir(parents=True, exist_ok=True)
