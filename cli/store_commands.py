@@ -1,0 +1,259 @@
+"""Character store commands: register, add-refs, list, show, remove, identify, score, export,
+import and verify. Each takes `--store PATH` (or $CASTKEEP_STORE) and `--json`."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import click
+
+from ..errors import StoreError
+from .common import emit, json_option, model_options, progress
+
+store_option = click.option(
+    "--store", "store_path", type=click.Path(path_type=Path), default=None, envvar="CASTKEEP_STORE",
+    show_envvar=True, help="Store folder (default: the user data folder, e.g. ~/.local/share/castkeep/store).")
+face_option = click.option(
+    "--face", "face_index", type=click.IntRange(min=0), default=None,
+    help="Use this face (0 = largest) of every photo; or write a single photo as PHOTO:N.")
+
+
+def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    return store_option(model_options(json_option(func)))
+
+
+@contextmanager
+def open_store(store_path: Path | None, models: str | None = None, device: str = "cpu",
+               create: bool = False) -> Iterator[Any]:
+    from ..identity.store import Store
+
+    with Store.open(store_path, models=models, device=device, create=create) as store:
+        yield store
+
+
+def _warn(character: Any) -> None:
+    for message in character.warnings:
+        click.echo(f"warning: {message}", err=True)
+
+
+def _summary(character: Any) -> str:
+    baseline = character.baseline.get("mean")
+    base = f", baseline {baseline:.2f}" if baseline is not None else ""
+    flagged = sum(r.flagged for r in character.references)
+    flag = f", {flagged} flagged" if flagged else ""
+    return f"{character.name}: {len(character.references)} reference(s){base}{flag}"
+
+
+def _bar(label: str) -> Callable[[Any], Any]:
+    return lambda items: progress(items, label=label, total=len(items))
+
+
+@click.command()
+@click.argument("name")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--description", default="", help="Free text kept with the character.")
+@click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
+@click.option("--force", is_flag=True,
+              help="Keep photos that fail the quality gate or look like another person (flagged).")
+@face_option
+@store_options
+def register(name: str, images: tuple[str, ...], description: str, tags: tuple[str, ...], force: bool,
+             face_index: int | None, store_path: Path | None, models: str | None, device: str,
+             as_json: bool) -> None:
+    """Register character NAME from 1–13 reference photos IMAGES (one person per photo)."""
+    with open_store(store_path, models, device, create=True) as store:
+        character = store.register(name, list(images), description=description, tags=tags, force=force,
+                                   face=face_index, progress=_bar("embedding"))
+        _warn(character)
+        emit(character.to_dict(), as_json, lambda _: f"registered {_summary(character)}")
+
+
+@click.command("add-refs")
+@click.argument("name")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--force", is_flag=True,
+              help="Keep photos that fail the quality gate or look like another person (flagged).")
+@face_option
+@store_options
+def add_refs(name: str, images: tuple[str, ...], force: bool, face_index: int | None,
+             store_path: Path | None, models: str | None, device: str, as_json: bool) -> None:
+    """Add reference photos IMAGES to character NAME (its vector and baseline are refit)."""
+    with open_store(store_path, models, device) as store:
+        character = store.add_refs(name, list(images), force=force, face=face_index,
+                                   progress=_bar("embedding"))
+        _warn(character)
+        emit(character.to_dict(), as_json, lambda _: f"updated {_summary(character)}")
+
+
+@click.command("list")
+@store_options
+def list_characters(store_path: Path | None, models: str | None, device: str, as_json: bool) -> None:
+    """List the stored characters."""
+    try:
+        with open_store(store_path, models, device) as store:
+            characters = store.list()
+    except StoreError as exc:
+        if "no character store here" not in str(exc):
+            raise
+        characters = []
+    rows = [{"name": c.name, "references": len(c.references), "baseline": c.baseline.get("mean"),
+             "tags": c.tags, "description": c.description, "created_at": c.created_at}
+            for c in characters]
+
+    def text(_: Any) -> str:
+        if not rows:
+            return "no characters (register one with `castkeep register NAME PHOTO...`)"
+        width = max(len(r["name"]) for r in rows)
+        return "\n".join(f"{r['name']:<{width}}  {r['references']:>2} ref(s)"
+                         + (f"  baseline {r['baseline']:.2f}" if r["baseline"] is not None else "")
+                         + (f"  [{', '.join(r['tags'])}]" if r["tags"] else "") for r in rows)
+
+    emit(rows, as_json, text)
+
+
+@click.command()
+@click.argument("name")
+@store_options
+def show(name: str, store_path: Path | None, models: str | None, device: str, as_json: bool) -> None:
+    """Show character NAME: references, their quality and pose, and which yaw ranges are covered."""
+    with open_store(store_path, models, device) as store:
+        character = store.get(name)
+    data = character.to_dict()
+
+    def text(_: Any) -> str:
+        lines = [character.name]
+        if character.description:
+            lines.append(f"  description: {character.description}")
+        if character.tags:
+            lines.append(f"  tags: {', '.join(character.tags)}")
+        lines.append(f"  model: {character.fingerprint}   created: {character.created_at}")
+        base = character.baseline
+        if base.get("mean") is not None:
+            lines.append(f"  baseline (leave-one-out cosine): mean {base['mean']:.2f}, "
+                         f"min {base['min']:.2f}, max {base['max']:.2f}")
+        coverage = data["pose_coverage"]
+        lines.append("  pose coverage (head yaw; right = turned toward the image's right): " + ", ".join(f"{k} {v}" for k, v in coverage["bins"].items())
+                     + (f"  (missing: {', '.join(coverage['missing'])})" if coverage["missing"] else ""))
+        lines.append(f"  references ({len(character.references)}):")
+        for ref in character.references:
+            yaw = ref.pose.get("yaw")
+            flag = "  FLAGGED" if ref.flagged else ""
+            lines.append(f"    quality {ref.quality:.2f}  yaw {yaw:+.0f}°  {ref.source_path}"
+                         f"{'' if not ref.face_index else f':{ref.face_index}'}{flag}")
+        return "\n".join(lines)
+
+    emit(data, as_json, text)
+
+
+@click.command()
+@click.argument("name")
+@store_options
+def remove(name: str, store_path: Path | None, models: str | None, device: str, as_json: bool) -> None:
+    """Remove character NAME and its references from the store."""
+    with open_store(store_path, models, device) as store:
+        character = store.get(name)
+        store.remove(character.name)
+    emit({"removed": character.name}, as_json, f"removed {character.name}")
+
+
+@click.command()
+@click.argument("image")
+@click.option("-k", "--top", "k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="How many characters to list.")
+@face_option
+@store_options
+def identify(image: str, k: int, face_index: int | None, store_path: Path | None, models: str | None,
+             device: str, as_json: bool) -> None:
+    """The stored characters closest to the face in IMAGE, best first (--json: a list of matches)."""
+    with open_store(store_path, models, device) as store:
+        matches = store.identify(image, k=k, face=face_index)
+    rows = [m.to_dict() for m in matches]
+
+    def text(_: Any) -> str:
+        if not rows:
+            return "no characters stored"
+        width = max(len(r["name"]) for r in rows)
+        return "\n".join(f"{i + 1}. {r['name']:<{width}}  cosine {r['score']:.3f}  P(same) "
+                         f"{r['probability']:.2f}  {'same person' if r['same'] else '-'}"
+                         for i, r in enumerate(rows))
+
+    emit(rows, as_json, text)
+
+
+@click.command()
+@click.argument("image")
+@click.option("--character", "-c", "name", required=True, help="The character to score against.")
+@face_option
+@store_options
+def score(image: str, name: str, face_index: int | None, store_path: Path | None, models: str | None,
+          device: str, as_json: bool) -> None:
+    """Score the face in IMAGE against a character: cosine, P(same person), verdict, leakage."""
+    with open_store(store_path, models, device) as store:
+        result = store.score(image, name, face=face_index)
+    data = {"image": image, **result.to_dict()}
+
+    def text(_: Any) -> str:
+        lines = [f"{result.name}: cosine {result.cosine:.3f}  P(same) {result.probability:.2f}  "
+                 f"{'same person' if result.same else 'different person'} (threshold {result.threshold:.2f})"]
+        if result.baseline_mean is not None:
+            lines.append(f"  character baseline (leave-one-out mean): {result.baseline_mean:.2f}")
+        if result.closest_other is not None:
+            other = result.closest_other
+            lines.append(f"  closest other character: {other.name} ({other.score:.3f})"
+                         + ("  <- identity leakage: closer to another character" if result.leakage else ""))
+        return "\n".join(lines)
+
+    emit(data, as_json, text)
+
+
+@click.command()
+@click.argument("name")
+@click.argument("out", type=click.Path(path_type=Path))
+@store_options
+def export(name: str, out: Path, store_path: Path | None, models: str | None, device: str,
+           as_json: bool) -> None:
+    """Write character NAME to OUT (a .castkeep.json file, or a folder): JSON + embeddings, no photos."""
+    with open_store(store_path, models, device) as store:
+        written = store.export(name, out)
+    emit({"name": name, "file": str(written)}, as_json, f"exported {name} to {written}")
+
+
+@click.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--name", "new_name", default=None, help="Store the character under this name instead.")
+@store_options
+def import_character(file: Path, new_name: str | None, store_path: Path | None, models: str | None,
+                     device: str, as_json: bool) -> None:
+    """Add a character from an exported FILE (it must come from the same model pack)."""
+    with open_store(store_path, models, device, create=True) as store:
+        character = store.import_file(file, name=new_name)
+        _warn(character)
+    emit(character.to_dict(), as_json, f"imported {_summary(character)}")
+
+
+@click.command()
+@click.option("--index", "index_kind", type=click.Choice(["exact", "hnsw", "ivf"]), default=None,
+              help="Switch the store's search index: exact (flat inner product) or approximate "
+                   "(hnsw, ivf) for stores with very many characters; it is rebuilt now.")
+@store_options
+def verify(index_kind: str | None, store_path: Path | None, models: str | None, device: str,
+           as_json: bool) -> None:
+    """Check the store's integrity; a missing, stale or tampered index is rebuilt."""
+    with open_store(store_path, models, device) as store:
+        if index_kind is not None:
+            store.set_index_kind(index_kind)
+        report = store.verify()
+
+    def text(r: dict[str, Any]) -> str:
+        index = r["index"]
+        lines = [f"{'ok' if r['ok'] else 'PROBLEMS'}: {r['characters']} character(s), {r['references']} "
+                 f"reference(s), generation {r['generation']}",
+                 f"index ({index['kind']}): {index['state']}" + (", rebuilt" if index.get("rebuilt") else "")]
+        lines += [f"problem: {p}" for p in r["problems"]]
+        return "\n".join(lines)
+
+    emit(report, as_json, text)
+    if not report["ok"]:
+        raise StoreError(f"store integrity check failed: {len(report['problems'])} problem(s)")

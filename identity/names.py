@@ -1,0 +1,47 @@
+"""Character names: what a name may contain, and the key that makes names unique.
+
+Names end up in file names (export), JSON and terminals, so they are NFC-normalised Unicode of
+letters, digits, marks, spaces and `_-.'`, 1–64 characters, with no path separators, NUL or control
+characters, no leading dot and no leading/trailing space. Uniqueness is case-insensitive.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from ..errors import InvalidNameError
+
+MAX_NAME_LENGTH = 64
+_EXTRA = set(" _-.'")
+
+
+def normalize_name(name: str) -> str:
+    """The validated, NFC-normalised name; InvalidNameError says what is wrong."""
+    if not isinstance(name, str):
+        raise InvalidNameError(f"character name must be text, not {type(name).__name__}")
+    name = unicodedata.normalize("NFC", name)
+    shown = repr(name)
+    if not name.strip():
+        raise InvalidNameError("character name is empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidNameError(f"character name {shown} is too long ({len(name)} > {MAX_NAME_LENGTH} characters)")
+    if name != name.strip():
+        raise InvalidNameError(f"character name {shown} starts or ends with a space")
+    if name in (".", "..") or name.startswith("."):
+        raise InvalidNameError(f"character name {shown} may not start with a dot")
+    for char in name:
+        if char in _EXTRA:
+            continue
+        category = unicodedata.category(char)
+        if category[0] in ("L", "N", "M"):
+            continue
+        if char in "/\\":
+            raise InvalidNameError(f"character name {shown} contains a path separator")
+        raise InvalidNameError(f"character name {shown} contains {char!r}, which is not allowed "
+                               f"(letters, digits, space and _-.' only)")
+    return name
+
+
+def name_key(name: str) -> str:
+    """The uniqueness key: case-folded NFC (so 'Ana' and 'ANA' are the same character)."""
+    return unicodedata.normalize("NFC", normalize_name(name).casefold())

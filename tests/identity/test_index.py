@@ -1,0 +1,81 @@
+"""VectorIndex: exact search agrees with numpy, approximate kinds recall well, files are verified."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from castkeep.identity.index import IndexFileError, VectorIndex
+
+
+def unit_vectors(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
+    data = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return data / np.linalg.norm(data, axis=1, keepdims=True)
+
+
+def brute_force(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-(queries @ base.T), axis=1)[:, :k]
+
+
+def test_exact_matches_numpy_with_custom_ids():
+    base, queries = unit_vectors(3000), unit_vectors(50, seed=1)
+    ids = np.arange(3000, dtype=np.int64) * 7 + 100
+    index = VectorIndex.build(base, ids, kind="exact")
+    scores, found = index.search(queries, 10)
+    expected = brute_force(base, queries, 10)
+    assert np.array_equal(found, ids[expected])
+    assert np.allclose(scores, np.take_along_axis(queries @ base.T, expected, axis=1), atol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_kinds_recall(kind):
+    # clustered data, like face embeddings (several photos per person)
+    centres = unit_vectors(400, seed=2)
+    base = centres.repeat(5, axis=0) + 0.05 * unit_vectors(2000, seed=3)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    queries = centres[:100] + 0.05 * unit_vectors(100, seed=4)
+    index = VectorIndex.build(base, kind=kind)
+    _, found = index.search(queries, 5)
+    expected = brute_force(base, queries.astype(np.float32), 5)
+    recall = np.mean([len(set(f) & set(e)) / 5 for f, e in zip(found, expected)])
+    assert recall >= 0.9, recall
+
+
+def test_fewer_vectors_than_k_and_empty():
+    index = VectorIndex(dim=8)
+    scores, ids = index.search(np.ones(8, np.float32), 3)
+    assert ids.tolist() == [[-1, -1, -1]] and np.isneginf(scores).all()
+    index.add(unit_vectors(2, dim=8), [5, 9])
+    scores, ids = index.search(unit_vectors(1, dim=8, seed=5), 3)
+    assert sorted(ids[0][:2].tolist()) == [5, 9] and ids[0][2] == -1
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "ivf"])
+def test_save_load_round_trip_and_tamper_detection(tmp_path, kind):
+    base = unit_vectors(500)
+    index = VectorIndex.build(base, np.arange(500) + 1, kind=kind)
+    path = tmp_path / "index.faiss"
+    index.save(path, meta={"generation": 4})
+    loaded, meta = VectorIndex.load(path)
+    assert meta == {"generation": 4} and loaded.kind == kind and len(loaded) == 500
+    assert sorted(loaded.ids().tolist()) == list(range(1, 501))
+    assert np.array_equal(loaded.search(base[:5], 3)[1], index.search(base[:5], 3)[1])
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexFileError, match="checksum"):
+        VectorIndex.load(path)
+    path.write_bytes(data[:100])
+    with pytest.raises(IndexFileError):
+        VectorIndex.load(path)
+    with pytest.raises(IndexFileError, match="not found"):
+        VectorIndex.load(tmp_path / "missing")
+
+
+def test_remove_ids():
+    base = unit_vectors(100)
+    index = VectorIndex.build(base, np.arange(100))
+    assert index.remove([3, 4]) == 2 and len(index) == 98
+    _, ids = index.search(base[3], 1)
+    assert ids[0][0] != 3
