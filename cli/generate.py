@@ -1,0 +1,142 @@
+"""`castkeep generate NAME "prompt"`: IP-Adapter FaceID generation conditioned on a stored character,
+with every output scored against it. torch and diffusers are imported only here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .common import emit, json_option, progress
+from .store_commands import store_option
+
+
+def _text(result: Any) -> str:
+    summary = result.summary
+    lines = []
+    for output in summary["outputs"]:
+        score = output["score"]
+        if score["face_found"]:
+            verdict = "same person" if score["same"] else "different person"
+            leak = f", closer to '{score['closest_other']['name']}' (leakage)" if score["leakage"] else ""
+            detail = f"cosine {score['cosine']:+.3f}, p {score['probability']:.2f}, {verdict}{leak}"
+        else:
+            detail = "no face found"
+        lines.append(f"#{output['rank']} seed {output['seed']}: {detail}  {result.out_dir / output['file']}")
+    timing = summary["timing"]
+    consistency = summary["consistency"]["mean_pairwise_cosine"]
+    lines.append(f"{timing['images_generated']} image(s) generated in {timing['generate_s']:.1f} s "
+                 f"({timing['s_per_step']:.3f} s/step), kept {len(summary['outputs'])}"
+                 + (f", mean pairwise identity cosine {consistency:+.3f}" if consistency is not None else ""))
+    lines.append(f"summary: {result.summary_path}  contact sheet: {result.contact_sheet_path}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("name")
+@click.argument("prompt")
+@click.option("--negative", "negative_prompt", default="", help="Negative prompt.")
+@click.option("--base-model", default=None, envvar="CASTKEEP_BASE_MODEL", show_envvar=True, metavar="ID|DIR",
+              help="Stable Diffusion 1.5 or SDXL: a diffusers folder or a Hugging Face id "
+                   "[default: stable-diffusion-v1-5/stable-diffusion-v1-5].")
+@click.option("--ip-adapter", default=None, envvar="CASTKEEP_IP_ADAPTER", show_envvar=True, metavar="ID|FILE",
+              help="IP-Adapter FaceID weights: a .safetensors/.bin file, a folder holding one, or a Hub "
+                   "repo[/file] [default: h94/IP-Adapter-FaceID, ip-adapter-faceid_sd15.bin or _sdxl.bin].")
+@store_option
+@click.option("--models", default=None, envvar="CASTKEEP_MODELS", show_envvar=True, metavar="PACK",
+              help="Face model pack used to score outputs (the one the character was registered with).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Output folder [default: ./castkeep-out/NAME-TIMESTAMP].")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None,
+              help="Base seed (output i uses seed+i); random when omitted, always recorded.")
+@click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True, help="Denoising steps.")
+@click.option("--guidance", type=click.FloatRange(min=0), default=7.5, show_default=True,
+              help="Classifier-free guidance (CFG) scale.")
+@click.option("--id-scale", type=click.FloatRange(0, 5), default=0.8, show_default=True,
+              help="IP-Adapter scale: how strongly the identity steers the image.")
+@click.option("--aspect", default=None, metavar="W:H",
+              help="Aspect ratio (1:1, 4:3, 3:2, 16:9, 9:16, ...) at the model's native pixel count.")
+@click.option("--width", type=click.IntRange(min=8), default=None, help="Width in pixels (multiple of 8).")
+@click.option("--height", type=click.IntRange(min=8), default=None, help="Height in pixels (multiple of 8).")
+@click.option("--num-images", "-n", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Images to keep.")
+@click.option("--scheduler", default="default", show_default=True,
+              type=click.Choice(["default", "ddim", "pndm", "euler", "euler_a", "heun", "dpmpp_2m",
+                                 "dpmpp_2m_karras", "unipc"]),
+              help="Sampler (default: the one the base model ships).")
+@click.option("--best-of", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Generate N candidates and keep the top --num-images by identity score.")
+@click.option("--min-score", type=click.FloatRange(-1, 1), default=None,
+              help="Regenerate with new seeds until --num-images outputs reach this cosine...")
+@click.option("--max-tries", type=click.IntRange(min=1), default=None,
+              help="...or this many images were generated in all [default: 4 x --num-images].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Images per pipeline call (faster on a GPU, more memory).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
+              help="torch device; auto = cuda, then mps, then cpu.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
+              show_default=True, help="Weights precision; auto = float16 on GPUs, float32 on CPU.")
+@click.option("--keep-rejected", is_flag=True, help="Also write the outputs best-of/retry dropped (rejected/).")
+@json_option
+def generate(name: str, prompt: str, negative_prompt: str, base_model: str | None, ip_adapter: str | None,
+             store_path: Path | None, models: str | None, out_dir: Path | None, seed: int | None, steps: int,
+             guidance: float, id_scale: float, aspect: str | None, width: int | None, height: int | None,
+             num_images: int, scheduler: str, best_of: int, min_score: float | None, max_tries: int | None,
+             batch_size: int, device: str, dtype: str, keep_rejected: bool, as_json: bool) -> None:
+    """Generate images of character NAME from PROMPT, conditioned on its identity (IP-Adapter FaceID),
+    and score every output against it.
+
+    Writes a PNG per output (A1111 `parameters` metadata) with a JSON sidecar, summary.json with the
+    pairwise identity-consistency matrix, and contact_sheet.png.
+    """
+    from ..errors import StoreError
+    from ..generation.config import GenerationConfig
+    from ..generation.loading import (DEFAULT_BASE_MODEL, DEFAULT_IP_ADAPTER, build_pipeline,
+                                      quiet_generation_libraries)
+    from ..generation.runner import GenerationRunner, identity_from_store
+    from ..generation.scoring import IdentityScorer
+    from ..identity.analyzer import FaceAnalyzer
+    from ..identity.store import Store
+
+    quiet_generation_libraries()
+    config = GenerationConfig(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
+                              guidance=guidance, id_scale=id_scale, width=width, height=height, aspect=aspect,
+                              num_images=num_images, scheduler=scheduler, device=device, dtype=dtype,
+                              best_of=best_of, min_score=min_score, max_tries=max_tries, batch_size=batch_size)
+    with Store.open(store_path, models=models, create=False) as store:
+        identity = identity_from_store(store, name)  # unknown names fail before any model loads
+        analyzer = FaceAnalyzer.from_pretrained(models, dense=False, landmarks_106=False)
+        if identity.fingerprint and identity.fingerprint != analyzer.fingerprint:
+            raise StoreError(f"'{identity.name}' was registered with face model {identity.fingerprint} but "
+                             f"scoring would use {analyzer.fingerprint}: pass --models with the same pack")
+        if not as_json:
+            click.echo(f"loading {base_model or DEFAULT_BASE_MODEL} + {ip_adapter or DEFAULT_IP_ADAPTER} ...",
+                       err=True)
+        loaded = build_pipeline(base_model or DEFAULT_BASE_MODEL, ip_adapter or DEFAULT_IP_ADAPTER,
+                                device=device, dtype=dtype, id_scale=id_scale)
+        for message in loaded.warnings:
+            click.echo(f"warning: {message}", err=True)
+        bar = progress(range(config.budget), label=f"generating {identity.name}", total=config.budget)
+
+        def advance(attempt: Any) -> None:
+            bar.update(1)
+            score = attempt.score
+            bar.set_postfix_str(f"seed {attempt.seed} " + (f"cos {score.cosine:+.2f}" if score.face_found
+                                                            else "no face"))
+
+        out = out_dir or Path("castkeep-out") / (
+            "".join(c if c.isalnum() or c in "-_" else "_" for c in identity.name)
+            + datetime.now().strftime("-%Y%m%d-%H%M%S"))
+        scorer = IdentityScorer(analyzer, identity.vector, name=identity.name, store=store)
+        runner = GenerationRunner(loaded, scorer, analyzer_fingerprint=analyzer.fingerprint, on_attempt=advance)
+        try:
+            result = runner.run(config, identity, out, keep_rejected=keep_rejected)
+        finally:
+            bar.close()
+    if not result.target_met:
+        click.echo(f"warning: only {sum(a.passed for a in result.kept)} of {config.num_images} output(s) reached "
+                   f"--min-score {config.min_score} in {len(result.attempts)} tries", err=True)
+    emit({**result.summary, "out_dir": str(result.out_dir), "summary_path": str(result.summary_path)},
+         as_json, lambda _: _text(result))

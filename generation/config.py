@@ -1,0 +1,94 @@
+"""What one `castkeep generate` run asks for: every knob in one validated dataclass."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import CastkeepError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+MAX_SEED = 2**32 - 1  # torch.Generator takes 64-bit seeds; A1111/ComfyUI users know 32-bit ones
+
+
+class ConfigError(CastkeepError):
+    """A generation setting is out of range or contradicts another."""
+
+    exit_code = 2
+
+
+@dataclass
+class GenerationConfig:
+    prompt: str
+    negative_prompt: str = ""
+    seed: int | None = None  # None → a random base seed, recorded in every sidecar
+    steps: int = 30
+    guidance: float = 7.5
+    id_scale: float = 0.8  # IP-Adapter scale: how strongly the identity conditions the UNet
+    width: int | None = None
+    height: int | None = None
+    aspect: str | None = None
+    num_images: int = 1
+    scheduler: str = "default"
+    device: str = "auto"
+    dtype: str = "auto"
+    best_of: int = 1  # candidates generated up front; the top `num_images` by identity score are kept
+    min_score: float | None = None  # regenerate until this many outputs reach this cosine...
+    max_tries: int | None = None  # ...or this many images have been generated in all
+    batch_size: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.prompt or not self.prompt.strip():
+            raise ConfigError("the prompt is empty")
+        checks = [
+            (self.steps >= 1, f"--steps {self.steps} must be at least 1"),
+            (self.guidance >= 0, f"--guidance {self.guidance} must be >= 0"),
+            (0 <= self.id_scale <= 5, f"--id-scale {self.id_scale} must be between 0 and 5"),
+            (self.num_images >= 1, f"--num-images {self.num_images} must be at least 1"),
+            (self.best_of >= 1, f"--best-of {self.best_of} must be at least 1"),
+            (self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1"),
+            (self.device in DEVICES, f"--device {self.device!r} is not one of {', '.join(DEVICES)}"),
+            (self.seed is None or 0 <= self.seed <= MAX_SEED, f"--seed {self.seed} must be in 0..{MAX_SEED}"),
+            (self.min_score is None or -1 <= self.min_score <= 1,
+             f"--min-score {self.min_score} must be a cosine between -1 and 1"),
+            (self.max_tries is None or self.max_tries >= 1, f"--max-tries {self.max_tries} must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        if self.max_tries is not None and self.max_tries < self.candidates:
+            raise ConfigError(f"--max-tries {self.max_tries} is below the {self.candidates} images "
+                              f"--num-images/--best-of already ask for")
+        from .aspect import resolve_size
+        from .schedulers import SCHEDULER_NAMES
+
+        if self.scheduler not in SCHEDULER_NAMES:
+            raise ConfigError(f"unknown --scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULER_NAMES)}")
+        # Size mistakes surface now, not after a minute of model loading (512 stands in for the base).
+        resolve_size(width=self.width, height=self.height, aspect=self.aspect, base=512)
+        if self.seed is None:
+            self.seed = secrets.randbelow(MAX_SEED + 1)
+
+    @property
+    def candidates(self) -> int:
+        """Images generated before any retry: best-of-N, and never fewer than the images kept."""
+        return max(self.best_of, self.num_images)
+
+    @property
+    def budget(self) -> int:
+        """Most images one run may generate (retries included)."""
+        if self.min_score is None:
+            return self.candidates
+        return self.max_tries if self.max_tries is not None else max(4 * self.num_images, self.candidates)
+
+    def seed_for(self, attempt: int) -> int:
+        """Attempt i uses base seed + i, so any single output can be regenerated alone."""
+        return (int(self.seed) + attempt) % (MAX_SEED + 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("extra")
+        data.update(self.extra)
+        return data

@@ -1,0 +1,40 @@
+"""A stored ArcFace identity vector → the `ip_adapter_image_embeds` diffusers' FaceID path takes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import GenerationError
+
+ARCFACE_DIM = 512
+
+
+def normalised_identity(vector: Any) -> np.ndarray:
+    """A finite, non-zero 512-d vector, L2-normalised (FaceID was trained on `normed_embedding`)."""
+    array = np.asarray(vector, dtype=np.float32).ravel()
+    if array.size != ARCFACE_DIM:
+        raise GenerationError(f"identity vector has {array.size} values; FaceID needs {ARCFACE_DIM}")
+    norm = float(np.linalg.norm(array))
+    if not np.isfinite(array).all() or norm == 0.0:
+        raise GenerationError("identity vector is zero or not finite")
+    return array / norm
+
+
+def uses_guidance(pipe: Any, guidance: float) -> bool:
+    """Whether the pipeline will run classifier-free guidance (then it wants negative + positive)."""
+    return guidance > 1.0 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
+
+
+def identity_embeds(vector: Any, *, guidance: bool, device: Any = "cpu", dtype: Any = None) -> list[Any]:
+    """`[cat([negative, positive])]`, each (1, 1, 512): one IP-Adapter, one reference vector.
+
+    The negative is a zero vector, as in the FaceID reference code and diffusers' docs; diffusers
+    repeats both for `num_images_per_prompt`.
+    """
+    import torch
+
+    positive = torch.from_numpy(normalised_identity(vector)).reshape(1, 1, ARCFACE_DIM)
+    embeds = torch.cat([torch.zeros_like(positive), positive]) if guidance else positive
+    return [embeds.to(device=device, dtype=dtype)]

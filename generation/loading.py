@@ -1,0 +1,354 @@
+"""Build a Stable Diffusion (SD1.5 or SDXL) pipeline with an IP-Adapter FaceID checkpoint loaded.
+
+Base models and FaceID weights are resolved to local files first (a folder or file the user gave,
+or the Hugging Face cache), then loaded with diffusers' own loaders: `from_pretrained(folder)` and
+`load_ip_adapter(..., image_encoder_folder=None)`. When local paths are given nothing touches the
+network. Every way of failing to find weights becomes one `ModelNotFoundError` saying what to
+download and where to put it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import GenerationError, ModelNotFoundError
+
+DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_IP_ADAPTER = "h94/IP-Adapter-FaceID"
+# Plain FaceID checkpoint per architecture in the h94/IP-Adapter-FaceID repository.
+FACEID_FILES = {"sd15": "ip-adapter-faceid_sd15.bin", "sdxl": "ip-adapter-faceid_sdxl.bin"}
+PIPELINE_KINDS = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Clearly a filesystem path (so never a Hugging Face id)."""
+    return spec.startswith((".", "~", "/", "\\")) or "\\" in spec or Path(spec).drive != ""
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    from huggingface_hub.errors import HFValidationError
+
+    return (OSError, HFValidationError)
+
+
+# ---------------------------------------------------------------------------------- devices
+def resolve_device(device: str = "auto") -> str:
+    """'auto' → cuda, then mps, then cpu; an explicit device that torch cannot use is an error."""
+    import torch
+
+    has_mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise GenerationError("--device cuda: torch sees no CUDA GPU (is this a CPU build of torch?)")
+    if device == "mps" and not has_mps:
+        raise GenerationError("--device mps: torch has no Apple Metal (MPS) backend here")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    import torch
+
+    if dtype == "auto":
+        dtype = "float32" if device == "cpu" else "float16"
+    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in table:
+        raise GenerationError(f"--dtype {dtype!r} is not one of auto, {', '.join(table)}")
+    return table[dtype]
+
+
+# ---------------------------------------------------------------------------------- hashing
+def file_sha256(path: Path) -> str:
+    """sha256 of a weights file; free for Hugging Face cache files, whose blob name is the hash."""
+    real = path.resolve()
+    if real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name):
+        return real.name
+    digest = hashlib.sha256()
+    with open(real, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _unet_weights(folder: Path) -> Path | None:
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+                 "diffusion_pytorch_model.bin"):
+        if (folder / "unet" / name).is_file():
+            return folder / "unet" / name
+    return None
+
+
+def quiet_generation_libraries() -> None:
+    """For the CLI, which owns the terminal: no loading bars or import-time notices from
+    diffusers/transformers (castkeep shows one progress bar per run and its own warnings)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+
+
+# ---------------------------------------------------------------------------------- base model
+def _download_hint(repo: str, what: str, flag: str) -> str:
+    return (f"download it with `huggingface-cli download {repo} --local-dir DIR` (or from "
+            f"https://huggingface.co/{repo}) and pass {flag} DIR" if what == "folder" else
+            f"download {what} from https://huggingface.co/{repo} and pass {flag} PATH/{what}")
+
+
+def resolve_base_model(spec: str) -> Path:
+    """A diffusers pipeline folder for `spec`: the folder itself, or the Hugging Face cache copy."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            hint = (" (a single-file checkpoint folder? castkeep needs a diffusers folder: see "
+                    "`diffusers` convert scripts)" if any(path.glob("*.safetensors")) else "")
+            raise ModelNotFoundError(f"not a diffusers pipeline folder: no model_index.json{hint}", path=path)
+        return path
+    if path.is_file():
+        raise ModelNotFoundError("--base-model must be a diffusers pipeline folder (with model_index.json) "
+                                 "or a Hugging Face model id, not a single checkpoint file", path=path)
+    if _looks_like_path(spec) or not _REPO_ID.match(spec):
+        raise ModelNotFoundError("base model folder not found (pass a diffusers folder or a Hugging Face "
+                                 f"id such as {DEFAULT_BASE_MODEL})", path=path)
+    from diffusers import DiffusionPipeline
+
+    try:
+        return Path(DiffusionPipeline.download(spec, local_files_only=_offline()))
+    except _hub_errors():
+        reason = "HF_HUB_OFFLINE is set" if _offline() else "the download failed"
+        raise ModelNotFoundError(f"base model '{spec}' is not a local folder nor in the Hugging Face cache "
+                                 f"({reason}): "+ _download_hint(spec, "folder", "--base-model")) from None
+
+
+def load_base_pipeline(folder: Path, *, dtype: Any) -> Any:
+    """from_pretrained(folder), local files only; SD1.5 and SDXL pipelines are supported."""
+    from diffusers import AutoPipelineForText2Image
+
+    try:
+        config = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"unreadable model_index.json ({exc})", path=folder) from None
+    class_name = config.get("_class_name", "?")
+    if class_name not in PIPELINE_KINDS:
+        raise GenerationError(f"{class_name} is not supported: castkeep generates with Stable Diffusion 1.5 "
+                              f"or SDXL pipelines ({', '.join(PIPELINE_KINDS)})")
+    try:
+        return AutoPipelineForText2Image.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    except _hub_errors() as exc:
+        raise ModelNotFoundError(f"cannot load the pipeline folder ({' '.join(str(exc).split())[:300]})",
+                                 path=folder) from None
+
+
+# ---------------------------------------------------------------------------------- FaceID weights
+@dataclass
+class FaceIDCheckpoint:
+    path: Path
+    variant: str  # "faceid" | "faceid-plus"
+    cross_attention_dim: int
+    id_dim: int
+    has_lora: bool
+
+
+def resolve_ip_adapter(spec: str, kind: str) -> Path:
+    """A local FaceID weights file: a path, a folder holding one, or a Hub `repo[/file]` (cached)."""
+    path = Path(spec).expanduser()
+    default_name = FACEID_FILES.get(kind, FACEID_FILES["sd15"])
+    if path.is_file():
+        return path
+    if path.is_dir():
+        candidates = [path / default_name, path / default_name.replace(".bin", ".safetensors")]
+        found = [c for c in candidates if c.is_file()] or sorted(
+            p for p in path.iterdir() if p.suffix in _WEIGHT_SUFFIXES and "faceid" in p.name.lower())
+        if len(found) == 1 or (found and found[0] in candidates):
+            return found[0]
+        raise ModelNotFoundError(f"no single FaceID weights file in this folder (expected {default_name}); "
+                                 "pass --ip-adapter PATH/FILE", path=path)
+    parts = spec.split("/")
+    if _looks_like_path(spec) or len(parts) < 2 or not _REPO_ID.match("/".join(parts[:2])):
+        raise ModelNotFoundError("IP-Adapter FaceID weights not found (pass a .safetensors/.bin file or a "
+                                 f"Hugging Face repo such as {DEFAULT_IP_ADAPTER})", path=path)
+    repo = "/".join(parts[:2])
+    filename = "/".join(parts[2:]) or default_name
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo, filename, local_files_only=_offline()))
+    except _hub_errors():
+        reason = "HF_HUB_OFFLINE is set" if _offline() else "the download failed"
+        raise ModelNotFoundError(f"IP-Adapter weights '{spec}' are not a local file, and {repo}/{filename} is not "
+                                 f"in the Hugging Face cache ({reason}): " + _download_hint(repo, filename, "--ip-adapter")) from None
+
+
+def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Key → shape of a FaceID checkpoint, flattened to `image_proj.*` / `ip_adapter.*` names."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise ModelNotFoundError(f"not a readable safetensors file ({exc})", path=path) from None
+    import torch
+
+    try:
+        # weights_only: a .bin from the internet must never run code while unpickling.
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelNotFoundError(f"not a readable PyTorch weights file, or one that needs unsafe "
+                                 f"unpickling ({' '.join(str(exc).split())[:200]})", path=path) from None
+    if not isinstance(state, dict):
+        raise GenerationError("not an IP-Adapter checkpoint (no image_proj/ip_adapter keys)", path=path)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for group, tensors in state.items():
+        if isinstance(tensors, dict):
+            for key, value in tensors.items():
+                shapes[f"{group}.{key}"] = tuple(getattr(value, "shape", ()))
+    return shapes
+
+
+def inspect_faceid(path: Path) -> FaceIDCheckpoint:
+    """Check a checkpoint is IP-Adapter FaceID (what castkeep conditions on) before loading it."""
+    shapes = _checkpoint_shapes(path)
+    if not any(k.startswith("image_proj.") for k in shapes) or not any(k.startswith("ip_adapter.") for k in shapes):
+        raise GenerationError("not an IP-Adapter checkpoint (no image_proj/ip_adapter keys)", path=path)
+    has_lora = any("_lora." in k for k in shapes)
+    if "image_proj.perceiver_resampler.proj_in.weight" in shapes:
+        return FaceIDCheckpoint(path, "faceid-plus", shapes["image_proj.perceiver_resampler.proj_out.weight"][0],
+                                shapes["image_proj.proj.0.weight"][1], has_lora)
+    if "image_proj.norm.weight" in shapes and "image_proj.proj.0.weight" in shapes:
+        return FaceIDCheckpoint(path, "faceid", shapes["image_proj.norm.weight"][0],
+                                shapes["image_proj.proj.0.weight"][1], has_lora)
+    raise GenerationError("this is a CLIP-image IP-Adapter, not IP-Adapter FaceID: castkeep conditions on "
+                          "ArcFace identity, use e.g. ip-adapter-faceid_sd15.bin / ip-adapter-faceid_sdxl.bin",
+                          path=path)
+
+
+# ---------------------------------------------------------------------------------- assembly
+@dataclass
+class LoadedPipeline:
+    pipe: Any
+    kind: str  # "sd15" | "sdxl"
+    device: str
+    dtype: str
+    base_model: str
+    base_model_folder: Path
+    base_model_hash: str | None
+    ip_adapter: str
+    checkpoint: FaceIDCheckpoint
+    ip_adapter_hash: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def native_size(self) -> int:
+        """The side length the base model was trained at (512 for SD1.5, 1024 for SDXL)."""
+        return int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
+
+    def models_dict(self) -> dict[str, Any]:
+        return {"base_model": self.base_model, "base_model_kind": self.kind,
+                "base_model_hash": self.base_model_hash,
+                "ip_adapter": self.ip_adapter, "ip_adapter_file": self.checkpoint.path.name,
+                "ip_adapter_hash": self.ip_adapter_hash, "ip_adapter_variant": self.checkpoint.variant,
+                "faceid_lora": self.checkpoint.has_lora}
+
+
+def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAULT_IP_ADAPTER, *,
+                   device: str = "auto", dtype: str = "auto", id_scale: float = 0.8,
+                   hash_base_model: bool = True) -> LoadedPipeline:
+    """Base model + FaceID weights, on `device`, ready for `ip_adapter_image_embeds`."""
+    folder = resolve_base_model(base_model)
+    with open(folder / "model_index.json", encoding="utf-8") as handle:
+        kind = PIPELINE_KINDS.get(json.load(handle).get("_class_name"), "sd15")
+    weights = resolve_ip_adapter(ip_adapter, kind)
+    checkpoint = inspect_faceid(weights)  # fail fast, before the (slow) base model load
+    if checkpoint.variant == "faceid-plus":
+        raise GenerationError("IP-Adapter FaceID Plus / PlusV2 checkpoints also need a CLIP image encoder and a "
+                              "face crop, which castkeep does not wire up yet: use the plain FaceID checkpoint "
+                              f"({FACEID_FILES[kind]})", path=weights)
+    if checkpoint.id_dim != 512:
+        raise GenerationError(f"FaceID checkpoint expects {checkpoint.id_dim}-d identity vectors, "
+                              "ArcFace gives 512", path=weights)
+    if checkpoint.has_lora:
+        from diffusers.utils import USE_PEFT_BACKEND
+
+        if not USE_PEFT_BACKEND:  # diffusers would only log a warning and skip the LoRA
+            raise GenerationError("this FaceID checkpoint carries LoRA weights that diffusers loads only "
+                                  "with `peft`: pip install peft", path=weights)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    pipe = load_base_pipeline(folder, dtype=torch_dtype)
+    unet_dim = int(pipe.unet.config.cross_attention_dim)
+    if checkpoint.cross_attention_dim != unet_dim:
+        expected = {768: "SD1.5", 2048: "SDXL"}
+        raise GenerationError(
+            f"FaceID checkpoint is for a {expected.get(checkpoint.cross_attention_dim, str(checkpoint.cross_attention_dim) + '-d')} "
+            f"UNet but the base model is {expected.get(unet_dim, str(unet_dim) + '-d')}: use "
+            f"{FACEID_FILES[kind]} with this base model", path=weights)
+    warnings = _load_faceid(pipe, weights)
+    pipe.set_ip_adapter_scale(id_scale)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    unet_file = _unet_weights(folder)
+    return LoadedPipeline(
+        pipe=pipe, kind=kind, device=device, dtype=str(torch_dtype).replace("torch.", ""),
+        base_model=base_model, base_model_folder=folder,
+        base_model_hash=file_sha256(unet_file) if hash_base_model and unet_file else None,
+        ip_adapter=ip_adapter, checkpoint=checkpoint, ip_adapter_hash=file_sha256(weights), warnings=warnings)
+
+
+# diffusers warnings that say nothing about this use: FaceID takes embeddings, never images, and the
+# FaceID LoRA has no text-encoder part.
+_EXPECTED_WARNINGS = ("image_encoder is not loaded", "No LoRA keys associated to CLIPTextModel",
+                      "should be kept in float32")
+
+
+def _load_faceid(pipe: Any, weights: Path) -> list[str]:
+    """diffusers' load_ip_adapter on a local file; its warnings are returned (for the sidecar and the
+    CLI's stderr), not printed in the middle of a progress bar."""
+    import logging
+
+    root = logging.getLogger("diffusers")
+    captured: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = " ".join(record.getMessage().split())
+            if not any(expected in message for expected in _EXPECTED_WARNINGS):
+                captured.append(message)
+
+    saved = [(handler, handler.level) for handler in root.handlers]
+    saved_level = root.level
+    collector = _Collect(logging.WARNING)
+    for handler, _ in saved:
+        handler.setLevel(logging.ERROR)
+    root.addHandler(collector)
+    root.setLevel(logging.WARNING)
+    try:
+        pipe.load_ip_adapter(str(weights.parent), subfolder="", weight_name=weights.name,
+                             image_encoder_folder=None, local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise GenerationError(f"diffusers could not load these FaceID weights "
+                              f"({' '.join(str(exc).split())[:300]})", path=weights) from None
+    finally:
+        root.removeHandler(collector)
+        root.setLevel(saved_level)
+        for handler, level in saved:
+            handler.setLevel(level)
+    return captured

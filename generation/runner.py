@@ -1,0 +1,260 @@
+"""The generation loop: seeds, best-of-N, retry until a minimum identity score, and the files a
+run leaves behind (PNG + sidecar per output, summary.json, contact_sheet.png)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from .. import __version__
+from ..errors import GenerationError, StoreError
+from .aspect import resolve_size
+from .config import GenerationConfig
+from .contact_sheet import contact_sheet
+from .identity_embeds import identity_embeds, normalised_identity, uses_guidance
+from .loading import LoadedPipeline
+from .metadata import SIDECAR_SCHEMA_ID, a1111_parameters, save_png, write_json
+from .schedulers import apply_scheduler
+from .scoring import OutputScore, Scorer, consistency_matrix, mean_off_diagonal
+
+SUMMARY_SCHEMA_ID = "castkeep.generation.summary/1"
+
+
+@dataclass
+class Identity:
+    """Who to generate: a name and its 512-d ArcFace vector (from the store, or given directly)."""
+
+    name: str
+    vector: np.ndarray
+    fingerprint: str | None = None
+    source: str = "store"
+
+    def to_dict(self) -> dict[str, Any]:
+        vector = normalised_identity(self.vector)
+        return {"name": self.name, "fingerprint": self.fingerprint, "source": self.source,
+                "vector_sha256": hashlib.sha256(vector.astype("<f4").tobytes()).hexdigest()[:16]}
+
+
+@dataclass
+class Attempt:
+    attempt: int
+    seed: int
+    score: OutputScore
+    image: Image.Image = field(repr=False)
+    seconds: float = 0.0
+    nsfw: bool | None = None
+    passed: bool = True
+    kept: bool = False
+    rank: int | None = None
+    file: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"attempt": self.attempt, "seed": self.seed, "face_found": self.score.face_found,
+                "cosine": None if self.score.cosine is None else round(float(self.score.cosine), 4),
+                "probability": None if self.score.probability is None else round(float(self.score.probability), 4),
+                "leakage": self.score.leakage, "passed": self.passed, "kept": self.kept, "rank": self.rank,
+                "file": self.file, "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    attempts: list[Attempt]
+    kept: list[Attempt]
+    summary: dict[str, Any]
+    summary_path: Path
+    contact_sheet_path: Path
+    target_met: bool
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:40] or "character"
+
+
+def generate_images(loaded: LoadedPipeline, config: GenerationConfig, vector: np.ndarray, seeds: list[int],
+                    width: int, height: int) -> tuple[list[Image.Image], list[bool | None]]:
+    """One pipeline call: len(seeds) images, image i from its own seeded generator.
+
+    Generators live on the CPU so a seed gives the same starting noise on every device.
+    """
+    import torch
+
+    pipe = loaded.pipe
+    guidance = uses_guidance(pipe, config.guidance)
+    embeds = identity_embeds(vector, guidance=guidance, device=loaded.device, dtype=pipe.unet.dtype)
+    generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+    try:
+        output = pipe(prompt=config.prompt, negative_prompt=config.negative_prompt or None,
+                      num_inference_steps=config.steps, guidance_scale=config.guidance, width=width,
+                      height=height, num_images_per_prompt=len(seeds),
+                      generator=generators if len(generators) > 1 else generators[0],
+                      ip_adapter_image_embeds=embeds, output_type="pil")
+    except torch.OutOfMemoryError:
+        raise GenerationError(f"out of memory on {loaded.device} at {width}x{height} x{len(seeds)}: lower "
+                              "--batch-size, the size, or use --dtype float16") from None
+    nsfw = getattr(output, "nsfw_content_detected", None) or [None] * len(seeds)
+    return list(output.images), list(nsfw)
+
+
+class GenerationRunner:
+    """Runs one request against a loaded pipeline and writes everything to `out_dir`."""
+
+    def __init__(self, loaded: LoadedPipeline, scorer: Scorer, *, analyzer_fingerprint: str | None = None,
+                 on_attempt: Callable[[Attempt], None] | None = None) -> None:
+        self.loaded = loaded
+        self.scorer = scorer
+        self.analyzer_fingerprint = analyzer_fingerprint
+        self.on_attempt = on_attempt
+
+    def _passes(self, score: OutputScore, config: GenerationConfig) -> bool:
+        if config.min_score is None:
+            return True
+        return score.face_found and score.cosine is not None and score.cosine >= config.min_score
+
+    def attempts(self, config: GenerationConfig, identity: Identity, width: int, height: int) -> list[Attempt]:
+        """Generate and score until best-of-N is done and (with --min-score) enough outputs pass."""
+        attempts: list[Attempt] = []
+
+        def still_needed() -> int:
+            if len(attempts) < config.candidates:
+                return config.candidates - len(attempts)
+            passing = sum(a.passed for a in attempts)
+            return max(0, min(config.num_images - passing, config.budget - len(attempts)))
+
+        while (wanted := still_needed()) > 0:
+            seeds = [config.seed_for(len(attempts) + i) for i in range(min(wanted, config.batch_size))]
+            started = time.perf_counter()
+            images, nsfw = generate_images(self.loaded, config, identity.vector, seeds, width, height)
+            seconds = (time.perf_counter() - started) / len(seeds)
+            for seed, image, flag in zip(seeds, images, nsfw):
+                score = self.scorer.score(image)
+                attempt = Attempt(attempt=len(attempts), seed=seed, score=score, image=image, seconds=seconds,
+                                  nsfw=flag, passed=self._passes(score, config))
+                attempts.append(attempt)
+                if self.on_attempt is not None:
+                    self.on_attempt(attempt)
+        return attempts
+
+    def run(self, config: GenerationConfig, identity: Identity, out_dir: str | Path, *,
+            keep_rejected: bool = False) -> RunResult:
+        out_dir = Path(out_dir)
+        if (out_dir / "summary.json").exists():
+            raise GenerationError("this folder already holds a generation run (summary.json); choose another "
+                                  "--out", path=out_dir)
+        pipe = self.loaded.pipe
+        width, height = resolve_size(width=config.width, height=config.height, aspect=config.aspect,
+                                     base=self.loaded.native_size)
+        sampler = apply_scheduler(pipe, config.scheduler)
+        pipe.set_ip_adapter_scale(config.id_scale)
+        started = time.perf_counter()
+        attempts = self.attempts(config, identity, width, height)
+        generate_seconds = time.perf_counter() - started
+
+        # Passing outputs first, then by identity cosine (no face last), then the earlier attempt.
+        ranked = sorted(attempts, key=lambda a: (a.passed, a.score.value, -a.attempt), reverse=True)
+        kept = ranked[:config.num_images]
+        for rank, attempt in enumerate(kept, start=1):
+            attempt.kept, attempt.rank = True, rank
+        target_met = all(a.passed for a in kept)
+
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GenerationError(f"cannot create the output folder ({exc.strerror})", path=out_dir) from None
+        slug = _slug(identity.name)
+        to_write = kept + ([a for a in ranked if not a.kept] if keep_rejected else [])
+        for attempt in to_write:
+            folder = "" if attempt.kept else "rejected/"
+            label = f"{attempt.rank:02d}" if attempt.kept else f"try{attempt.attempt:02d}"
+            attempt.file = f"{folder}{slug}_{label}_s{attempt.seed}.png"
+        settings = {**config.to_dict(), "sampler": sampler, "width": width, "height": height,
+                    "device": self.loaded.device, "dtype": self.loaded.dtype, "requested_device": config.device}
+        settings.pop("prompt"), settings.pop("negative_prompt")
+        models = {**self.loaded.models_dict(), "face_analyzer": self.analyzer_fingerprint}
+        attempt_log = [a.to_dict() for a in attempts]
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for attempt in to_write:
+            self._write_output(out_dir, attempt, config, identity, settings, models, attempt_log, created)
+
+        embeddings = [a.score.embedding for a in kept]
+        matrix = consistency_matrix(embeddings)
+        sheet_items = [{"index": a.rank, "seed": a.seed, "score": a.score.to_dict(), "passed": a.passed
+                        if config.min_score is not None else a.score.same} for a in kept]
+        sheet_path = contact_sheet(sheet_items, [a.image for a in kept], out_dir / "contact_sheet.png",
+                                   title=f"{identity.name}: {config.prompt}", matrix=matrix)
+        steps_done = len(attempts) * config.steps
+        summary = {
+            "schema": SUMMARY_SCHEMA_ID, "castkeep_version": __version__, "created_at": created,
+            "character": identity.to_dict(), "prompt": config.prompt, "negative_prompt": config.negative_prompt,
+            "seed": config.seed, "width": width, "height": height, "settings": settings, "models": models,
+            "outputs": [{"file": a.file, "sidecar": str(Path(a.file).with_suffix(".json")), "rank": a.rank,
+                         "attempt": a.attempt, "seed": a.seed, "score": a.score.to_dict()} for a in kept],
+            "attempts": attempt_log,
+            "target_met": target_met,
+            "min_score": config.min_score,
+            "face_found": sum(a.score.face_found for a in kept),
+            "mean_cosine": _mean([a.score.cosine for a in kept if a.score.face_found]),
+            "consistency": {"labels": [a.file for a in kept], "matrix": matrix,
+                            "mean_pairwise_cosine": mean_off_diagonal(matrix)},
+            "contact_sheet": sheet_path.name,
+            "timing": {"images_generated": len(attempts), "generate_s": round(generate_seconds, 3),
+                       "s_per_image": round(generate_seconds / max(1, len(attempts)), 3),
+                       "s_per_step": round(generate_seconds / max(1, steps_done), 4)},
+            "warnings": list(self.loaded.warnings),
+        }
+        summary_path = out_dir / "summary.json"
+        write_json(summary_path, summary)
+        return RunResult(out_dir=out_dir, attempts=attempts, kept=kept, summary=summary,
+                         summary_path=summary_path, contact_sheet_path=sheet_path, target_met=target_met)
+
+    def _write_output(self, out_dir: Path, attempt: Attempt, config: GenerationConfig, identity: Identity,
+                      settings: dict[str, Any], models: dict[str, Any], attempt_log: list[dict[str, Any]],
+                      created: str) -> None:
+        assert attempt.file is not None
+        path = out_dir / attempt.file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        score = attempt.score.to_dict()
+        sidecar = {
+            "schema": SIDECAR_SCHEMA_ID, "castkeep_version": __version__, "image": path.name,
+            "width": attempt.image.width, "height": attempt.image.height,
+            "prompt": config.prompt, "negative_prompt": config.negative_prompt, "seed": attempt.seed,
+            "settings": settings, "models": models, "character": identity.to_dict(), "score": score,
+            "nsfw": attempt.nsfw,
+            "selection": {"rank": attempt.rank, "kept": attempt.kept, "passed": attempt.passed,
+                          "attempt": attempt.attempt, "min_score": config.min_score, "best_of": config.best_of,
+                          "rule": "passing outputs first, then highest cosine to the character"},
+            "attempts": attempt_log, "created_at": created,
+        }
+        cosine_text = "no face" if not attempt.score.face_found else f"{attempt.score.cosine:.4f}"
+        fields = {
+            "Steps": config.steps, "Sampler": settings["sampler"], "CFG scale": config.guidance,
+            "Seed": attempt.seed, "Size": f"{attempt.image.width}x{attempt.image.height}",
+            "Model hash": (models["base_model_hash"] or "")[:10], "Model": Path(models["base_model"]).name,
+            "IP-Adapter": models["ip_adapter_file"], "IP-Adapter hash": models["ip_adapter_hash"][:10],
+            "IP-Adapter weight": config.id_scale, "Character": identity.name, "Identity cosine": cosine_text,
+            "Version": f"castkeep {__version__}",
+        }
+        save_png(attempt.image, path, a1111_parameters(config.prompt, config.negative_prompt, fields), sidecar)
+        write_json(path.with_suffix(".json"), sidecar)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    numbers = [float(v) for v in values if v is not None]
+    return round(float(np.mean(numbers)), 4) if numbers else None
+
+
+def identity_from_store(store: Any, name: str) -> Identity:
+    """The character's stored vector; UnknownCharacterError (from the store) when missing."""
+    character = store.get(name)
+    if character.vector is None or np.asarray(character.vector).size != 512:
+        raise StoreError(f"character '{character.name}' has no 512-d identity vector")
+    return Identity(name=character.name, vector=np.asarray(character.vector, dtype=np.float32),
+                    fingerprint=character.fingerprint, source="store")

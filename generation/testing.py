@@ -1,0 +1,155 @@
+"""Tiny randomly initialised components for tests and demos.
+
+`save_tiny_pipeline` writes an SD1.5-shaped diffusers folder (UNet, VAE, CLIP text encoder,
+tokenizer, scheduler) a few hundred kB in size, and `save_tiny_faceid` an IP-Adapter FaceID
+checkpoint with the real key layout (`image_proj.proj.0/proj.2/norm.*`,
+`ip_adapter.{i}.to_k_ip/to_v_ip.weight`, optionally the FaceID LoRA keys the real checkpoints
+carry). Both are loaded exactly like real weights: `from_pretrained(folder)` and
+`load_ip_adapter(...)`. Nothing here downloads anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ARCFACE_DIM = 512  # the real FaceID input: one L2-normalised ArcFace vector
+CROSS_ATTENTION_DIM = 32
+FACEID_TOKENS = 4  # what diffusers assumes for every FaceID checkpoint
+FACEID_MULT = 2  # proj.0 is (512 * 2, 512) in the real sd15 checkpoint
+LORA_RANK = 4  # the real sd15 checkpoint uses 128
+
+
+def _tiny_tokenizer():
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
+
+    # Byte-level alphabet with and without CLIP's end-of-word marker: every prompt tokenises.
+    alphabet = sorted(ByteLevel.alphabet())
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in alphabet:
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(char + "</w>", len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def build_tiny_pipeline(seed: int = 0):
+    """An SD1.5-shaped `StableDiffusionPipeline` with tiny random weights (64x64 images)."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = _tiny_tokenizer()
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=CROSS_ATTENTION_DIM, attention_head_dim=8, norm_num_groups=16)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=8, sample_size=64)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=CROSS_ATTENTION_DIM,
+        intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=32,
+        vocab_size=len(tokenizer), max_position_embeddings=77))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+
+
+def build_tiny_sdxl_pipeline(seed: int = 0):
+    """An SDXL-shaped `StableDiffusionXLPipeline` (two text encoders, text_time conditioning)."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizer = _tiny_tokenizer()
+    text_config = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
+                       num_attention_heads=4, num_hidden_layers=2, projection_dim=32,
+                       vocab_size=len(tokenizer), max_position_embeddings=77, hidden_act="gelu")
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=64, norm_num_groups=16)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=8, sample_size=64)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**text_config)), tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text_config)), tokenizer_2=_tiny_tokenizer(),
+        unet=unet, scheduler=scheduler, image_encoder=None, feature_extractor=None)
+
+
+def save_tiny_pipeline(folder: str | Path, seed: int = 0, *, sdxl: bool = False) -> Path:
+    """Write the tiny pipeline (SD1.5-shaped, or SDXL-shaped) as a diffusers folder (safetensors)."""
+    folder = Path(folder)
+    (build_tiny_sdxl_pipeline(seed) if sdxl else build_tiny_pipeline(seed)).save_pretrained(
+        folder, safe_serialization=True)
+    return folder
+
+
+def faceid_state_dict(unet, *, seed: int = 0, lora: bool = True, scale: float = 0.5) -> dict:
+    """A random FaceID state dict for `unet` with the real checkpoints' key names and shapes.
+
+    Keys index `unet.attn_processors` in order, as the original IP-Adapter training code does:
+    the cross-attention (attn2) processors carry `to_k_ip`/`to_v_ip`, and with `lora` every
+    processor carries the FaceID LoRA (`to_{q,k,v,out}_lora.{down,up}`).
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int) -> "torch.Tensor":
+        return torch.randn(*shape, generator=generator) * scale
+
+    cross = unet.config.cross_attention_dim
+    inner = ARCFACE_DIM * FACEID_MULT
+    state = {
+        "image_proj.proj.0.weight": randn(inner, ARCFACE_DIM),
+        "image_proj.proj.0.bias": randn(inner),
+        "image_proj.proj.2.weight": randn(cross * FACEID_TOKENS, inner),
+        "image_proj.proj.2.bias": randn(cross * FACEID_TOKENS),
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
+    }
+    channels = list(unet.config.block_out_channels)
+    for key_id, name in enumerate(unet.attn_processors):
+        if name.startswith("mid_block"):
+            hidden = channels[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(channels))[int(name[len("up_blocks.")])]
+        else:
+            hidden = channels[int(name[len("down_blocks.")])]
+        is_cross = name.endswith("attn2.processor")
+        context = cross if is_cross else hidden
+        if is_cross:
+            state[f"ip_adapter.{key_id}.to_k_ip.weight"] = randn(hidden, cross)
+            state[f"ip_adapter.{key_id}.to_v_ip.weight"] = randn(hidden, cross)
+        if lora:
+            for part, width in (("to_q", hidden), ("to_k", context), ("to_v", context), ("to_out", hidden)):
+                state[f"ip_adapter.{key_id}.{part}_lora.down.weight"] = randn(LORA_RANK, width)
+                state[f"ip_adapter.{key_id}.{part}_lora.up.weight"] = randn(hidden, LORA_RANK)
+    return {key: value.contiguous() for key, value in state.items()}
+
+
+def save_tiny_faceid(path: str | Path, pipeline_folder: str | Path, *, seed: int = 0,
+                     lora: bool = True) -> Path:
+    """Write a FaceID checkpoint matching the UNet in `pipeline_folder`, as safetensors."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(Path(pipeline_folder) / "unet")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(faceid_state_dict(unet, seed=seed, lora=lora), str(path))
+    return path

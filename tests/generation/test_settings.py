@@ -1,0 +1,58 @@
+"""Generation settings and aspect-ratio sizing (no models needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from castkeep.errors import CastkeepError
+from castkeep.generation.aspect import parse_aspect, resolve_size, size_for_aspect
+from castkeep.generation.config import GenerationConfig
+
+
+@pytest.mark.parametrize("aspect", ["1:1", "4:3", "3:4", "3:2", "16:9", "9:16", "21:9"])
+@pytest.mark.parametrize("base", [512, 1024])
+def test_aspect_sizes_keep_ratio_and_pixel_count(aspect, base):
+    width, height = size_for_aspect(aspect, base)
+    w, h = (float(x) for x in aspect.split(":"))
+    assert width % 8 == 0 and height % 8 == 0
+    assert abs(width / height - w / h) <= 8 / min(width, height)
+    assert abs(width * height / base**2 - 1) < 0.05
+    assert (width > height) == (w > h) and (width == height) == (w == h)
+
+
+def test_explicit_sizes_and_bad_sizes():
+    assert resolve_size(width=768, height=512, aspect=None, base=512) == (768, 512)
+    assert resolve_size(width=1024, height=None, aspect="16:9", base=1024) == (1024, 576)
+    assert resolve_size(width=None, height=None, aspect=None, base=1024) == (1024, 1024)
+    assert parse_aspect("16x9") == parse_aspect("16/9") == pytest.approx(16 / 9)
+    for bad in ("0:1", "abc", "1:0", "100:1", "-4:3"):
+        with pytest.raises(CastkeepError, match="aspect"):
+            parse_aspect(bad)
+    with pytest.raises(CastkeepError, match="multiple of 8"):
+        resolve_size(width=500, height=None, aspect=None, base=512)
+    with pytest.raises(CastkeepError, match="not all three"):
+        resolve_size(width=512, height=512, aspect="1:1", base=512)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"prompt": " "}, "prompt is empty"),
+    ({"steps": 0}, "--steps"),
+    ({"num_images": 3, "best_of": 2, "min_score": 0.3, "max_tries": 2}, "--max-tries"),
+    ({"min_score": 1.5}, "--min-score"),
+    ({"scheduler": "karras-magic"}, "--scheduler"),
+    ({"aspect": "wide"}, "aspect"),
+    ({"device": "tpu"}, "--device"),
+])
+def test_config_rejects_bad_settings_before_any_model_loads(kwargs, message):
+    with pytest.raises(CastkeepError, match=message):
+        GenerationConfig(**{"prompt": "a face", **kwargs})
+
+
+def test_seeds_budget_and_candidates():
+    config = GenerationConfig("a face", num_images=2, best_of=5, min_score=0.4)
+    assert 0 <= config.seed < 2**32  # random base seed, recorded
+    assert config.candidates == 5 and config.budget == 8
+    seeded = GenerationConfig("a face", seed=41, best_of=3)
+    assert [seeded.seed_for(i) for i in range(3)] == [41, 42, 43]
+    assert GenerationConfig("a face", num_images=3).budget == 3
+    assert GenerationConfig("a face", seed=2**32 - 1).seed_for(1) == 0
