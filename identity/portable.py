@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ def _checksum(document: dict[str, Any]) -> str:
 
 def write_character(character: Any, out_path: Path) -> Path:
     """Write `character` to `out_path` (a folder gets `<name>.castkeep.json`); returns the file."""
-    from .store import encode_vector
+    from .vectors import encode_vector
 
     if out_path.is_dir():
         out_path = out_path / f"{character.name}{SUFFIX}"
@@ -67,7 +66,9 @@ def _field(document: dict[str, Any], key: str, kind: type | tuple[type, ...], pa
 
 def read_character(path: Path) -> Any:
     """Parse and validate an exported character file into a Character (not yet stored)."""
-    from .store import Character, Reference, combine, decode_vector
+    from .characters import Character, Reference
+    from .references import combine
+    from .vectors import decode_vector
 
     try:
         if path.stat().st_size > MAX_FILE_BYTES:

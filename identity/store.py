@@ -14,7 +14,6 @@ after a registration, and concurrent writers queue on SQLite's lock instead of l
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -23,7 +22,7 @@ import re
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -35,7 +34,10 @@ from ..errors import (CastkeepError, DuplicateCharacterError, ImpostorReferenceE
 from . import similarity
 from .calibration import probability
 from .index import KINDS, IndexFileError, VectorIndex, remove_stale_temporaries
+from .characters import Character, CharacterScore, Match, Reference
 from .names import name_key, normalize_name
+from .references import baseline_of, combine, find_impostors
+from .vectors import from_blob, normalise, to_blob
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +47,7 @@ INDEX_NAME = "index.faiss"
 SCHEMA_VERSION = 1
 MAX_REFERENCES_PER_CALL = 13
 MAX_REFERENCES = 64
-MIN_WEIGHT = 0.05          # a forced low-quality reference still counts a little
 BUSY_TIMEOUT_S = 120.0     # concurrent registrations wait for each other this long
-# Head-yaw ranges reported by `show` (degrees; > 0 = face turned toward the image's right).
-YAW_BINS = (("far left", -90.0, -45.0), ("left", -45.0, -15.0), ("frontal", -15.0, 15.0),
-            ("right", 15.0, 45.0), ("far right", 45.0, 90.0))
 
 
 class ReferenceQualityError(StoreError):
@@ -70,204 +68,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _to_blob(vector: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
-
-
-def _from_blob(blob: bytes) -> np.ndarray:
-    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
-
-
-def _normalise(vector: np.ndarray) -> np.ndarray:
-    vector = np.asarray(vector, dtype=np.float64).ravel()
-    norm = np.linalg.norm(vector)
-    if not np.isfinite(norm) or norm == 0:
-        raise StoreError("embedding is zero or not finite")
-    return (vector / norm).astype(np.float32)
-
-
-def combine(embeddings: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """The character vector: quality-weighted mean of normalised embeddings, renormalised."""
-    embeddings = np.asarray(embeddings, dtype=np.float64)
-    embeddings = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
-    weights = np.maximum(np.asarray(weights, dtype=np.float64), MIN_WEIGHT)
-    return _normalise((weights[:, None] * embeddings).sum(axis=0))
-
-
-def leave_one_out(embeddings: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Cosine of each reference to the vector combined from all the others (needs ≥ 2)."""
-    n = len(embeddings)
-    if n < 2:
-        return np.zeros(0)
-    return np.array([float(np.dot(_normalise(embeddings[i]),
-                                  combine(np.delete(embeddings, i, 0), np.delete(weights, i))))
-                     for i in range(n)])
-
-
-def baseline_of(embeddings: np.ndarray, weights: np.ndarray) -> dict[str, Any]:
-    """Genuine similarity distribution of a character (leave-one-out over its references)."""
-    loo = leave_one_out(embeddings, weights)
-    if not len(loo):
-        return {"references": int(len(embeddings)), "loo": [], "mean": None, "std": None,
-                "min": None, "max": None}
-    return {"references": int(len(embeddings)), "loo": [round(float(v), 4) for v in loo],
-            "mean": round(float(loo.mean()), 4), "std": round(float(loo.std()), 4),
-            "min": round(float(loo.min()), 4), "max": round(float(loo.max()), 4)}
-
-
-def find_impostors(embeddings: np.ndarray, weights: np.ndarray,
-                   threshold: float | None = None) -> dict[int, float]:
-    """References that do not look like the same person as the others: {index: similarity}.
-
-    With ≥ 3 references the worst leave-one-out reference is flagged while it is below the
-    threshold, then set aside and the rest re-checked (so one impostor cannot drag the genuine ones
-    under). With 2 references both are flagged when they do not match each other.
-    """
-    threshold = similarity.SAME_PERSON_THRESHOLD if threshold is None else threshold
-    embeddings = np.asarray(embeddings, dtype=np.float32)
-    weights = np.asarray(weights, dtype=np.float64)
-    active = list(range(len(embeddings)))
-    flagged: dict[int, float] = {}
-    while len(active) >= 3:
-        loo = leave_one_out(embeddings[active], weights[active])
-        worst = int(np.argmin(loo))
-        if loo[worst] >= threshold:
-            break
-        flagged[active[worst]] = float(loo[worst])
-        active.pop(worst)
-    if len(embeddings) == 2:
-        pair = float(np.dot(_normalise(embeddings[0]), _normalise(embeddings[1])))
-        if pair < threshold:
-            flagged = {0: pair, 1: pair}
-    return flagged
-
-
 # A second face counts as "another person in the photo" only if it is at least this fraction of the
 # largest face's size (background faces in news photos are far smaller than the subject's).
 BYSTANDER_RATIO = 0.5
-
-
-@dataclass
-class Reference:
-    sha256: str
-    source_path: str
-    embedding: np.ndarray
-    quality: float
-    det_score: float
-    bbox: list[float]
-    face_index: int | None
-    pose: dict[str, Any]
-    quality_report: dict[str, Any]
-    fingerprint: str
-    flagged: bool = False
-    added_at: str = ""
-    id: int | None = None
-
-    @property
-    def yaw(self) -> float | None:
-        return self.pose.get("yaw")
-
-    def to_dict(self, *, include_embedding: bool = False) -> dict[str, Any]:
-        data = {"sha256": self.sha256, "source_path": self.source_path, "face_index": self.face_index,
-                "bbox": [round(float(v), 1) for v in self.bbox], "det_score": round(self.det_score, 4),
-                "quality": round(self.quality, 4), "quality_report": self.quality_report,
-                "pose": self.pose, "flagged": self.flagged, "added_at": self.added_at,
-                "fingerprint": self.fingerprint}
-        if include_embedding:
-            data["embedding"] = encode_vector(self.embedding)
-        return data
-
-
-@dataclass
-class Character:
-    name: str
-    vector: np.ndarray
-    fingerprint: str
-    description: str = ""
-    tags: list[str] = field(default_factory=list)
-    references: list[Reference] = field(default_factory=list)
-    baseline: dict[str, Any] = field(default_factory=dict)
-    created_at: str = ""
-    updated_at: str = ""
-    id: int | None = None
-    warnings: list[str] = field(default_factory=list)  # from the call that returned it, not stored
-
-    def pose_coverage(self) -> dict[str, Any]:
-        """How many references fall in each yaw range, and which ranges have none."""
-        counts = {label: 0 for label, _, _ in YAW_BINS}
-        for ref in self.references:
-            yaw = ref.yaw
-            if yaw is None:
-                continue
-            for label, low, high in YAW_BINS:
-                if low <= yaw < high or (label == "far right" and yaw >= high):
-                    counts[label] += 1
-                    break
-            else:
-                counts["far left"] += 1  # yaw < -90 (should not happen)
-        return {"bins": counts, "covered": [k for k, v in counts.items() if v],
-                "missing": [k for k, v in counts.items() if not v]}
-
-    def to_dict(self, *, include_embeddings: bool = False) -> dict[str, Any]:
-        data = {"name": self.name, "description": self.description, "tags": self.tags,
-                "fingerprint": self.fingerprint, "references": len(self.references),
-                "baseline": self.baseline, "pose_coverage": self.pose_coverage(),
-                "created_at": self.created_at, "updated_at": self.updated_at,
-                "reference_details": [r.to_dict(include_embedding=include_embeddings)
-                                      for r in self.references]}
-        if include_embeddings:
-            data["vector"] = encode_vector(self.vector)
-        if self.warnings:
-            data["warnings"] = self.warnings
-        return data
-
-
-@dataclass
-class Match:
-    name: str
-    score: float
-    probability: float
-    same: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "score": round(self.score, 4),
-                "probability": round(self.probability, 4), "same": self.same}
-
-
-@dataclass
-class CharacterScore:
-    name: str
-    cosine: float
-    probability: float
-    same: bool
-    threshold: float
-    closest_other: Match | None
-    leakage: bool
-    baseline_mean: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "cosine": round(self.cosine, 4),
-                "probability": round(self.probability, 4), "same": self.same,
-                "threshold": self.threshold, "baseline_mean": self.baseline_mean,
-                "closest_other": None if self.closest_other is None else self.closest_other.to_dict(),
-                "leakage": self.leakage}
-
-
-def encode_vector(vector: np.ndarray) -> str:
-    """float32 little-endian bytes in base64: exact, compact, no pickle."""
-    return base64.b64encode(_to_blob(vector)).decode("ascii")
-
-
-def decode_vector(text: str, dim: int | None = None) -> np.ndarray:
-    try:
-        vector = _from_blob(base64.b64decode(text, validate=True))
-    except (ValueError, TypeError):
-        raise StoreError("embedding is not valid base64 float32 data") from None
-    if dim is not None and vector.shape != (dim,):
-        raise StoreError(f"embedding has {vector.size} values, expected {dim}")
-    if not np.all(np.isfinite(vector)):
-        raise StoreError("embedding holds non-finite values")
-    return vector
 
 
 _SCHEMA = """
@@ -541,7 +344,7 @@ class Store:
         for row in rows:
             characters[row[0]] = Character(
                 id=row[0], name=row[1], description=row[2], tags=json.loads(row[3]),
-                fingerprint=row[4], vector=_from_blob(row[6]), baseline=json.loads(row[7]),
+                fingerprint=row[4], vector=from_blob(row[6]), baseline=json.loads(row[7]),
                 created_at=row[8], updated_at=row[9])
         if not characters:
             return []
@@ -557,7 +360,7 @@ class Store:
             characters[r[0]].references.append(Reference(
                 id=r[1], sha256=r[2], source_path=r[3], face_index=r[4], bbox=json.loads(r[5]),
                 det_score=r[6], quality=r[7], quality_report=json.loads(r[8]), pose=json.loads(r[9]),
-                fingerprint=r[10], embedding=_from_blob(r[11]), flagged=bool(r[12]), added_at=r[13]))
+                fingerprint=r[10], embedding=from_blob(r[11]), flagged=bool(r[12]), added_at=r[13]))
         return list(characters.values())
 
     def get(self, name: str) -> Character:
@@ -613,7 +416,7 @@ class Store:
         else:
             largest = analysis.faces[0]
             chosen = [largest] + [f for f in analysis.faces[1:] if f.size >= BYSTANDER_RATIO * largest.size]
-        return [Reference(sha256=digest, source_path=label, embedding=_normalise(f.embedding),
+        return [Reference(sha256=digest, source_path=label, embedding=normalise(f.embedding),
                           quality=float(f.quality.score), det_score=float(f.det_score),
                           bbox=[float(v) for v in f.bbox], face_index=f.index,
                           pose=f.pose.to_dict(), quality_report=f.quality.to_dict(),
@@ -756,7 +559,7 @@ class Store:
                     "INSERT INTO characters(name, name_key, description, tags, fingerprint, dim, vector, "
                     "baseline, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (name, key, description, json.dumps(tags, ensure_ascii=False), fingerprint,
-                     int(vector.size), _to_blob(vector), json.dumps(baseline), now, now))
+                     int(vector.size), to_blob(vector), json.dumps(baseline), now, now))
                 character_id = int(cursor.lastrowid)
                 self._insert_refs(character_id, references, now)
                 generation = self._bump_generation()
@@ -772,7 +575,7 @@ class Store:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(character_id, r.sha256, r.source_path, r.face_index, json.dumps(r.bbox), r.det_score,
               r.quality, json.dumps(r.quality_report), json.dumps(r.pose), r.fingerprint,
-              _to_blob(r.embedding), int(r.flagged), r.added_at or now) for r in references])
+              to_blob(r.embedding), int(r.flagged), r.added_at or now) for r in references])
 
     def add_refs(self, name: str, images: Sequence[Any], *, force: bool = False,
                  face: int | None = None, progress: Any = None) -> Character:
@@ -807,11 +610,11 @@ class Store:
                 # Refit from what is stored now (another process may have added references too).
                 rows = self._db.execute("SELECT embedding, quality FROM refs WHERE character_id = ?",
                                         (existing.id,)).fetchall()
-                embeddings = np.stack([_from_blob(r[0]) for r in rows])
+                embeddings = np.stack([from_blob(r[0]) for r in rows])
                 weights = np.array([r[1] for r in rows])
                 vector = combine(embeddings, weights)
                 self._db.execute("UPDATE characters SET vector = ?, baseline = ?, updated_at = ? "
-                                 "WHERE id = ?", (_to_blob(vector), json.dumps(baseline_of(embeddings, weights)),
+                                 "WHERE id = ?", (to_blob(vector), json.dumps(baseline_of(embeddings, weights)),
                                                   now, existing.id))
                 generation = self._bump_generation()
         self._apply_delta(generation, remove=[existing.id], add={existing.id: vector})
@@ -833,7 +636,7 @@ class Store:
     def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         rows = self._db.execute("SELECT id, vector FROM characters ORDER BY id").fetchall()
         ids = np.array([r[0] for r in rows], dtype=np.int64)
-        vectors = (np.stack([_from_blob(r[1]) for r in rows]) if rows
+        vectors = (np.stack([from_blob(r[1]) for r in rows]) if rows
                    else np.zeros((0, 512), dtype=np.float32))
         return ids, vectors
 
@@ -937,14 +740,14 @@ class Store:
     # ------------------------------------------------------------------ queries
     def _query_vector(self, source: Any, face: int | None = None) -> np.ndarray:
         if isinstance(source, np.ndarray) and source.ndim == 1:
-            return _normalise(source)
+            return normalise(source)
         if isinstance(source, (list, tuple)) and source and isinstance(source[0], (float, int)):
-            return _normalise(np.asarray(source, dtype=np.float32))
+            return normalise(np.asarray(source, dtype=np.float32))
         analyzer = self.analyzer
         with self._guard():
             self._check_fingerprint(analyzer.fingerprint)
         source, spec_face = parse_image_spec(source)
-        return _normalise(analyzer.embed(source, face=spec_face if spec_face is not None else face).embedding)
+        return normalise(analyzer.embed(source, face=spec_face if spec_face is not None else face).embedding)
 
     @dataclass
     class _Hit:
@@ -1026,7 +829,7 @@ class Store:
                     "baseline, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (character.name, key, character.description,
                      json.dumps(character.tags, ensure_ascii=False), character.fingerprint,
-                     int(vector.size), _to_blob(vector), json.dumps(baseline_of(embeddings, weights)),
+                     int(vector.size), to_blob(vector), json.dumps(baseline_of(embeddings, weights)),
                      character.created_at or now, now))
                 character_id = int(cursor.lastrowid)
                 self._insert_refs(character_id, character.references, now)
