@@ -35,6 +35,8 @@ def compare(image_a: Path, image_b: Path, face_a: int | None, face_b: int | None
             "face_a": first.index, "face_b": second.index,
             **result.to_dict(),
             "model": analyzer.fingerprint,
+            # what onnxruntime really ran (onnxruntime-gpu falls back to CPU silently)
+            "providers": analyzer.pack.active_providers()["recognition"],
         }
     emit(data, as_json, lambda d: (f"similarity {d['similarity']:.4f} "
                                    f"(threshold {d['threshold']:.2f}): "

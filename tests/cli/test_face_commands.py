@@ -46,6 +46,7 @@ def test_compare_json(cli, faces_dir, portrait):
     same_data, other_data = json.loads(same.stdout), json.loads(other.stdout)
     assert same_data["same"] is True and other_data["same"] is False
     assert same_data["similarity"] > other_data["similarity"]
+    assert same_data["providers"] == ["CPUExecutionProvider"]
 
 
 def test_compare_text_and_face_choice(cli, faces_dir, portrait):
