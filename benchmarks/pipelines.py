@@ -1,0 +1,130 @@
+"""The two face pipelines the benchmarks compare, on the same model pack.
+
+- `CastkeepPipeline`: castkeep's FaceAnalyzer fast path (SCRFD with retries, ArcFace). For
+  verification it detects once per image and derives the four variants {largest, center face} x
+  {flip TTA off, on} from that one detection, bit-identical to what
+  `FaceAnalyzer(selection=..., flip=...).embed(image)` returns (a test checks this).
+- `InsightFaceBaseline`: insightface's own `FaceAnalysis` (detection + recognition modules only,
+  det_size 640, one pass, the face insightface ranks first with `max_num=1`: big and central).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ImageError
+from ..identity.embedder import align_face, l2_normalize
+from ..landmarks.detection import select_face
+from ..landmarks.images import load_image
+
+SELECTIONS = ("center", "largest")
+
+
+def variant_name(selection: str, flip: bool) -> str:
+    return f"{selection}+flip" if flip else selection
+
+
+@dataclass
+class ImageEmbeddings:
+    """What one pipeline got from one image. `embeddings` is empty when no face was found."""
+
+    path: Path
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    faces: int = 0
+    attempt: int | None = None     # castkeep: which detection pass found the face (0 = first)
+    error: str | None = None       # unreadable image
+    seconds: float = 0.0
+
+
+class CastkeepPipeline:
+    name = "castkeep"
+
+    def __init__(self, pack: Any) -> None:
+        from ..identity.analyzer import FaceAnalyzer
+
+        self.analyzer = FaceAnalyzer(pack, dense=False, landmarks_106=False)
+
+    def analyze(self, path: Path) -> int:
+        """The full fast-path analysis of one image (every face embedded); returns the face count."""
+        return len(self.analyzer.analyze(path).faces)
+
+    def variants(self, path: Path) -> ImageEmbeddings:
+        result = ImageEmbeddings(path=path)
+        start = time.perf_counter()
+        try:
+            image = load_image(path)
+        except ImageError as exc:
+            result.error = str(exc)
+            return result
+        detections = self.analyzer.detector.detect(image)
+        result.faces = len(detections)
+        if detections:
+            result.attempt = detections[0].attempt
+            embedder = self.analyzer.embedder
+            chosen = {s: select_face(detections, image.shape, s) for s in SELECTIONS}
+            for index in sorted(set(chosen.values())):
+                crop = align_face(image, detections[index].kps, embedder.input_size)
+                plain = embedder.embed_aligned([crop], flip=False)[0]
+                mirrored = embedder.embed_aligned([np.ascontiguousarray(crop[:, ::-1])], flip=False)[0]
+                flipped = l2_normalize(plain + mirrored)
+                for selection, picked in chosen.items():
+                    if picked == index:
+                        result.embeddings[variant_name(selection, False)] = plain
+                        result.embeddings[variant_name(selection, True)] = flipped
+        result.seconds = time.perf_counter() - start
+        return result
+
+
+class InsightFaceBaseline:
+    name = "insightface"
+    variant = "insightface"
+
+    def __init__(self, pack_dir: str | os.PathLike, device: str = "cpu") -> None:
+        import onnxruntime
+        from insightface.app import FaceAnalysis
+
+        providers = ["CPUExecutionProvider"]
+        if device != "cpu" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        self.app = FaceAnalysis(name=os.fspath(pack_dir), allowed_modules=["detection", "recognition"],
+                                providers=providers)
+        # det_size explicitly: insightface 2.x otherwise uses a multi-scale default.
+        self.app.prepare(ctx_id=0 if providers[0].startswith("CUDA") else -1, det_size=(640, 640))
+
+    @staticmethod
+    def _read(path: Path) -> np.ndarray | None:
+        import cv2
+
+        return cv2.imread(os.fspath(path))
+
+    def analyze(self, path: Path) -> int:
+        image = self._read(path)
+        if image is None:
+            return 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return len(self.app.get(image))
+
+    def variants(self, path: Path) -> ImageEmbeddings:
+        result = ImageEmbeddings(path=path)
+        start = time.perf_counter()
+        image = self._read(path)
+        if image is None:
+            result.error = f"{path}: OpenCV cannot read this image"
+            return result
+        with warnings.catch_warnings():
+            # insightface's norm_crop calls a scikit-image API deprecated upstream; result unchanged.
+            warnings.simplefilter("ignore", FutureWarning)
+            faces = self.app.get(image, max_num=1)
+        result.faces = len(faces)
+        if faces:
+            result.embeddings[self.variant] = np.asarray(faces[0].normed_embedding, dtype=np.float32)
+        result.seconds = time.perf_counter() - start
+        return result

@@ -1,0 +1,92 @@
+"""Images per second for castkeep's analyze+embed fast path against insightface's own
+`FaceAnalysis.get`, on the same model pack and the same photos, in the same run.
+
+Both pipelines detect every face and embed each one. The two take turns in rounds (castkeep,
+insightface, castkeep, ...) so load from other processes on a shared machine hits both alike; the
+reported rate of each is its median over rounds, and the headline is their ratio.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from .pairs import BenchmarkInputError
+from .pipelines import CastkeepPipeline, InsightFaceBaseline
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+Progress = Callable[..., Iterable[Any]]
+
+
+def collect_images(folder: str | os.PathLike, limit: int | None = None, *, per_identity: int | None = None) -> list[Path]:
+    """Images under `folder` (recursively), sorted; `per_identity` caps each sub-folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BenchmarkInputError("not a folder", path=folder)
+    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if per_identity:
+        counts: dict[Path, int] = {}
+        kept = []
+        for path in images:
+            counts[path.parent] = counts.get(path.parent, 0) + 1
+            if counts[path.parent] <= per_identity:
+                kept.append(path)
+        images = kept
+    if limit:
+        images = images[:limit]
+    if not images:
+        raise BenchmarkInputError("no images (jpg/png/webp/bmp) found", path=folder)
+    return images
+
+
+def _timed_pass(analyze: Callable[[Path], int], images: list[Path]) -> tuple[float, int]:
+    faces = 0
+    start = time.perf_counter()
+    for path in images:
+        faces += analyze(path)
+    return time.perf_counter() - start, faces
+
+
+def run_throughput(images: list[Path], pack: Any, *, rounds: int = 3, device: str = "cpu",
+                   progress: Progress = lambda it, **_: it) -> dict[str, Any]:
+    castkeep = CastkeepPipeline(pack)
+    insight = InsightFaceBaseline(pack.path, device=device)
+    pipelines = {"castkeep": castkeep.analyze, "insightface": insight.analyze}
+    for analyze in pipelines.values():  # warm-up: first-call session setup is not throughput
+        analyze(images[0])
+    seconds: dict[str, list[float]] = {name: [] for name in pipelines}
+    faces: dict[str, int] = {}
+    for _ in progress(range(rounds), label="rounds", total=rounds):
+        for name, analyze in pipelines.items():
+            elapsed, found = _timed_pass(analyze, images)
+            seconds[name].append(elapsed)
+            faces[name] = found
+    rates = {name: len(images) / float(np.median(times)) for name, times in seconds.items()}
+    return {
+        "bench": "throughput",
+        "images": len(images),
+        "rounds": rounds,
+        "model_pack": pack.name,
+        "fingerprint": pack.fingerprint,
+        "castkeep": {"images_per_s": rates["castkeep"], "round_seconds": seconds["castkeep"],
+                     "faces": faces["castkeep"], "pipeline": "FaceAnalyzer(dense=False, landmarks_106=False).analyze"},
+        "insightface": {"images_per_s": rates["insightface"], "round_seconds": seconds["insightface"],
+                        "faces": faces["insightface"],
+                        "pipeline": "FaceAnalysis(allowed_modules=[detection, recognition]).get, det_size 640"},
+        "ratio": rates["castkeep"] / rates["insightface"],
+    }
+
+
+def summary_text(result: dict[str, Any]) -> str:
+    from .report import table
+
+    rows = [[name, result[name]["images_per_s"], 1000 / result[name]["images_per_s"], result[name]["faces"]]
+            for name in ("castkeep", "insightface")]
+    return (f"throughput: {result['images']} images x {result['rounds']} rounds, pack {result['model_pack']}\n"
+            + table(rows, ["pipeline", "images/s", "ms/image", "faces"])
+            + f"\nratio castkeep / insightface: {result['ratio']:.2f}x")

@@ -1,0 +1,178 @@
+"""Face verification on a pairs file, the LFW way: 10-fold accuracy, ROC/AUC, TAR@FAR, EER.
+
+Each distinct image is embedded once per pipeline. An image where no face is found is a
+failure-to-detect: its pairs are scored -1 (called "different", so genuine pairs count as errors)
+and listed in the result, never dropped. castkeep and insightface's own FaceAnalysis run on the
+same pairs in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from ..identity.similarity import SAME_PERSON_THRESHOLD
+from .metrics import Roc, verification_metrics
+from .pairs import PairsFile
+from .pipelines import SELECTIONS, CastkeepPipeline, ImageEmbeddings, InsightFaceBaseline, variant_name
+
+NO_FACE_SCORE = -1.0
+
+# Published LFW accuracy of insightface's recognition models (insightface model zoo, pre-aligned
+# 112x112 LFW crops, full View 2), keyed by the recognition ONNX file of the pack.
+PUBLISHED_LFW = {
+    "w600k_mbf.onnx": {"pack": "buffalo_s / buffalo_sc (MobileFaceNet, WebFace600K)", "lfw_accuracy": 0.9970},
+    "w600k_r50.onnx": {"pack": "buffalo_l (ResNet-50, WebFace600K)", "lfw_accuracy": 0.9983},
+}
+
+Progress = Callable[..., Iterable[Any]]
+
+
+def _no_progress(iterable: Iterable[Any], **_: Any) -> Iterable[Any]:
+    return iterable
+
+
+def embed_images(pipeline: Any, images: list[Path], progress: Progress = _no_progress) -> tuple[dict[Path, ImageEmbeddings], float]:
+    started = time.perf_counter()
+    results = {path: pipeline.variants(path) for path in progress(images, label=pipeline.name, total=len(images))}
+    return results, time.perf_counter() - started
+
+
+def pair_scores(pairs: PairsFile, embedded: dict[Path, ImageEmbeddings], variant: str) -> np.ndarray:
+    scores = np.empty(len(pairs.pairs), dtype=np.float64)
+    for i, pair in enumerate(pairs.pairs):
+        a = embedded[pair.a].embeddings.get(variant)
+        b = embedded[pair.b].embeddings.get(variant)
+        scores[i] = NO_FACE_SCORE if a is None or b is None else float(np.dot(a, b))
+    return scores
+
+
+def _failures(pairs: PairsFile, embedded: dict[Path, ImageEmbeddings]) -> dict[str, Any]:
+    no_face = sorted(str(p.path) for p in embedded.values() if not p.embeddings and p.error is None)
+    unreadable = sorted(f"{p.error}" for p in embedded.values() if p.error is not None)
+    missing = {Path(x) for x in no_face} | {p.path for p in embedded.values() if p.error is not None}
+    affected = [pair for pair in pairs.pairs if pair.a in missing or pair.b in missing]
+    return {"images": len(no_face) + len(unreadable), "no_face": no_face, "unreadable": unreadable,
+            "pairs": len(affected), "genuine_pairs": sum(p.same for p in affected),
+            "rate": (len(no_face) + len(unreadable)) / max(len(embedded), 1)}
+
+
+def _pipeline_summary(pairs: PairsFile, embedded: dict[Path, ImageEmbeddings], seconds: float,
+                      variant: str, labels: np.ndarray) -> tuple[dict[str, Any], Roc, np.ndarray]:
+    scores = pair_scores(pairs, embedded, variant)
+    metrics, roc = verification_metrics(scores, labels, fixed_threshold=SAME_PERSON_THRESHOLD)
+    metrics["failures_to_detect"] = _failures(pairs, embedded)
+    metrics["seconds"] = seconds
+    metrics["images_per_s"] = len(embedded) / seconds if seconds > 0 else None
+    return metrics, roc, scores
+
+
+def run_verification(pairs: PairsFile, pack: Any, *, selection: str = "center", flip: bool = True,
+                     baseline: bool = True, device: str = "cpu",
+                     progress: Progress = _no_progress) -> tuple[dict[str, Any], dict[str, Roc]]:
+    """Returns the JSON-ready result and the ROC curves to plot (label → Roc)."""
+    labels = np.array([p.same for p in pairs.pairs], dtype=bool)
+    images = pairs.images
+    castkeep = CastkeepPipeline(pack)
+    embedded, seconds = embed_images(castkeep, images, progress)
+    chosen = variant_name(selection, flip)
+    summary, roc, scores = _pipeline_summary(pairs, embedded, seconds, chosen, labels)
+    summary["config"] = {"selection": selection, "flip": flip}
+    summary["found_by_retry"] = sum(1 for e in embedded.values() if e.attempt)
+    curves = {f"castkeep ({chosen})": roc}
+
+    variants: dict[str, Any] = {}
+    for sel in SELECTIONS:
+        for fl in (False, True):
+            name = variant_name(sel, fl)
+            metrics, _, _ = _pipeline_summary(pairs, embedded, seconds, name, labels)
+            variants[name] = {k: metrics[k] for k in ("accuracy", "accuracy_std", "auc", "eer", "threshold")}
+            variants[name]["tar_at_far_1e-2"] = metrics["tar_at_far"][0]["tar"]
+    # How often the two face choices disagree (multi-face photos), which is where selection matters.
+    differ = sum(1 for e in embedded.values() if e.embeddings and
+                 not np.array_equal(e.embeddings["center"], e.embeddings["largest"]))
+
+    recognition = pack.model_file("recognition").name
+    result: dict[str, Any] = {
+        "bench": "verify",
+        "pairs_file": os.fspath(pairs.path),
+        "root": os.fspath(pairs.root),
+        "pairs": len(pairs.pairs),
+        "genuine_pairs": int(labels.sum()),
+        "impostor_pairs": int((~labels).sum()),
+        "images": len(images),
+        "skipped_lines": pairs.skipped,
+        "model_pack": pack.name,
+        "fingerprint": pack.fingerprint,
+        "protocol": "10-fold stratified; per-fold threshold chosen on the other 9 folds; "
+                    f"no face found -> similarity {NO_FACE_SCORE}",
+        "accuracy": summary["accuracy"],
+        "castkeep": summary,
+        "variants": variants,
+        "images_where_face_choice_differs": differ,
+        "baseline": None,
+        # The published figure is an LFW number: shown only next to LFW pairs.
+        "published": PUBLISHED_LFW.get(recognition) if "lfw" in os.fspath(pairs.path).lower() else None,
+        # Per-pair similarities, in pairs-file order, so others can recompute any metric.
+        "scores": {"pair_lines": [p.line for p in pairs.pairs], "same": labels.astype(int).tolist(),
+                   "castkeep": np.round(scores, 6).tolist()},
+    }
+    if baseline:
+        insight = InsightFaceBaseline(pack.path, device=device)
+        base_embedded, base_seconds = embed_images(insight, images, progress)
+        base_summary, base_roc, base_scores = _pipeline_summary(pairs, base_embedded, base_seconds,
+                                                      InsightFaceBaseline.variant, labels)
+        base_summary["config"] = {"det_size": 640, "max_num": 1, "modules": ["detection", "recognition"]}
+        result["baseline"] = base_summary
+        result["accuracy_gain_vs_baseline"] = summary["accuracy"] - base_summary["accuracy"]
+        result["speed_ratio_vs_baseline"] = (base_seconds / seconds) if seconds > 0 else None
+        curves["insightface FaceAnalysis"] = base_roc
+        result["scores"]["insightface"] = np.round(base_scores, 6).tolist()
+    return result, curves
+
+
+def summary_text(result: dict[str, Any]) -> str:
+    from .report import percent, table
+
+    rows = []
+    published = result.get("published")
+    for label, data in (("castkeep", result["castkeep"]), ("insightface FaceAnalysis", result.get("baseline"))):
+        if not data:
+            continue
+        rows.append([label, percent(data["accuracy"]), f"±{100 * data['accuracy_std']:.2f}", data["auc"],
+                     data["tar_at_far"][0]["tar"], data["tar_at_far"][1]["tar"], data["eer"],
+                     data["threshold"], data["failures_to_detect"]["images"]])
+    if published:
+        rows.append(["published (model zoo)", percent(published["lfw_accuracy"]),
+                     "", None, None, None, None, None, None])
+    lines = [f"verification: {result['pairs']} pairs ({result['genuine_pairs']} same, "
+             f"{result['impostor_pairs']} different), {result['images']} images, pack {result['model_pack']}",
+             table(rows, ["pipeline", "accuracy", "std", "AUC", "TAR@1e-2", "TAR@1e-3", "EER",
+                          "threshold", "no face"])]
+    if published:
+        lines.append(f"(published: {published['pack']}, pre-aligned crops of all 6000 View-2 pairs; "
+                     f"here: the original photos)")
+    variant_rows = [[name, percent(v["accuracy"]), v["auc"], v["tar_at_far_1e-2"], v["eer"]]
+                    for name, v in result["variants"].items()]
+    lines += ["castkeep variants (same detections):",
+              table(variant_rows, ["face choice + TTA", "accuracy", "AUC", "TAR@1e-2", "EER"])]
+    tars = result["castkeep"]["tar_at_far"]
+    unresolved = [t["far"] for t in tars if not t["resolved"]]
+    if unresolved:
+        lines.append(f"note: FAR {', '.join(f'{f:g}' for f in unresolved)} is below 1/{result['impostor_pairs']} "
+                     f"impostor pairs: that TAR is measured at FAR 0")
+    failures = result["castkeep"]["failures_to_detect"]
+    if failures["images"]:
+        lines.append(f"castkeep found no face in {failures['images']} image(s) "
+                     f"({failures['pairs']} pairs scored 'different'): {', '.join(failures['no_face'][:5])}")
+    if result.get("baseline") and result["baseline"]["failures_to_detect"]["images"]:
+        bf = result["baseline"]["failures_to_detect"]
+        lines.append(f"insightface found no face in {bf['images']} image(s) ({bf['pairs']} pairs)")
+    if result["skipped_lines"]:
+        lines.append(f"{len(result['skipped_lines'])} unreadable line(s) in the pairs file, e.g. "
+                     f"line {result['skipped_lines'][0]['line']}: {result['skipped_lines'][0]['reason']}")
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""`castkeep bench consistency` on a run folder built from real photos: five of one person, one
+impostor, one faceless frame. The impostor must come out as the (only) outlier."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+PERSON = "Alejandro_Toledo"
+IMPOSTOR = "Adrien_Brody"
+
+
+def _png(source: Path, target: Path) -> None:
+    with Image.open(source) as image:
+        image.convert("RGB").save(target)
+
+
+@pytest.fixture
+def run_dir(faces_dir, tmp_path) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    photos = sorted((faces_dir / "lfw_gallery" / PERSON).glob("*.jpg"))
+    for i, photo in enumerate(photos[2:6]):  # photos 0-1 are kept for the store's references
+        _png(photo, run / f"out_{i:02d}.png")
+        (run / f"out_{i:02d}.json").write_text(json.dumps({"character": "toledo", "seed": i}))
+    _png(sorted((faces_dir / "lfw_gallery" / IMPOSTOR).glob("*.jpg"))[0], run / "out_04.png")
+    Image.new("RGB", (256, 256), (90, 120, 90)).save(run / "out_05.png")  # no face: a failed output
+    (run / "summary.json").write_text(json.dumps({"character": "toledo", "images": 6}))
+    return run
+
+
+def test_consistency_without_store_uses_the_run_centroid(cli, run_dir, tmp_path):
+    result = cli("bench", "consistency", str(run_dir), "--store", str(tmp_path / "no-store"), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["reference"].startswith("run centroid")
+    assert data["notes"]  # says why the character named in the run was not used
+    assert data["outputs"] == 6 and data["with_face"] == 5
+    assert [r["image"] for r in data["no_face"]] == ["out_05.png"]
+    assert data["outliers"] == ["out_04.png"]
+    assert data["consistency_rate"] <= 4 / 6  # the impostor and the faceless frame both fail
+    assert len(data["pairwise"]["matrix"]) == 5
+    for plot in data["plots"].values():
+        assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Path(data["result_json"]).parent == run_dir / "consistency"
+
+
+def test_consistency_against_a_stored_character(cli, run_dir, faces_dir, tmp_path):
+    store = tmp_path / "store"
+    refs = sorted((faces_dir / "lfw_gallery" / PERSON).glob("*.jpg"))[:2]
+    from castkeep.identity.analyzer import FaceAnalyzer
+    from castkeep.identity.store import Store
+
+    with FaceAnalyzer.from_pretrained(None, dense=False, landmarks_106=False) as analyzer:
+        with Store.open(store, analyzer=analyzer) as opened:
+            opened.register("toledo", refs)
+    result = cli("bench", "consistency", str(run_dir), "--store", str(store), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["reference"] == "character 'toledo'"
+    scores = {r["image"]: r for r in data["images"]}
+    assert scores["out_04.png"]["score"] < data["threshold"] < min(
+        scores[f"out_{i:02d}.png"]["score"] for i in range(4))
+    assert data["consistency_rate"] == pytest.approx(4 / 6)
+    assert data["below_threshold"] == ["out_04.png"]
+    # A re-run does not embed its own plots (they live under RUN_DIR/consistency).
+    again = cli("bench", "consistency", str(run_dir), "--store", str(store), "--json")
+    assert json.loads(again.stdout)["outputs"] == 6
+
+
+def test_unknown_character_is_an_error(cli, run_dir, tmp_path):
+    store = tmp_path / "store"
+    result = cli("bench", "consistency", str(run_dir), "--character", "nobody", "--store", str(store))
+    assert result.returncode != 0 and result.stderr.startswith("error:")
+
+
+def test_empty_run_dir_is_an_error(cli, tmp_path):
+    result = cli("bench", "consistency", str(tmp_path))
+    assert result.returncode == 2 and "no images" in result.stderr

@@ -1,0 +1,61 @@
+"""`castkeep bench identify` on a 5-identity slice of the LFW gallery, through a real store."""
+
+from __future__ import annotations
+
+import json
+
+from castkeep.benchmarks.identification import read_gallery, split_gallery
+
+
+def test_split_holds_out_whole_identities(faces_dir):
+    gallery = read_gallery(faces_dir / "lfw_gallery", limit_identities=10)
+    enrol, known, unknown = split_gallery(gallery, k=2, unknown_fraction=0.2, seed=0)
+    unknown_names = {n for n, _ in unknown}
+    assert len(unknown_names) == 2 and not unknown_names & set(enrol)
+    assert all(len(photos) == 2 for photos in enrol.values())
+    enrolled_photos = {p for photos in enrol.values() for p in photos}
+    assert not enrolled_photos & {p for _, p in known}  # a probe is never its own reference
+    assert len(known) == 8 * 4 and len(unknown) == 2 * 6
+
+
+def test_identify_cli_on_gallery_slice(cli, faces_dir, tmp_path):
+    result = cli("bench", "identify", "--gallery", str(faces_dir / "lfw_gallery"), "--limit-identities", "5",
+                 "--refs", "2", "--unknown-fraction", "0.2", "--no-flip", "--out", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["bench"] == "identify"
+    assert data["enrolled"] == 4 and data["unknown_identities"] == 1
+    assert data["known_probes"] == 16 and data["unknown_probes"] == 6
+    assert 0.8 <= data["rank1"] <= data["rank5"] <= 1.0
+    open_set = data["open_set"]
+    assert 0.0 <= open_set["fpir"] <= 1.0
+    assert open_set["rejection_rate"] == 1.0 - open_set["fpir"]
+    assert open_set["dir"] <= data["rank1"]
+    for part in ("embed", "search", "total"):
+        assert data["latency"][part]["p50_ms"] > 0
+    assert (tmp_path / "identify-lfw_gallery.json").is_file()
+
+
+def test_gallery_without_identity_folders_is_an_error(cli, tmp_path):
+    result = cli("bench", "identify", "--gallery", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and result.stderr.startswith("error:")
+
+
+def test_refused_enrolment_is_retried_and_reported(model_pack, faces_dir, tmp_path):
+    """John_Allen_Muhammad_0001 holds two faces of similar size, which the store refuses to guess
+    between with only two photos: the bench retries with face 0 (the central face) and says so."""
+    import shutil
+
+    from castkeep.benchmarks.identification import run_identification
+    from castkeep.identity.analyzer import FaceAnalyzer
+
+    for name in ("John_Allen_Muhammad", "Alejandro_Toledo"):
+        shutil.copytree(faces_dir / "lfw_gallery" / name, tmp_path / "gallery" / name)
+    gallery = read_gallery(tmp_path / "gallery")
+    analyzer = FaceAnalyzer(model_pack, dense=False, landmarks_106=False, selection="center")
+    result = run_identification(gallery, analyzer, k=2, unknown_fraction=0.0, store_dir=str(tmp_path))
+    problems = {p["identity"]: p for p in result["enrolment_problems"]}
+    assert problems["John_Allen_Muhammad"]["enrolled_with"] == "force + face 0"
+    assert "faces" in problems["John_Allen_Muhammad"]["problem"]
+    assert result["enrolled"] == 2 and result["not_enrolled"] == []
+    assert result["rank1"] >= 0.875

@@ -1,0 +1,112 @@
+"""`castkeep bench verify` on small LFW slices: JSON schema, sane numbers, the ROC plot, and
+failures-to-detect counted rather than dropped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from castkeep.benchmarks.pairs import read_pairs
+from castkeep.benchmarks.pipelines import CastkeepPipeline
+from castkeep.benchmarks.verification import run_verification
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+METRIC_KEYS = {"accuracy", "accuracy_std", "threshold", "auc", "eer", "tar_at_far", "failures_to_detect",
+               "fold_accuracies", "fixed_threshold", "images_per_s"}
+
+
+def assert_png(path: str | Path) -> None:
+    path = Path(path)
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(path) as image:
+        image.verify()
+
+
+def _lfw_slice(faces_dir: Path, n: int) -> list[str]:
+    lines = (faces_dir / "lfw_pairs_fold1" / "pairs.txt").read_text().splitlines()
+    same = [l for l in lines if l.endswith(" 1")][: n // 2]
+    different = [l for l in lines if l.endswith(" 0")][: n // 2]
+    return same + different
+
+
+def test_verify_cli_on_lfw_slice(cli, faces_dir, tmp_path):
+    result = cli("bench", "verify", "--pairs", str(faces_dir / "lfw_pairs_fold1" / "pairs.txt"),
+                 "--limit", "20", "--out", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["bench"] == "verify" and data["pairs"] == 20
+    assert data["genuine_pairs"] == data["impostor_pairs"] == 10
+    assert METRIC_KEYS <= set(data["castkeep"]) and METRIC_KEYS <= set(data["baseline"])
+    assert data["accuracy"] == data["castkeep"]["accuracy"]
+    # These LFW pairs are easy for any working ArcFace pipeline.
+    assert data["accuracy"] >= 0.9 and data["castkeep"]["auc"] >= 0.95
+    assert data["baseline"]["accuracy"] >= 0.9
+    assert -1.0 <= data["castkeep"]["threshold"] <= 1.0
+    assert [t["far"] for t in data["castkeep"]["tar_at_far"]] == [1e-2, 1e-3]
+    assert data["castkeep"]["failures_to_detect"]["images"] == 0
+    assert set(data["variants"]) == {"center", "center+flip", "largest", "largest+flip"}
+    assert data["published"]["lfw_accuracy"] == pytest.approx(0.997)
+    assert len(data["scores"]["castkeep"]) == len(data["scores"]["insightface"]) == 20
+    assert_png(data["plots"]["roc"])
+    assert_png(data["plots"]["score histogram"])
+    assert json.loads(Path(data["result_json"]).read_text())["accuracy"] == data["accuracy"]
+
+
+def test_shuffled_labels_score_near_chance(cli, faces_dir, tmp_path):
+    lines = _lfw_slice(faces_dir, 40)
+    rng = np.random.default_rng(7)
+    labels = rng.permutation([line.split()[2] for line in lines])
+    shuffled = tmp_path / "shuffled.txt"
+    shuffled.write_text("".join(f"{' '.join(l.split()[:2])} {lab}\n" for l, lab in zip(lines, labels)))
+    result = cli("bench", "verify", "--pairs", str(shuffled), "--root", str(faces_dir), "--no-baseline",
+                 "--out", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["baseline"] is None
+    # Fixed seed and deterministic embeddings: no flake. Chance is 0.5; a working pipeline on the
+    # true labels scores ~1.0 on these pairs.
+    assert data["accuracy"] <= 0.75
+    assert 0.25 <= data["castkeep"]["auc"] <= 0.75
+
+
+def test_no_face_images_count_as_failures(model_pack, faces_dir, tmp_path):
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (200, 200), (128, 128, 128)).save(blank)
+    lfw = faces_dir / "lfw_pairs_fold1"
+    a, b = lfw / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg", lfw / "Abel_Pacheco" / "Abel_Pacheco_0004.jpg"
+    other = lfw / "Akhmed_Zakayev" / "Akhmed_Zakayev_0001.jpg"
+    pairs_file = tmp_path / "pairs.txt"
+    pairs_file.write_text(f"{a} {b} 1\n{a} {blank} 1\n{a} {other} 0\n{blank} {other} 0\n")
+    pairs = read_pairs(pairs_file, tmp_path)
+    result, _ = run_verification(pairs, model_pack, baseline=False)
+    failures = result["castkeep"]["failures_to_detect"]
+    assert failures["images"] == 1 and failures["no_face"] == [str(blank)]
+    assert failures["pairs"] == 2 and failures["genuine_pairs"] == 1
+    assert result["pairs"] == 4  # nothing dropped
+    assert result["scores"]["castkeep"][1] == -1.0 and result["scores"]["castkeep"][3] == -1.0
+
+
+@pytest.mark.parametrize("selection,flip", [("center", True), ("largest", False)])
+def test_variants_equal_the_analyzer(model_pack, faces_dir, selection, flip):
+    """The verification variants come from one detection, and must be exactly what the analyzer
+    configured that way returns, on a multi-face photo too."""
+    from castkeep.identity.analyzer import FaceAnalyzer
+
+    path = faces_dir / "groups" / "fr_obama_and_biden.jpg"
+    variants = CastkeepPipeline(model_pack).variants(path)
+    analyzer = FaceAnalyzer(model_pack, dense=False, landmarks_106=False, selection=selection, flip=flip)
+    expected = analyzer.embed(path).embedding
+    key = f"{selection}+flip" if flip else selection
+    np.testing.assert_allclose(variants.embeddings[key], expected, atol=1e-6)
+
+
+def test_bad_pairs_file_is_one_line_error(cli, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("not a pairs file\n")
+    result = cli("bench", "verify", "--pairs", str(bad), "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1
