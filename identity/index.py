@@ -34,6 +34,15 @@ BLAS_THRESHOLD = 20
 faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
 ENV_THREADS = "CASTKEEP_FAISS_THREADS"
 
+# Exact search over large stores scans a float16 copy first (half the memory traffic of float32,
+# which is what bounds a single query), re-scores the best PREFILTER_FACTOR * k candidates from the
+# float32 vectors, and proves the result exact: a float16 score is within FP16_ERROR * |q| * |y| of
+# the true one, so no vector outside the candidates can beat the k-th when the last candidate's
+# float16 score plus that bound is below it. Rows without that proof are searched in float32.
+PREFILTER_MIN = 200_000
+PREFILTER_FACTOR = 10
+FP16_ERROR = 2.0 ** -11 + 1e-4  # float16 rounding of each stored value, plus float32 summation
+
 
 def set_search_threads(threads: int | None = None) -> None:
     """OpenMP threads FAISS searches with (None: all cores). On an oversubscribed CPU, FAISS's
@@ -72,6 +81,7 @@ class VectorIndex:
         self.params: dict[str, int | None] = {"hnsw_m": hnsw_m, "ef_construction": ef_construction,
                                               "ef_search": ef_search, "nlist": nlist, "nprobe": nprobe}
         self._index: faiss.Index | None = None if kind == "ivf" else self._new_index(0)
+        self._prefilter: tuple[faiss.Index, np.ndarray, float] | None = None
 
     # -- construction ---------------------------------------------------------------------------
     def _new_index(self, n_train: int) -> faiss.Index:
@@ -116,6 +126,7 @@ class VectorIndex:
             self._index = self._new_index(len(matrix))
             self._index.train(matrix)
         self._index.add_with_ids(matrix, id_array)
+        self._prefilter = None
 
     def remove(self, ids: Iterable[int]) -> int:
         """Remove ids (exact and IVF; HNSW graphs cannot drop nodes, rebuild those instead)."""
@@ -124,6 +135,7 @@ class VectorIndex:
         if self.kind == "hnsw":
             raise NotImplementedError("HNSW indexes cannot remove vectors; rebuild the index")
         id_array = np.fromiter(ids, dtype=np.int64)
+        self._prefilter = None
         return int(self._index.remove_ids(faiss.IDSelectorBatch(id_array)))
 
     # -- queries --------------------------------------------------------------------------------
@@ -137,8 +149,50 @@ class VectorIndex:
             k = max(k, 0)
             return (np.full((len(matrix), k), -np.inf, dtype=np.float32),
                     np.full((len(matrix), k), -1, dtype=np.int64))
-        scores, ids = self._index.search(matrix, int(k))
+        if self.kind == "exact" and len(self) >= PREFILTER_MIN and len(matrix) < BLAS_THRESHOLD:
+            scores, ids = self._search_prefiltered(matrix, int(k))
+        else:
+            scores, ids = self._index.search(matrix, int(k))
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+        return scores, ids
+
+    def prepare(self) -> None:
+        """Build what the first large exact search would build (the float16 copy), so timing and
+        memory can be measured apart from queries. A no-op for small or approximate indexes."""
+        if self.kind == "exact" and len(self) >= PREFILTER_MIN:
+            self._prefilter_parts()
+
+    def _prefilter_parts(self) -> tuple[faiss.Index, np.ndarray, float]:
+        if self._prefilter is None:
+            flat = faiss.downcast_index(self._index.index)
+            vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * self.dim).reshape(-1, self.dim)
+            half = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16,
+                                              faiss.METRIC_INNER_PRODUCT)
+            half.add(vectors)
+            max_norm = float(np.sqrt((vectors.astype(np.float64) ** 2).sum(axis=1).max()))
+            self._prefilter = (half, faiss.vector_to_array(self._index.id_map).astype(np.int64), max_norm)
+        return self._prefilter
+
+    def _search_prefiltered(self, matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        half, id_map, max_norm = self._prefilter_parts()
+        flat = faiss.downcast_index(self._index.index)
+        n = len(self)
+        k = min(k, n)
+        candidates = min(n, k * PREFILTER_FACTOR)
+        rough, positions = half.search(matrix, candidates)
+        scores = np.empty((len(matrix), k), dtype=np.float32)
+        ids = np.empty((len(matrix), k), dtype=np.int64)
+        for row, query in enumerate(matrix):
+            found = positions[row][positions[row] >= 0]
+            exact = flat.reconstruct_batch(found) @ query
+            best = np.argsort(-exact, kind="stable")[:k]
+            bound = FP16_ERROR * float(np.linalg.norm(query)) * max_norm
+            proven = candidates >= n or exact[best[-1]] > rough[row, -1] + bound
+            if proven:
+                scores[row], ids[row] = exact[best], id_map[found[best]]
+            else:
+                row_scores, row_ids = self._index.search(query[None, :], k)
+                scores[row], ids[row] = row_scores[0], row_ids[0]
         return scores, ids
 
     def ids(self) -> np.ndarray:

@@ -79,3 +79,28 @@ def test_remove_ids():
     assert index.remove([3, 4]) == 2 and len(index) == 98
     _, ids = index.search(base[3], 1)
     assert ids[0][0] != 3
+
+
+def test_large_exact_search_prefilters_in_float16_and_stays_exact(monkeypatch):
+    from castkeep.identity import index as index_module
+
+    rng = np.random.default_rng(3)
+    database = rng.standard_normal((6000, 64)).astype(np.float32)
+    database /= np.linalg.norm(database, axis=1, keepdims=True)
+    queries = database[:8] + 0.5 * rng.standard_normal((8, 64)).astype(np.float32)
+    ids = np.arange(6000) * 7 + 1
+    reference = VectorIndex.build(database, ids)          # below the threshold: plain float32 scan
+    expected_scores, expected_ids = reference.search(queries, 10)
+    monkeypatch.setattr(index_module, "PREFILTER_MIN", 1000)
+    prefiltered = VectorIndex.build(database, ids)
+    scores, found = prefiltered.search(queries, 10)
+    assert prefiltered._prefilter is not None              # the float16 path really ran
+    assert np.array_equal(found, expected_ids)
+    assert np.allclose(scores, expected_scores, atol=1e-6)
+    # Without a proof (an error bound too large to certify), every row falls back to float32.
+    monkeypatch.setattr(index_module, "FP16_ERROR", 10.0)
+    scores, found = prefiltered.search(queries, 10)
+    assert np.array_equal(found, expected_ids)
+    # Adding vectors invalidates the float16 copy.
+    prefiltered.add(database[:1], [99999])
+    assert prefiltered._prefilter is None
