@@ -73,6 +73,15 @@ def _pyplot():
     return plt
 
 
+def _save_figure(plt: Any, fig: Any, path: str | os.PathLike) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_roc(curves: dict[str, Any], path: str | os.PathLike, title: str) -> Path:
     """ROC curves (TAR against FAR on a log axis). `curves` maps a label to a metrics.Roc."""
     plt = _pyplot()
@@ -92,12 +101,7 @@ def plot_roc(curves: dict[str, Any], path: str | os.PathLike, title: str) -> Pat
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, path)
 
 
 def plot_heatmap(matrix: np.ndarray, labels: Sequence[str], path: str | os.PathLike, title: str) -> Path:
@@ -116,12 +120,7 @@ def plot_heatmap(matrix: np.ndarray, labels: Sequence[str], path: str | os.PathL
                 ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6, color="white")
     fig.colorbar(image, ax=ax, label="cosine similarity")
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, path)
 
 
 def plot_histogram(series: dict[str, Iterable[float]], path: str | os.PathLike, title: str,
@@ -139,9 +138,4 @@ def plot_histogram(series: dict[str, Iterable[float]], path: str | os.PathLike, 
     ax.set_ylabel("count")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, path)
