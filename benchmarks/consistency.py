@@ -1,6 +1,7 @@
 """Identity consistency of a generation run: is every output the same person?
 
-Every image in RUN_DIR (top level: png/jpg/webp) is re-embedded with the analyzer, so the
+Every image in RUN_DIR (top level: png/jpg/webp; only those with a JSON sidecar when there are
+sidecars, so a generation run's contact sheet is not counted as an output) is re-embedded with the analyzer, so the
 numbers never depend on scores a generator wrote itself. The reference is the stored character
 (`--character`, or the `character` named in the run's summary.json / sidecars when the store has
 it); without one, each image is scored against the mean of the *other* outputs (leave-one-out).
@@ -41,6 +42,10 @@ def run_images(run_dir: str | os.PathLike, exclude: Path | None = None) -> list[
                     if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if exclude is not None:
         images = [p for p in images if exclude not in p.resolve().parents]
+    # In a `castkeep generate` run every output has a JSON sidecar; the contact sheet has none.
+    with_sidecar = [p for p in images if p.with_suffix(".json").is_file()]
+    if with_sidecar:
+        images = with_sidecar
     if not images:
         raise BenchmarkInputError("no images (png/jpg/webp) in the run folder", path=run_dir)
     return images

@@ -28,6 +28,9 @@ def run_dir(faces_dir, tmp_path) -> Path:
         (run / f"out_{i:02d}.json").write_text(json.dumps({"character": "toledo", "seed": i}))
     _png(sorted((faces_dir / "lfw_gallery" / IMPOSTOR).glob("*.jpg"))[0], run / "out_04.png")
     Image.new("RGB", (256, 256), (90, 120, 90)).save(run / "out_05.png")  # no face: a failed output
+    for i in (4, 5):
+        (run / f"out_{i:02d}.json").write_text(json.dumps({"character": "toledo", "seed": i}))
+    Image.new("RGB", (64, 64)).save(run / "contact_sheet.png")  # no sidecar: not an output
     (run / "summary.json").write_text(json.dumps({"character": "toledo", "images": 6}))
     return run
 
@@ -80,3 +83,18 @@ def test_unknown_character_is_an_error(cli, run_dir, tmp_path):
 def test_empty_run_dir_is_an_error(cli, tmp_path):
     result = cli("bench", "consistency", str(tmp_path))
     assert result.returncode == 2 and "no images" in result.stderr
+
+
+def test_a_generation_run_counts_only_outputs_with_sidecars(tmp_path):
+    from PIL import Image
+
+    from castkeep.benchmarks.consistency import run_images
+
+    for name in ("Mara_01_s1.png", "Mara_02_s2.png", "contact_sheet.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    for name in ("Mara_01_s1.json", "Mara_02_s2.json", "summary.json"):
+        (tmp_path / name).write_text("{}")
+    assert [p.name for p in run_images(tmp_path)] == ["Mara_01_s1.png", "Mara_02_s2.png"]
+    (tmp_path / "Mara_01_s1.json").unlink()
+    (tmp_path / "Mara_02_s2.json").unlink()
+    assert len(run_images(tmp_path)) == 3  # plain folders of images: everything counts
