@@ -64,6 +64,40 @@ def fast_analyzer(model_pack):
         yield face_analyzer
 
 
+def write_bad_image(kind: str, folder: Path, photo: Path) -> Path:
+    """A broken or unusable image file of one kind, made from a real photo where that matters:
+    missing, empty, truncated, text, directory, bomb (over the pixel limit) or noface."""
+    from PIL import Image
+
+    from castkeep.landmarks.images import MAX_IMAGE_PIXELS
+
+    target = folder / f"{kind}.jpg"
+    if kind == "empty":
+        target.write_bytes(b"")
+    elif kind == "truncated":
+        data = photo.read_bytes()
+        target.write_bytes(data[: len(data) // 2])
+    elif kind == "text":
+        target.write_text("this is not a picture\n")
+    elif kind == "directory":
+        target.mkdir()
+    elif kind == "bomb":
+        target = folder / "bomb.png"
+        side = int(MAX_IMAGE_PIXELS ** 0.5) + 100
+        Image.new("1", (side, side)).save(target)  # 1-bit: tiny on disk, huge when decoded
+    elif kind == "noface":
+        target = folder / "noface.png"
+        Image.new("RGB", (320, 240), (90, 140, 200)).save(target)
+    elif kind != "missing":
+        raise ValueError(f"unknown bad image kind {kind!r}")
+    return target
+
+
+@pytest.fixture
+def bad_image(tmp_path):
+    return lambda kind, photo: write_bad_image(kind, tmp_path, photo)
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
     """Run `castkeep` as a user would, in a subprocess: returns CompletedProcess (text)."""
     import subprocess

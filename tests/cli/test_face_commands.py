@@ -101,21 +101,8 @@ def test_unusual_formats_are_analysed(cli, portrait, tmp_path, kind):
     ("bomb", "too large", 3),
     ("noface", "no face", 4),
 ])
-def test_bad_input_is_one_line_and_nonzero(cli, portrait, tmp_path, kind, needle, code):
-    target = tmp_path / f"{kind}.jpg"
-    if kind == "empty":
-        target.write_bytes(b"")
-    elif kind == "truncated":
-        data = portrait.read_bytes()
-        target.write_bytes(data[: len(data) // 3])
-    elif kind == "text":
-        target.write_text("hello")
-    elif kind == "bomb":
-        target = tmp_path / "bomb.png"
-        Image.new("1", (12000, 12000)).save(target)
-    elif kind == "noface":
-        target = tmp_path / "noface.png"
-        Image.new("RGB", (320, 240), (90, 140, 200)).save(target)
+def test_bad_input_is_one_line_and_nonzero(cli, portrait, bad_image, kind, needle, code):
+    target = bad_image(kind, portrait)
     for command in (["analyze", str(target)], ["compare", str(target), str(portrait)]):
         result = cli(*command)
         _one_line_error(result, target.name, needle)

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 
 def photos(faces_dir: Path, index: int) -> list[Path]:

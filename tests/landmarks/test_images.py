@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from castkeep.errors import ImageError
-from castkeep.landmarks.images import MAX_IMAGE_PIXELS, load_image
+from castkeep.landmarks.images import load_image
 
 
 @pytest.fixture(scope="module")
@@ -60,27 +60,16 @@ def test_applies_exif_orientation(photo, tmp_path):
     ("text", "not an image"),
     ("directory", "directory"),
 ])
-def test_bad_files_raise_one_line_errors(photo, tmp_path, kind, message):
-    target = tmp_path / f"{kind}.jpg"
-    if kind == "empty":
-        target.write_bytes(b"")
-    elif kind == "truncated":
-        data = photo.read_bytes()
-        target.write_bytes(data[: len(data) // 2])
-    elif kind == "text":
-        target.write_text("this is not a picture\n")
-    elif kind == "directory":
-        target.mkdir()
+def test_bad_files_raise_one_line_errors(photo, bad_image, kind, message):
+    target = bad_image(kind, photo)
     with pytest.raises(ImageError) as info:
         load_image(target)
     text = str(info.value)
     assert message in text and str(target) in text and "\n" not in text
 
 
-def test_decompression_bomb_is_refused_before_decoding(tmp_path):
-    side = int(MAX_IMAGE_PIXELS ** 0.5) + 100
-    target = tmp_path / "bomb.png"
-    Image.new("1", (side, side)).save(target)  # 1-bit: tiny on disk, huge when decoded
+def test_decompression_bomb_is_refused_before_decoding(photo, bad_image):
+    target = bad_image("bomb", photo)
     assert target.stat().st_size < 2_000_000
     with pytest.raises(ImageError, match="too large"):
         load_image(target)
