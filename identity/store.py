@@ -393,22 +393,23 @@ class Store:
     # ------------------------------------------------------------------ registration
     def _reference_candidates(self, image: Any, face: int | None = None) -> list[Reference]:
         """The reference a photo gives: one face, or every comparable face when it is ambiguous."""
-        from ..landmarks.images import describe_source
+        from ..landmarks.images import describe_source, load_image
 
         source, spec_face = parse_image_spec(image)
         face = spec_face if spec_face is not None else face
         if isinstance(source, (str, os.PathLike)):
-            from ..landmarks.images import load_pil
-
-            load_pil(source)  # one clear ImageError for missing/corrupt files before hashing
+            # Decoded once, here: one clear ImageError for missing/corrupt files before hashing.
+            pixels = load_image(source)
             digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
             label = os.fspath(Path(source).resolve())
         else:
+            pixels = source
             array = np.asarray(source)
             digest = hashlib.sha256(array.tobytes() + str(array.shape).encode()).hexdigest()
             label = describe_source(source)
         analyzer = self.analyzer
-        analysis = analyzer.analyze(source, dense=getattr(analyzer, "dense", None) is not None)
+        analysis = analyzer.analyze(pixels, dense=getattr(analyzer, "dense", None) is not None)
+        analysis.source = label  # face errors name the photo, not the decoded array
         if face is not None:
             chosen = [analysis.face(face)]
         elif len(analysis.faces) <= 1:
