@@ -87,12 +87,12 @@ class InsightFaceBaseline:
     variant = "insightface"
 
     def __init__(self, pack_dir: str | os.PathLike, device: str = "cpu") -> None:
-        import onnxruntime
         from insightface.app import FaceAnalysis
 
-        providers = ["CPUExecutionProvider"]
-        if device != "cpu" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        from ..identity.model_pack import select_providers
+
+        # The same providers castkeep's side gets (CUDA only where onnxruntime has it).
+        providers = select_providers("cpu" if device == "cpu" else "auto")
         self.app = FaceAnalysis(name=os.fspath(pack_dir), allowed_modules=["detection", "recognition"],
                                 providers=providers)
         # det_size explicitly: insightface 2.x otherwise uses a multi-scale default.
