@@ -1,4 +1,9 @@
-"""Errors castkeep raises on bad input. Each carries a one-line message and a CLI exit code."""
+"""Errors castkeep raises on bad input. Each carries a one-line message and a CLI exit code.
+
+Every class has its own exit code (the README lists them); 2 is click's usage error, 70 an internal
+error (a bug), 130 an interrupt. Subclasses narrow their parent's meaning, so scripts that only test
+for "a store problem" can catch StoreError in Python.
+"""
 
 from __future__ import annotations
 
@@ -52,9 +57,15 @@ class ModelNotFoundError(CastkeepError):
 
 
 class StoreError(CastkeepError):
-    """The character store is missing, corrupt or refused an operation."""
+    """The character store is corrupt, busy, or refused an operation."""
 
     exit_code = 7
+
+
+class NoStoreError(StoreError):
+    """There is no character store at the given path (read commands never create one)."""
+
+    exit_code = 17
 
 
 class UnknownCharacterError(StoreError):
@@ -85,3 +96,27 @@ class GenerationError(CastkeepError):
     """The generation pipeline could not be built or run."""
 
     exit_code = 12
+
+
+class ReferenceQualityError(CastkeepError):
+    """A reference photo fails the quality gate (face too small, blurred, turned away...)."""
+
+    exit_code = 13
+
+
+class ConfigError(CastkeepError):
+    """A generation setting is out of range or contradicts another."""
+
+    exit_code = 14
+
+
+class SizeError(ConfigError):
+    """An aspect ratio or width/height the pipelines cannot use."""
+
+    exit_code = 15
+
+
+class BenchmarkInputError(CastkeepError):
+    """A benchmark's input (pairs file, gallery, run folder, sizes) is unusable."""
+
+    exit_code = 16

@@ -18,8 +18,8 @@ import numpy as np
 
 from ..errors import CastkeepError
 from ..identity import calibration, similarity
+from ..utils import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def embed_folder(folder: Path, models: str | None, device: str = "cpu",
@@ -28,7 +28,7 @@ def embed_folder(folder: Path, models: str | None, device: str = "cpu",
     if cache is not None and cache.is_file():
         data = np.load(cache, allow_pickle=False)
         return data["embeddings"], data["labels"], list(data["files"]), str(data["fingerprint"])
-    from ..cli.common import progress
+    from ..utils import progress
     from ..identity.analyzer import FaceAnalyzer
 
     analyzer = FaceAnalyzer.from_pretrained(models, device=device, dense=False, landmarks_106=False)

@@ -25,8 +25,8 @@ import numpy as np
 from ..errors import CastkeepError
 from ..identity.embedder import l2_normalize
 from ..identity.similarity import SAME_PERSON_THRESHOLD
-from .pairs import BenchmarkInputError
-from .throughput import IMAGE_SUFFIXES
+from ..errors import BenchmarkInputError
+from ..utils import IMAGE_SUFFIXES
 
 Progress = Callable[..., Iterable[Any]]
 MAD_SCALE = 1.4826      # MAD → standard deviation for normal data
@@ -90,7 +90,7 @@ def run_consistency(images: list[Path], analyzer: Any, *, reference: np.ndarray 
         except CastkeepError as exc:  # no face or unreadable: a failed output, counted
             no_face.append({"image": path.name, "reason": str(exc)})
     names = [p.name for p, _ in embedded]
-    vectors = np.stack([v for _, v in embedded]) if embedded else np.zeros((0, 512), np.float32)
+    vectors = np.stack([v for _, v in embedded]) if embedded else np.zeros((0, 0), np.float32)
     n = len(embedded)
     matrix = vectors @ vectors.T if n else np.zeros((0, 0))
     off = ~np.eye(n, dtype=bool)

@@ -27,8 +27,8 @@ import numpy as np
 
 from ..errors import CastkeepError
 from ..identity.similarity import SAME_PERSON_THRESHOLD
-from .pairs import BenchmarkInputError
-from .throughput import IMAGE_SUFFIXES
+from ..errors import BenchmarkInputError
+from ..utils import IMAGE_SUFFIXES
 
 Progress = Callable[..., Iterable[Any]]
 

@@ -14,16 +14,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import CastkeepError
+from ..errors import BenchmarkInputError
 
 TRUE_WORDS = {"1", "true", "same", "yes", "genuine"}
 FALSE_WORDS = {"0", "false", "diff", "different", "no", "impostor"}
-
-
-class BenchmarkInputError(CastkeepError):
-    """A benchmark's input (pairs file, gallery, run folder, sizes) is unusable."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

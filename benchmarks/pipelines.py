@@ -89,7 +89,7 @@ class InsightFaceBaseline:
     def __init__(self, pack_dir: str | os.PathLike, device: str = "cpu") -> None:
         from insightface.app import FaceAnalysis
 
-        from ..identity.model_pack import select_providers
+        from ..landmarks.model_pack import select_providers
 
         # The same providers castkeep's side gets (CUDA only where onnxruntime has it).
         providers = select_providers("cpu" if device == "cpu" else "auto")

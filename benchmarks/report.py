@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..cli.common import dumps
+from ..utils import write_json_atomic
 
 
 def environment() -> dict[str, Any]:
@@ -30,11 +30,7 @@ def environment() -> dict[str, Any]:
 
 
 def write_json(result: dict[str, Any], out_dir: str | os.PathLike, name: str) -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.json"
-    path.write_text(dumps(result) + "\n", encoding="utf-8")
-    return path
+    return write_json_atomic(Path(out_dir) / f"{name}.json", result)
 
 
 def load_json(path: str | os.PathLike) -> Any:

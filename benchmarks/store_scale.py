@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from ..identity.index import VectorIndex
-from .pairs import BenchmarkInputError
+from ..errors import BenchmarkInputError
 
 DIM = 512
 TOP_K = 10

@@ -15,10 +15,10 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .pairs import BenchmarkInputError
+from ..errors import BenchmarkInputError
+from ..utils import IMAGE_SUFFIXES
 from .pipelines import CastkeepPipeline, InsightFaceBaseline
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 Progress = Callable[..., Iterable[Any]]
 

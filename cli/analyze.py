@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from ..errors import CastkeepError, ImageError
-from .common import emit, face_option, json_option, make_analyzer, model_options, progress
+from ..utils import progress
+from .common import emit, face_option, json_option, make_analyzer, model_options
 
 
 def _face_line(face: dict[str, Any]) -> str:

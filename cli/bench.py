@@ -14,7 +14,8 @@ from typing import Any, Callable
 import click
 import numpy as np
 
-from .common import emit, json_option, model_options, progress
+from ..utils import progress, slug
+from .common import emit, json_option, model_options
 
 out_option = click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
                           default=Path("bench-results"), show_default=True,
@@ -28,7 +29,7 @@ flip_option = click.option("--flip/--no-flip", default=True, show_default=True,
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+    return slug(text, max_length=120)
 
 
 def _finish(result: dict[str, Any], out_dir: Path, name: str, as_json: bool,
@@ -52,7 +53,7 @@ def _finish(result: dict[str, Any], out_dir: Path, name: str, as_json: bool,
 
 
 def _pack(models: str | None, device: str) -> Any:
-    from ..identity.model_pack import ModelPack
+    from ..landmarks.model_pack import ModelPack
 
     return ModelPack.from_pretrained(models, device=device)
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from typing import Any, Callable
 
 import click
-import numpy as np
 
+from ..utils import dumps
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (for scripts).")
 models_option = click.option(
     "--models", "models", metavar="PACK", default=None, envvar="CASTKEEP_MODELS", show_envvar=True,
@@ -25,20 +23,6 @@ face_option = click.option(
 
 def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return models_option(device_option(func))
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def dumps(data: Any) -> str:
-    return json.dumps(data, indent=2, ensure_ascii=False, default=_default)
 
 
 def emit(data: Any, as_json: bool, text: Callable[[Any], str] | str | None = None) -> None:
@@ -60,12 +44,3 @@ def quiet_native_logs() -> None:
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
-
-
-def progress(iterable: Any, *, label: str, total: int | None = None, enabled: bool = True) -> Any:
-    """A tqdm bar on stderr for long loops, off when not a terminal or when asked."""
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=label, total=total, disable=not enabled or not sys.stderr.isatty(),
-                unit="img", leave=False)
-

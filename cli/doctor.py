@@ -54,7 +54,7 @@ def _torch_device() -> dict[str, Any]:
 def doctor(models: str | None, as_json: bool) -> None:
     """Versions, execution providers, model packs found and their licenses."""
     from ..errors import CastkeepError
-    from ..identity.model_pack import ModelPack, available_packs
+    from ..landmarks.model_pack import ModelPack, available_packs
     from ..landmarks.mesh import LANDMARKER_SHA256, resolve_landmarker
 
     pack = None
@@ -71,7 +71,7 @@ def doctor(models: str | None, as_json: bool) -> None:
     except CastkeepError as exc:
         pack_report = {"error": str(exc)}
     try:
-        from ..identity.model_pack import file_sha256
+        from ..utils import file_sha256
 
         landmarker = resolve_landmarker(search=(pack.path,) if pack else (), download=False)
         landmarker_report: dict[str, Any] = {

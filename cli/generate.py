@@ -9,7 +9,10 @@ from typing import Any
 
 import click
 
-from .common import emit, json_option, progress
+from ..generation.config import DEVICES, DTYPES
+from ..generation.schedulers import SCHEDULER_NAMES
+from ..utils import progress, slug
+from .common import emit, json_option
 from .store_commands import store_option
 
 
@@ -63,8 +66,7 @@ def _text(result: Any) -> str:
 @click.option("--num-images", "-n", type=click.IntRange(min=1), default=1, show_default=True,
               help="Images to keep.")
 @click.option("--scheduler", default="default", show_default=True,
-              type=click.Choice(["default", "ddim", "pndm", "euler", "euler_a", "heun", "dpmpp_2m",
-                                 "dpmpp_2m_karras", "unipc"]),
+              type=click.Choice(SCHEDULER_NAMES),
               help="Sampler (default: the one the base model ships).")
 @click.option("--best-of", type=click.IntRange(min=1), default=1, show_default=True,
               help="Generate N candidates and keep the top --num-images by identity score.")
@@ -74,9 +76,9 @@ def _text(result: Any) -> str:
               help="...or this many images were generated in all [default: 4 x --num-images].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
               help="Images per pipeline call (faster on a GPU, more memory).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="torch device; auto = cuda, then mps, then cpu.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto",
               show_default=True, help="Weights precision; auto = float16 on GPUs, float32 on CPU.")
 @click.option("--keep-rejected", is_flag=True, help="Also write the outputs best-of/retry dropped (rejected/).")
 @json_option
@@ -126,9 +128,8 @@ def generate(name: str, prompt: str, negative_prompt: str, base_model: str | Non
             bar.set_postfix_str(f"seed {attempt.seed} " + (f"cos {score.cosine:+.2f}" if score.face_found
                                                             else "no face"))
 
-        out = out_dir or Path("castkeep-out") / (
-            "".join(c if c.isalnum() or c in "-_" else "_" for c in identity.name)
-            + datetime.now().strftime("-%Y%m%d-%H%M%S"))
+        out = out_dir or Path("castkeep-out") / (slug(identity.name, fallback="character")
+                                                 + datetime.now().strftime("-%Y%m%d-%H%M%S"))
         scorer = IdentityScorer(analyzer, identity.vector, name=identity.name, store=store)
         runner = GenerationRunner(loaded, scorer, analyzer_fingerprint=analyzer.fingerprint, on_attempt=advance)
         try:

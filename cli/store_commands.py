@@ -10,7 +10,8 @@ from typing import Any, Callable, Iterator
 import click
 
 from ..errors import StoreError
-from .common import emit, json_option, model_options, progress
+from ..utils import progress
+from .common import emit, json_option, model_options
 
 store_option = click.option(
     "--store", "store_path", type=click.Path(path_type=Path), default=None, envvar="CASTKEEP_STORE",

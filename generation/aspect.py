@@ -9,17 +9,11 @@ from __future__ import annotations
 import math
 import re
 
-from ..errors import CastkeepError
+from ..errors import SizeError
 
 SIZE_MULTIPLE = 8
 COMMON_ASPECTS = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9", "9:21")
 _ASPECT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:x/]\s*(\d+(?:\.\d+)?)\s*$")
-
-
-class SizeError(CastkeepError):
-    """An aspect ratio or width/height the pipelines cannot use."""
-
-    exit_code = 2
 
 
 def parse_aspect(text: str) -> float:

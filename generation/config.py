@@ -6,16 +6,13 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import CastkeepError
+from ..errors import ConfigError
+from .aspect import resolve_size
+from .schedulers import SCHEDULER_NAMES
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
 MAX_SEED = 2**32 - 1  # torch.Generator takes 64-bit seeds; A1111/ComfyUI users know 32-bit ones
-
-
-class ConfigError(CastkeepError):
-    """A generation setting is out of range or contradicts another."""
-
-    exit_code = 2
 
 
 @dataclass
@@ -50,6 +47,7 @@ class GenerationConfig:
             (self.best_of >= 1, f"--best-of {self.best_of} must be at least 1"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1"),
             (self.device in DEVICES, f"--device {self.device!r} is not one of {', '.join(DEVICES)}"),
+            (self.dtype in DTYPES, f"--dtype {self.dtype!r} is not one of {', '.join(DTYPES)}"),
             (self.seed is None or 0 <= self.seed <= MAX_SEED, f"--seed {self.seed} must be in 0..{MAX_SEED}"),
             (self.min_score is None or -1 <= self.min_score <= 1,
              f"--min-score {self.min_score} must be a cosine between -1 and 1"),
@@ -61,9 +59,6 @@ class GenerationConfig:
         if self.max_tries is not None and self.max_tries < self.candidates:
             raise ConfigError(f"--max-tries {self.max_tries} is below the {self.candidates} images "
                               f"--num-images/--best-of already ask for")
-        from .aspect import resolve_size
-        from .schedulers import SCHEDULER_NAMES
-
         if self.scheduler not in SCHEDULER_NAMES:
             raise ConfigError(f"unknown --scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULER_NAMES)}")
         # Size mistakes surface now, not after a minute of model loading (512 stands in for the base).

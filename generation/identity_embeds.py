@@ -8,14 +8,12 @@ import numpy as np
 
 from ..errors import GenerationError
 
-ARCFACE_DIM = 512
-
-
-def normalised_identity(vector: Any) -> np.ndarray:
-    """A finite, non-zero 512-d vector, L2-normalised (FaceID was trained on `normed_embedding`)."""
+def normalised_identity(vector: Any, dim: int | None = None) -> np.ndarray:
+    """A finite, non-zero identity vector, L2-normalised (FaceID was trained on `normed_embedding`).
+    `dim` is the size the adapter's projection takes (its checkpoint says; 512 for ArcFace FaceID)."""
     array = np.asarray(vector, dtype=np.float32).ravel()
-    if array.size != ARCFACE_DIM:
-        raise GenerationError(f"identity vector has {array.size} values; FaceID needs {ARCFACE_DIM}")
+    if array.size == 0 or (dim is not None and array.size != dim):
+        raise GenerationError(f"identity vector has {array.size} values; this FaceID adapter takes {dim}")
     norm = float(np.linalg.norm(array))
     if not np.isfinite(array).all() or norm == 0.0:
         raise GenerationError("identity vector is zero or not finite")
@@ -27,14 +25,16 @@ def uses_guidance(pipe: Any, guidance: float) -> bool:
     return guidance > 1.0 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
 
 
-def identity_embeds(vector: Any, *, guidance: bool, device: Any = "cpu", dtype: Any = None) -> list[Any]:
-    """`[cat([negative, positive])]`, each (1, 1, 512): one IP-Adapter, one reference vector.
+def identity_embeds(vector: Any, *, guidance: bool, device: Any = "cpu", dtype: Any = None,
+                    dim: int | None = None) -> list[Any]:
+    """`[cat([negative, positive])]`, each (1, 1, dim): one IP-Adapter, one reference vector.
 
     The negative is a zero vector, as in the FaceID reference code and diffusers' docs; diffusers
     repeats both for `num_images_per_prompt`.
     """
     import torch
 
-    positive = torch.from_numpy(normalised_identity(vector)).reshape(1, 1, ARCFACE_DIM)
+    identity = normalised_identity(vector, dim)
+    positive = torch.from_numpy(identity).reshape(1, 1, identity.size)
     embeds = torch.cat([torch.zeros_like(positive), positive]) if guidance else positive
     return [embeds.to(device=device, dtype=dtype)]

@@ -9,7 +9,6 @@ download and where to put it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GenerationError, ModelNotFoundError
+from ..utils import file_sha256
 
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_IP_ADAPTER = "h94/IP-Adapter-FaceID"
@@ -66,22 +66,9 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     if dtype == "auto":
         dtype = "float32" if device == "cpu" else "float16"
     table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if dtype not in table:
+    if dtype not in table:  # GenerationConfig checks DTYPES first; this guards direct callers
         raise GenerationError(f"--dtype {dtype!r} is not one of auto, {', '.join(table)}")
     return table[dtype]
-
-
-# ---------------------------------------------------------------------------------- hashing
-def file_sha256(path: Path) -> str:
-    """sha256 of a weights file; free for Hugging Face cache files, whose blob name is the hash."""
-    real = path.resolve()
-    if real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name):
-        return real.name
-    digest = hashlib.sha256()
-    with open(real, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _unet_weights(folder: Path) -> Path | None:
@@ -282,9 +269,6 @@ def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAU
         raise GenerationError("IP-Adapter FaceID Plus / PlusV2 checkpoints also need a CLIP image encoder and a "
                               "face crop, which castkeep does not wire up yet: use the plain FaceID checkpoint "
                               f"({FACEID_FILES[kind]})", path=weights)
-    if checkpoint.id_dim != 512:
-        raise GenerationError(f"FaceID checkpoint expects {checkpoint.id_dim}-d identity vectors, "
-                              "ArcFace gives 512", path=weights)
     if checkpoint.has_lora:
         from diffusers.utils import USE_PEFT_BACKEND
 

@@ -7,6 +7,7 @@ copied on its own still says how it was made and how it scored.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+
+from ..utils import write_bytes_atomic
 
 SIDECAR_SCHEMA_ID = "castkeep.generation.sidecar/1"
 
@@ -71,17 +74,9 @@ def save_png(image: Image.Image, path: Path, parameters: str, sidecar: dict[str,
     info = PngInfo()
     info.add_text("parameters", parameters)
     info.add_itxt("castkeep", json.dumps(sidecar, ensure_ascii=False, separators=(",", ":")))
-    temporary = path.with_name(f".tmp-{path.name}")
-    image.save(temporary, format="PNG", pnginfo=info)
-    os.replace(temporary, path)
-
-
-def write_json(path: Path, data: Any) -> None:
-    from ..cli.common import dumps
-
-    temporary = path.with_name(f".tmp-{path.name}")
-    temporary.write_text(dumps(data) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def read_png_text(path: str | os.PathLike) -> dict[str, str]:

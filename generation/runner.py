@@ -21,7 +21,8 @@ from .config import GenerationConfig
 from .contact_sheet import contact_sheet
 from .identity_embeds import identity_embeds, normalised_identity, uses_guidance
 from .loading import LoadedPipeline
-from .metadata import SIDECAR_SCHEMA_ID, a1111_parameters, save_png, write_json
+from ..utils import slug, write_json_atomic
+from .metadata import SIDECAR_SCHEMA_ID, a1111_parameters, save_png
 from .schedulers import apply_scheduler
 from .scoring import OutputScore, Scorer, consistency_matrix, mean_off_diagonal
 
@@ -30,7 +31,7 @@ SUMMARY_SCHEMA_ID = "castkeep.generation.summary/1"
 
 @dataclass
 class Identity:
-    """Who to generate: a name and its 512-d ArcFace vector (from the store, or given directly)."""
+    """Who to generate: a name and its ArcFace vector (from the store, or given directly)."""
 
     name: str
     vector: np.ndarray
@@ -75,10 +76,6 @@ class RunResult:
     target_met: bool
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:40] or "character"
-
-
 def generate_images(loaded: LoadedPipeline, config: GenerationConfig, vector: np.ndarray, seeds: list[int],
                     width: int, height: int) -> tuple[list[Image.Image], list[bool | None]]:
     """One pipeline call: len(seeds) images, image i from its own seeded generator.
@@ -89,7 +86,8 @@ def generate_images(loaded: LoadedPipeline, config: GenerationConfig, vector: np
 
     pipe = loaded.pipe
     guidance = uses_guidance(pipe, config.guidance)
-    embeds = identity_embeds(vector, guidance=guidance, device=loaded.device, dtype=pipe.unet.dtype)
+    embeds = identity_embeds(vector, guidance=guidance, device=loaded.device, dtype=pipe.unet.dtype,
+                             dim=loaded.checkpoint.id_dim)
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
     try:
         output = pipe(prompt=config.prompt, negative_prompt=config.negative_prompt or None,
@@ -169,12 +167,12 @@ class GenerationRunner:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise GenerationError(f"cannot create the output folder ({exc.strerror})", path=out_dir) from None
-        slug = _slug(identity.name)
+        name_slug = slug(identity.name, fallback="character")
         to_write = kept + ([a for a in ranked if not a.kept] if keep_rejected else [])
         for attempt in to_write:
             folder = "" if attempt.kept else "rejected/"
             label = f"{attempt.rank:02d}" if attempt.kept else f"try{attempt.attempt:02d}"
-            attempt.file = f"{folder}{slug}_{label}_s{attempt.seed}.png"
+            attempt.file = f"{folder}{name_slug}_{label}_s{attempt.seed}.png"
         settings = {**config.to_dict(), "sampler": sampler, "width": width, "height": height,
                     "device": self.loaded.device, "dtype": self.loaded.dtype, "requested_device": config.device}
         settings.pop("prompt"), settings.pop("negative_prompt")
@@ -211,7 +209,7 @@ class GenerationRunner:
             "warnings": list(self.loaded.warnings),
         }
         summary_path = out_dir / "summary.json"
-        write_json(summary_path, summary)
+        write_json_atomic(summary_path, summary)
         return RunResult(out_dir=out_dir, attempts=attempts, kept=kept, summary=summary,
                          summary_path=summary_path, contact_sheet_path=sheet_path, target_met=target_met)
 
@@ -243,7 +241,7 @@ class GenerationRunner:
             "Version": f"castkeep {__version__}",
         }
         save_png(attempt.image, path, a1111_parameters(config.prompt, config.negative_prompt, fields), sidecar)
-        write_json(path.with_suffix(".json"), sidecar)
+        write_json_atomic(path.with_suffix(".json"), sidecar)
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -254,7 +252,7 @@ def _mean(values: list[float | None]) -> float | None:
 def identity_from_store(store: Any, name: str) -> Identity:
     """The character's stored vector; UnknownCharacterError (from the store) when missing."""
     character = store.get(name)
-    if character.vector is None or np.asarray(character.vector).size != 512:
-        raise StoreError(f"character '{character.name}' has no 512-d identity vector")
+    if character.vector is None or np.asarray(character.vector).ndim != 1 or not np.asarray(character.vector).size:
+        raise StoreError(f"character '{character.name}' has no identity vector")
     return Identity(name=character.name, vector=np.asarray(character.vector, dtype=np.float32),
                     fingerprint=character.fingerprint, source="store")

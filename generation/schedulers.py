@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import ConfigError
+from ..errors import ConfigError
 
 # name → (diffusers class, extra config, A1111 "Sampler" label)
 SCHEDULERS: dict[str, tuple[str, dict[str, Any], str]] = {

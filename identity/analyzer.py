@@ -16,7 +16,7 @@ from ..landmarks.mesh import DenseLandmarker, MeshResult, resolve_landmarker
 from ..landmarks.pose import HeadPose, pose_from_keypoints, pose_from_matrix
 from ..landmarks.quality import QualityReport, QualityThresholds, assess
 from .embedder import ArcFaceEmbedder, align_face
-from .model_pack import ModelPack
+from ..landmarks.model_pack import ModelPack
 
 
 @dataclass

@@ -42,8 +42,12 @@ class ArcFaceEmbedder:
 
     @property
     def dim(self) -> int:
+        """Embedding size, from the model's declared output (or one forward pass when it is dynamic)."""
         shape = self.model.output_shape
-        return int(shape[-1]) if shape and isinstance(shape[-1], int) else 512
+        if shape and isinstance(shape[-1], int):
+            return int(shape[-1])
+        blank = np.zeros((self.input_size, self.input_size, 3), dtype=np.uint8)
+        return int(self.model.get_feat([blank]).shape[-1])
 
     def embed_aligned(self, crops: Sequence[np.ndarray], flip: bool | None = None) -> np.ndarray:
         """(N, dim) L2-normalised embeddings for aligned BGR crops."""

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -23,6 +22,7 @@ import faiss
 import numpy as np
 
 from ..errors import StoreError
+from ..utils import write_bytes_atomic
 
 KINDS = ("exact", "hnsw", "ivf")
 MAGIC = b"CASTKEEP-INDEX\x001\n"
@@ -253,7 +253,7 @@ class VectorIndex:
         """Write atomically (temporary file + fsync + rename); returns the bytes written."""
         path = Path(path)
         data = self.to_bytes(meta)
-        atomic_write(path, data)
+        write_bytes_atomic(path, data)
         return data
 
     @classmethod
@@ -266,49 +266,3 @@ class VectorIndex:
         except OSError as exc:
             raise IndexFileError(f"cannot read index file ({exc.strerror})", path=path) from None
         return cls.from_bytes(data, source=os.fspath(path))
-
-
-TMP_PREFIX = ".tmp-"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never a mix, even if the writer is killed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{os.getpid()}-{path.name}-")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete temporaries left by writers that were killed (their pid no longer runs)."""
-    for tmp in folder.glob(f"{TMP_PREFIX}*"):
-        try:
-            pid = int(tmp.name[len(TMP_PREFIX):].split("-", 1)[0])
-        except ValueError:
-            continue
-        if pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, 0)
-            continue  # still running: its write may be in progress
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        try:
-            tmp.unlink()
-        except OSError:
-            pass

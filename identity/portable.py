@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
-from .index import atomic_write
+from ..utils import write_bytes_atomic
 from .names import normalize_name
 
 FORMAT = "castkeep-character"
@@ -51,7 +51,7 @@ def write_character(character: Any, out_path: Path) -> Path:
     }
     document["checksum"] = _checksum(document)
     try:
-        atomic_write(out_path, json.dumps(document, indent=1, ensure_ascii=False).encode())
+        write_bytes_atomic(out_path, json.dumps(document, indent=1, ensure_ascii=False).encode())
     except OSError as exc:
         raise StoreError(f"cannot write export file ({exc.strerror})", path=out_path) from None
     return out_path

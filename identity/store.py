@@ -29,11 +29,12 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import (CastkeepError, DuplicateCharacterError, ImpostorReferenceError, StoreError,
+from ..errors import (CastkeepError, DuplicateCharacterError, ImpostorReferenceError, ReferenceQualityError, StoreError,
                       UnknownCharacterError)
 from . import similarity
 from .calibration import probability
-from .index import KINDS, IndexFileError, VectorIndex, remove_stale_temporaries
+from ..utils import remove_stale_temporaries
+from .index import KINDS, IndexFileError, VectorIndex
 from .characters import Character, CharacterScore, Match, Reference
 from .names import name_key, normalize_name
 from .references import baseline_of, combine, find_impostors
@@ -48,10 +49,6 @@ SCHEMA_VERSION = 1
 MAX_REFERENCES_PER_CALL = 13
 MAX_REFERENCES = 64
 BUSY_TIMEOUT_S = 120.0     # concurrent registrations wait for each other this long
-
-
-class ReferenceQualityError(StoreError):
-    """A reference photo fails the quality gate (too small, blurred, turned away...)."""
 
 
 def default_store_path() -> Path:
@@ -312,7 +309,7 @@ class Store:
             return current
         from ..landmarks.mesh import resolve_landmarker
         from .analyzer import FaceAnalyzer
-        from .model_pack import ModelPack
+        from ..landmarks.model_pack import ModelPack
 
         pack = current.pack if current is not None else ModelPack.from_pretrained(self._models, device=self._device)
         landmarker = None

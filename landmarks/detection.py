@@ -58,7 +58,7 @@ class FaceDetector:
 
     @classmethod
     def from_pretrained(cls, pack: Any = None, **kwargs: Any) -> "FaceDetector":
-        from ..identity.model_pack import ModelPack
+        from .model_pack import ModelPack
 
         pack = pack if isinstance(pack, ModelPack) else ModelPack.from_pretrained(pack)
         return cls(pack.model("detection"), **kwargs)

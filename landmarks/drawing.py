@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..identity.analyzer import Face
+
+class DrawableFace(Protocol):
+    """What a drawing needs of a face (identity.analyzer.Face has it); landmarks never imports
+    the identity layer, so the shape is stated here."""
+
+    index: int
+    bbox: np.ndarray
+    kps: np.ndarray
+    det_score: float
+    quality: Any  # .usable
+    pose: Any  # .yaw
+    mesh: Any  # None or .points (N, 3)
+    landmarks_106: np.ndarray | None
 
 KPS_COLORS = [(0, 255, 0), (0, 255, 0), (0, 0, 255), (255, 0, 255), (255, 0, 255)]  # BGR
 
 
-def draw_faces(image: np.ndarray, faces: Sequence["Face"]) -> np.ndarray:
+def draw_faces(image: np.ndarray, faces: Sequence[DrawableFace]) -> np.ndarray:
     """A copy of a BGR image with boxes, face index, quality verdict, pose, 5 keypoints, mesh and
     106 landmarks drawn on it."""
     import cv2
@@ -39,7 +50,7 @@ def draw_faces(image: np.ndarray, faces: Sequence["Face"]) -> np.ndarray:
     return canvas
 
 
-def save_drawing(image: np.ndarray, faces: Sequence["Face"], out: str | os.PathLike) -> None:
+def save_drawing(image: np.ndarray, faces: Sequence[DrawableFace], out: str | os.PathLike) -> None:
     from PIL import Image
 
     drawn = draw_faces(image, faces)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
+
 import os
 import shutil
 import tempfile
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelNotFoundError
+from ..utils import file_sha256
 
 LANDMARKER_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/"
                   "face_landmarker/float16/1/face_landmarker.task")
@@ -110,7 +111,7 @@ def _download_landmarker(target: Path) -> Path:
             raise ModelNotFoundError(
                 f"cannot download {LANDMARKER_URL} ({exc}); put the file at {target} "
                 f"or set {ENV_LANDMARKER}") from None
-    digest = hashlib.sha256(Path(tmp.name).read_bytes()).hexdigest()
+    digest = file_sha256(tmp.name)
     if digest != LANDMARKER_SHA256:
         os.unlink(tmp.name)
         raise ModelNotFoundError(f"downloaded face landmarker has sha256 {digest[:12]}…, "

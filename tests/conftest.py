@@ -41,7 +41,7 @@ def pack_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def model_pack():
-    from castkeep.identity.model_pack import ModelPack
+    from castkeep.landmarks.model_pack import ModelPack
 
     return ModelPack.from_pretrained(PACK_DIR)
 

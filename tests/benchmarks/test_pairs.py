@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from castkeep.benchmarks.pairs import BenchmarkInputError, read_pairs
+from castkeep.benchmarks.pairs import read_pairs
+from castkeep.errors import BenchmarkInputError
 
 
 def test_shared_lfw_pairs_resolve_against_the_faces_folder(faces_dir):

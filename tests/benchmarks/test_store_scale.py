@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from castkeep.benchmarks.pairs import BenchmarkInputError
+from castkeep.errors import BenchmarkInputError
 from castkeep.benchmarks.store_scale import make_queries, numpy_search, parse_sizes, unit_vectors
 
 

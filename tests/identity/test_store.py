@@ -281,7 +281,7 @@ def test_export_import_round_trip(store_copy, tmp_path, fast_analyzer, split):
 
 def test_model_packs_never_mix(tmp_path, pack_dir, fast_analyzer, split):
     from castkeep.identity.analyzer import FaceAnalyzer
-    from castkeep.identity.model_pack import ModelPack
+    from castkeep.landmarks.model_pack import ModelPack
 
     other_dir = tmp_path / "other_pack"
     other_dir.mkdir()

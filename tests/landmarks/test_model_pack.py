@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from castkeep.errors import ModelNotFoundError
-from castkeep.identity.model_pack import ModelPack, resolve_pack_dir, select_providers
+from castkeep.landmarks.model_pack import ModelPack, resolve_pack_dir, select_providers
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ pack folders, and wins over the default so everything works offline from local p
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ModelNotFoundError
+from ..utils import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -109,14 +109,6 @@ def select_providers(device: str = "cpu") -> list[str]:
             "CUDA was requested but onnxruntime has no CUDAExecutionProvider "
             "(install castkeep[gpu], i.e. onnxruntime-gpu, in place of onnxruntime)")
     raise ModelNotFoundError(f"unknown device '{device}' (use cpu, cuda or auto)")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
