@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -31,6 +32,16 @@ def environment() -> dict[str, Any]:
 
 def write_json(result: dict[str, Any], out_dir: str | os.PathLike, name: str) -> Path:
     return write_json_atomic(Path(out_dir) / f"{name}.json", result)
+
+
+def save_result(result: dict[str, Any], out_dir: str | os.PathLike, name: str) -> Path:
+    """Stamp a finished bench result (software versions, finish time, its own path) and write
+    `<out_dir>/<name>.json`."""
+    path = Path(out_dir) / f"{name}.json"
+    result["environment"] = environment()
+    result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    result["result_json"] = str(path)
+    return write_json(result, out_dir, name)
 
 
 def load_json(path: str | os.PathLike) -> Any:

@@ -35,8 +35,8 @@ class Identity:
 
     name: str
     vector: np.ndarray
-    fingerprint: str | None = None
-    source: str = "store"
+    fingerprint: str | None = None  # the face model the vector came from; checked against the scorer's
+    source: str = "vector"  # "store" when read from a character store
 
     def to_dict(self) -> dict[str, Any]:
         vector = normalised_identity(self.vector)
@@ -78,13 +78,15 @@ class RunResult:
 
 def generate_images(loaded: LoadedPipeline, config: GenerationConfig, vector: np.ndarray, seeds: list[int],
                     width: int, height: int) -> tuple[list[Image.Image], list[bool | None]]:
-    """One pipeline call: len(seeds) images, image i from its own seeded generator.
+    """One pipeline call: len(seeds) images, image i from its own seeded generator, with the
+    identity applied at `config.id_scale`.
 
     Generators live on the CPU so a seed gives the same starting noise on every device.
     """
     import torch
 
     pipe = loaded.pipe
+    pipe.set_ip_adapter_scale(config.id_scale)  # per call: one loaded pipeline serves many configs
     guidance = uses_guidance(pipe, config.guidance)
     embeds = identity_embeds(vector, guidance=guidance, device=loaded.device, dtype=pipe.unet.dtype,
                              dim=loaded.checkpoint.id_dim)
@@ -151,7 +153,6 @@ class GenerationRunner:
         width, height = resolve_size(width=config.width, height=config.height, aspect=config.aspect,
                                      base=self.loaded.native_size)
         sampler = apply_scheduler(pipe, config.scheduler)
-        pipe.set_ip_adapter_scale(config.id_scale)
         started = time.perf_counter()
         attempts = self.attempts(config, identity, width, height)
         generate_seconds = time.perf_counter() - started
@@ -174,7 +175,8 @@ class GenerationRunner:
             label = f"{attempt.rank:02d}" if attempt.kept else f"try{attempt.attempt:02d}"
             attempt.file = f"{folder}{name_slug}_{label}_s{attempt.seed}.png"
         settings = {**config.to_dict(), "sampler": sampler, "width": width, "height": height,
-                    "device": self.loaded.device, "dtype": self.loaded.dtype, "requested_device": config.device}
+                    "device": self.loaded.device, "dtype": self.loaded.dtype,
+                    "requested_device": self.loaded.requested_device}
         settings.pop("prompt"), settings.pop("negative_prompt")
         models = {**self.loaded.models_dict(), "face_analyzer": self.analyzer_fingerprint}
         attempt_log = [a.to_dict() for a in attempts]
