@@ -120,3 +120,9 @@ class BenchmarkInputError(CastkeepError):
     """A benchmark's input (pairs file, gallery, run folder, sizes) is unusable."""
 
     exit_code = 16
+
+
+class MissingDependencyError(CastkeepError):
+    """An optional dependency is not installed (castkeep[generate] for generation, [bench] for plots)."""
+
+    exit_code = 18
