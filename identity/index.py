@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import faiss
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import IndexFileError, StoreError
 from ..utils import write_bytes_atomic
 
 KINDS = ("exact", "hnsw", "ivf")
@@ -53,10 +53,6 @@ def set_search_threads(threads: int | None = None) -> None:
 
 if os.environ.get(ENV_THREADS):
     set_search_threads(int(os.environ[ENV_THREADS]))
-
-
-class IndexFileError(StoreError):
-    """An index file is missing, truncated, tampered with or of another format."""
 
 
 def _as_matrix(vectors: Any, dim: int) -> np.ndarray:
