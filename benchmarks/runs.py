@@ -8,18 +8,17 @@ bench, draw its plots, stamp the environment and write `<out_dir>/<name>.json`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..identity.similarity import SAME_PERSON_THRESHOLD
+from ..utils import Progress, slug
 from ..utils import progress as terminal_progress
-from ..utils import slug
 from .report import plot_heatmap, plot_histogram, plot_roc, save_result
 
-Progress = Callable[..., Iterable[Any]]
 PathLike = str | os.PathLike[str]
 DEFAULT_OUT = Path("bench-results")
 

@@ -81,7 +81,8 @@ class GenerationConfig:
 
     def seed_for(self, attempt: int) -> int:
         """Attempt i uses base seed + i, so any single output can be regenerated alone."""
-        return (int(self.seed) + attempt) % (MAX_SEED + 1)
+        assert self.seed is not None  # __post_init__ draws one when none was given
+        return (self.seed + attempt) % (MAX_SEED + 1)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

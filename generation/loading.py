@@ -180,8 +180,9 @@ def resolve_ip_adapter(spec: str, kind: str) -> Path:
         return Path(hf_hub_download(repo, filename, local_files_only=_offline()))
     except _hub_errors():
         reason = "HF_HUB_OFFLINE is set" if _offline() else "the download failed"
+        hint = _download_hint(repo, filename, "--ip-adapter")
         raise ModelNotFoundError(f"IP-Adapter weights '{spec}' are not a local file, and {repo}/{filename} is not "
-                                 f"in the Hugging Face cache ({reason}): " + _download_hint(repo, filename, "--ip-adapter")) from None
+                                 f"in the Hugging Face cache ({reason}): {hint}") from None
 
 
 def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -294,10 +295,12 @@ def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAU
     pipe = load_base_pipeline(folder, dtype=torch_dtype)
     unet_dim = int(pipe.unet.config.cross_attention_dim)
     if checkpoint.cross_attention_dim != unet_dim:
-        expected = {768: "SD1.5", 2048: "SDXL"}
+        def architecture(dim: int) -> str:
+            return {768: "SD1.5", 2048: "SDXL"}.get(dim, f"{dim}-d")
+
         raise GenerationError(
-            f"FaceID checkpoint is for a {expected.get(checkpoint.cross_attention_dim, str(checkpoint.cross_attention_dim) + '-d')} "
-            f"UNet but the base model is {expected.get(unet_dim, str(unet_dim) + '-d')}: use "
+            f"FaceID checkpoint is for a {architecture(checkpoint.cross_attention_dim)} "
+            f"UNet but the base model is {architecture(unet_dim)}: use "
             f"{FACEID_FILES[kind]} with this base model", path=weights)
     warnings = _load_faceid(pipe, weights)
     pipe.to(device)

@@ -4,24 +4,24 @@ run leaves behind (PNG + sidecar per output, summary.json, contact_sheet.png).""
 from __future__ import annotations
 
 import hashlib
-import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from .. import __version__
 from ..errors import GenerationError, StoreError
+from ..utils import slug, write_json_atomic
 from .aspect import resolve_size
 from .config import GenerationConfig
 from .contact_sheet import contact_sheet
 from .identity_embeds import identity_embeds, normalised_identity, uses_guidance
 from .loading import LoadedPipeline
-from ..utils import slug, write_json_atomic
 from .metadata import SIDECAR_SCHEMA_ID, a1111_parameters, save_png
 from .schedulers import apply_scheduler
 from .scoring import OutputScore, Scorer, consistency_matrix, mean_off_diagonal
@@ -134,7 +134,7 @@ class GenerationRunner:
             started = time.perf_counter()
             images, nsfw = generate_images(self.loaded, config, identity.vector, seeds, width, height)
             seconds = (time.perf_counter() - started) / len(seeds)
-            for seed, image, flag in zip(seeds, images, nsfw):
+            for seed, image, flag in zip(seeds, images, nsfw, strict=True):
                 score = self.scorer.score(image)
                 attempt = Attempt(attempt=len(attempts), seed=seed, score=score, image=image, seconds=seconds,
                                   nsfw=flag, passed=self._passes(score, config))
@@ -195,7 +195,7 @@ class GenerationRunner:
             "schema": SUMMARY_SCHEMA_ID, "castkeep_version": __version__, "created_at": created,
             "character": identity.to_dict(), "prompt": config.prompt, "negative_prompt": config.negative_prompt,
             "seed": config.seed, "width": width, "height": height, "settings": settings, "models": models,
-            "outputs": [{"file": a.file, "sidecar": str(Path(a.file).with_suffix(".json")), "rank": a.rank,
+            "outputs": [{"file": a.file, "sidecar": str(Path(str(a.file)).with_suffix(".json")), "rank": a.rank,
                          "attempt": a.attempt, "seed": a.seed, "score": a.score.to_dict()} for a in kept],
             "attempts": attempt_log,
             "target_met": target_met,

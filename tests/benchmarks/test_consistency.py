@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from castkeep.errors import BenchmarkInputError
+
 PERSON = "Alejandro_Toledo"
 IMPOSTOR = "Adrien_Brody"
 
@@ -82,7 +84,7 @@ def test_unknown_character_is_an_error(cli, run_dir, tmp_path):
 
 def test_empty_run_dir_is_an_error(cli, tmp_path):
     result = cli("bench", "consistency", str(tmp_path))
-    assert result.returncode == 2 and "no images" in result.stderr
+    assert result.returncode == BenchmarkInputError.exit_code and "no images" in result.stderr
 
 
 def test_a_generation_run_counts_only_outputs_with_sidecars(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from castkeep.benchmarks.identification import read_gallery, split_gallery
+from castkeep.errors import BenchmarkInputError
 
 
 def test_split_holds_out_whole_identities(faces_dir):
@@ -38,7 +39,7 @@ def test_identify_cli_on_gallery_slice(cli, faces_dir, tmp_path):
 
 def test_gallery_without_identity_folders_is_an_error(cli, tmp_path):
     result = cli("bench", "identify", "--gallery", str(tmp_path), "--out", str(tmp_path / "o"))
-    assert result.returncode == 2 and result.stderr.startswith("error:")
+    assert result.returncode == BenchmarkInputError.exit_code and result.stderr.startswith("error:")
 
 
 def test_refused_enrolment_is_retried_and_reported(model_pack, faces_dir, tmp_path):

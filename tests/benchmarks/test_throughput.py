@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from castkeep.errors import BenchmarkInputError
+
 
 def test_throughput_cli(cli, faces_dir, tmp_path):
     result = cli("bench", "throughput", "--images", str(faces_dir / "deepface_celebs"), "--limit", "3",
@@ -20,4 +22,4 @@ def test_throughput_cli(cli, faces_dir, tmp_path):
 
 def test_throughput_needs_images(cli, tmp_path):
     result = cli("bench", "throughput", "--images", str(tmp_path), "--out", str(tmp_path / "o"))
-    assert result.returncode == 2 and "no images" in result.stderr
+    assert result.returncode == BenchmarkInputError.exit_code and "no images" in result.stderr

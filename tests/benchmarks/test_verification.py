@@ -13,6 +13,7 @@ from PIL import Image
 from castkeep.benchmarks.pairs import read_pairs
 from castkeep.benchmarks.pipelines import CastkeepPipeline
 from castkeep.benchmarks.verification import run_verification
+from castkeep.errors import BenchmarkInputError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 METRIC_KEYS = {"accuracy", "accuracy_std", "threshold", "auc", "eer", "tar_at_far", "failures_to_detect",
@@ -108,5 +109,5 @@ def test_bad_pairs_file_is_one_line_error(cli, tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("not a pairs file\n")
     result = cli("bench", "verify", "--pairs", str(bad), "--out", str(tmp_path))
-    assert result.returncode == 2
+    assert result.returncode == BenchmarkInputError.exit_code
     assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1
