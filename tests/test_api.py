@@ -32,6 +32,7 @@ def _loaded_after(code: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- the namespace
+@pytest.mark.subprocess
 def test_import_castkeep_loads_no_heavy_library():
     assert _loaded_after("import castkeep") == []
     # Naming the generation API does not load torch either: only using it does.
