@@ -92,13 +92,8 @@ def add_refs(name: str, images: tuple[str, ...], force: bool, face_index: int | 
 @store_options
 def list_characters(store_path: Path | None, models: str | None, device: str, as_json: bool) -> None:
     """List the stored characters."""
-    try:
-        with open_store(store_path, models, device) as store:
-            characters = store.list()
-    except StoreError as exc:
-        if "no character store here" not in str(exc):
-            raise
-        characters = []
+    with open_store(store_path, models, device) as store:
+        characters = store.characters()
     rows = [{"name": c.name, "references": len(c.references), "baseline": c.baseline.get("mean"),
              "tags": c.tags, "description": c.description, "created_at": c.created_at}
             for c in characters]

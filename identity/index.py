@@ -1,7 +1,7 @@
 """FAISS vector indexes over L2-normalised embeddings (inner product = cosine), usable on raw vectors.
 
-    index = VectorIndex(dim=512, kind="exact")      # or "hnsw" / "ivf" (approximate, for big stores)
-    index.add(vectors, ids)                        # float32 (n, dim), int64 ids
+    index = VectorIndex(kind="exact")              # or "hnsw" / "ivf" (approximate, for big stores)
+    index.add(vectors, ids)                        # float32 (n, dim), int64 ids; the first add sets dim
     scores, ids = index.search(queries, k)          # best first; id -1 where fewer than k exist
     index.save(path); VectorIndex.load(path)        # atomic write; payload checksum verified on load
 
@@ -31,7 +31,6 @@ MAGIC = b"CASTKEEP-INDEX\x001\n"
 # raised to 128000 in recent releases, which makes batched exact search ~8x slower than numpy at
 # 1M vectors (see STACK.md). Below ~20 queries the SIMD loop is the faster path anyway.
 BLAS_THRESHOLD = 20
-faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
 ENV_THREADS = "CASTKEEP_FAISS_THREADS"
 
 # Exact search over large stores scans a float16 copy first (half the memory traffic of float32,
@@ -51,19 +50,32 @@ def set_search_threads(threads: int | None = None) -> None:
     faiss.omp_set_num_threads(int(threads) if threads else (os.cpu_count() or 1))
 
 
-if os.environ.get(ENV_THREADS):
-    set_search_threads(int(os.environ[ENV_THREADS]))
+_configured = False
+
+
+def configure_faiss() -> None:
+    """Apply castkeep's process-wide FAISS settings: the BLAS threshold above, and the search
+    threads from $CASTKEEP_FAISS_THREADS when set. Runs once, when the first VectorIndex is made
+    (not at import, so importing castkeep never changes another library's FAISS); a later
+    `set_search_threads` call wins."""
+    global _configured
+    if _configured:
+        return
+    faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
+    if os.environ.get(ENV_THREADS):
+        set_search_threads(int(os.environ[ENV_THREADS]))
+    _configured = True
 
 
 class IndexFileError(StoreError):
     """An index file is missing, truncated, tampered with or of another format."""
 
 
-def _as_matrix(vectors: Any, dim: int) -> np.ndarray:
+def _as_matrix(vectors: Any, dim: int | None) -> np.ndarray:
     matrix = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
     if matrix.ndim == 1:
         matrix = matrix[None, :]
-    if matrix.ndim != 2 or matrix.shape[1] != dim:
+    if matrix.ndim != 2 or (dim is not None and matrix.shape[1] != dim):
         raise ValueError(f"expected vectors of dimension {dim}, got shape {matrix.shape}")
     return matrix
 
@@ -76,20 +88,26 @@ class VectorIndex:
     85 %) at 1.5 ms / 0.6 ms per query on 2 cores, against ~28 ms for numpy's brute force.
     """
 
-    def __init__(self, dim: int = 512, kind: str = "exact", *, hnsw_m: int = 32,
+    def __init__(self, dim: int | None = None, kind: str = "exact", *, hnsw_m: int = 32,
                  ef_construction: int = 80, ef_search: int = 128, nlist: int | None = None,
                  nprobe: int = 64) -> None:
+        """`dim` None: the embedding size is taken from the first vectors added."""
         if kind not in KINDS:
             raise ValueError(f"unknown index kind {kind!r} (use one of {', '.join(KINDS)})")
-        self.dim = int(dim)
+        configure_faiss()
+        self.dim = None if dim is None else int(dim)
         self.kind = kind
         self.params: dict[str, int | None] = {"hnsw_m": hnsw_m, "ef_construction": ef_construction,
                                               "ef_search": ef_search, "nlist": nlist, "nprobe": nprobe}
-        self._index: faiss.Index | None = None if kind == "ivf" else self._new_index(0)
+        # IVF trains on its first batch, and no index can exist before its dimension is known.
+        self._index: faiss.Index | None = None if kind == "ivf" or dim is None else self._new_index(0)
         self._prefilter: tuple[faiss.Index, np.ndarray, float] | None = None
+        # How the float16 prefilter answered query rows: proven exact, or searched again in float32.
+        self.prefilter_counts = {"proven": 0, "rescanned": 0}
 
     # -- construction ---------------------------------------------------------------------------
     def _new_index(self, n_train: int) -> faiss.Index:
+        assert self.dim is not None
         if self.kind == "exact":
             return faiss.IndexIDMap(faiss.IndexFlatIP(self.dim))
         if self.kind == "hnsw":
@@ -112,7 +130,7 @@ class VectorIndex:
     def build(cls, vectors: Any, ids: Iterable[int] | None = None, *, dim: int | None = None,
               kind: str = "exact", **params: Any) -> "VectorIndex":
         matrix = np.asarray(vectors, dtype=np.float32)
-        dim = dim or (matrix.shape[1] if matrix.ndim == 2 and matrix.shape[0] else 512)
+        dim = dim or (matrix.shape[1] if matrix.ndim == 2 and matrix.shape[0] else None)
         index = cls(dim, kind, **params)
         if matrix.size:
             index.add(matrix, ids)
@@ -127,9 +145,11 @@ class VectorIndex:
             id_array = np.ascontiguousarray(np.fromiter(ids, dtype=np.int64))
         if len(id_array) != len(matrix):
             raise ValueError(f"{len(matrix)} vectors but {len(id_array)} ids")
-        if self._index is None:  # IVF trains on its first batch
+        if self._index is None:  # the first batch: it sets the dimension, and IVF trains on it
+            self.dim = matrix.shape[1]
             self._index = self._new_index(len(matrix))
-            self._index.train(matrix)
+            if self.kind == "ivf":
+                self._index.train(matrix)
         self._index.add_with_ids(matrix, id_array)
         self._prefilter = None
 
@@ -193,6 +213,7 @@ class VectorIndex:
             best = np.argsort(-exact, kind="stable")[:k]
             bound = FP16_ERROR * float(np.linalg.norm(query)) * max_norm
             proven = candidates >= n or exact[best[-1]] > rough[row, -1] + bound
+            self.prefilter_counts["proven" if proven else "rescanned"] += 1
             if proven:
                 scores[row], ids[row] = exact[best], id_map[found[best]]
             else:
@@ -229,7 +250,8 @@ class VectorIndex:
         start = len(MAGIC) + 4
         try:
             header = json.loads(data[start:start + length])
-            kind, dim, count = header["kind"], int(header["dim"]), int(header["count"])
+            kind, count = header["kind"], int(header["count"])
+            dim = None if header["dim"] is None else int(header["dim"])
         except (ValueError, KeyError, TypeError):
             raise IndexFileError("index header is corrupt", path=source) from None
         payload = data[start + length:]

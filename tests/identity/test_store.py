@@ -43,7 +43,7 @@ def split(faces_dir):
 def gallery_store(tmp_path_factory, fast_analyzer, split):
     """A store with the 20 identities, built once (closed; tests reopen or copy it)."""
     path = tmp_path_factory.mktemp("gallery") / "store"
-    with Store.open(path, analyzer=fast_analyzer) as store:
+    with Store.open(path, analyzer=fast_analyzer, create=True) as store:
         for name, (refs, _) in split.items():
             store.register(name, refs)
     return path
@@ -69,7 +69,7 @@ def identify_all(store: Store, split) -> list[dict]:
 def test_twenty_identities_rank1(gallery_store, fast_analyzer, split):
     with Store.open(gallery_store, analyzer=fast_analyzer) as store:
         assert len(store) == N_IDENTITIES
-        assert all(len(c.references) == N_REFS for c in store.list())
+        assert all(len(c.references) == N_REFS for c in store.characters())
         results = identify_all(store, split)
     correct = sum(r["top"][0][0] == r["truth"] for r in results)
     rank1 = correct / len(results)
@@ -111,7 +111,7 @@ def test_impostor_reference_is_flagged(tmp_path, fast_analyzer, split):
     names = list(split)
     (a1, a2, _), _ = split[names[0]]
     (b1, _, _), _ = split[names[1]]
-    with Store.open(tmp_path / "s", analyzer=fast_analyzer) as store:
+    with Store.open(tmp_path / "s", analyzer=fast_analyzer, create=True) as store:
         with pytest.raises(ImpostorReferenceError) as caught:
             store.register("Mixed", [a1, b1, a2])
         assert b1.name in str(caught.value)
@@ -129,7 +129,7 @@ def test_add_refs_refits_and_gates(tmp_path, fast_analyzer, split):
     names = list(split)
     refs, held = split[names[2]]
     other = split[names[3]][0][0]
-    with Store.open(tmp_path / "s", analyzer=fast_analyzer) as store:
+    with Store.open(tmp_path / "s", analyzer=fast_analyzer, create=True) as store:
         before = store.register("Grow", refs[:2])
         after = store.add_refs("grow", [refs[2], refs[0]])
         assert len(after.references) == 3
@@ -143,7 +143,7 @@ def test_add_refs_refits_and_gates(tmp_path, fast_analyzer, split):
 
 def test_duplicate_registration_warns_and_duplicate_name_refused(tmp_path, fast_analyzer, split):
     refs, held = split[list(split)[4]]
-    with Store.open(tmp_path / "s", analyzer=fast_analyzer) as store:
+    with Store.open(tmp_path / "s", analyzer=fast_analyzer, create=True) as store:
         store.register("Zoë", refs)
         again = store.register("Someone Else", held[:2])
         assert any("looks like existing character 'Zoë'" in w for w in again.warnings)
@@ -158,7 +158,7 @@ def test_duplicate_registration_warns_and_duplicate_name_refused(tmp_path, fast_
 @pytest.mark.parametrize("bad", ["", "   ", "../escape", "a/b", "a\\b", ".hidden", ".", "..",
                                  "x" * 65, "nul\x00byte", "tab\there", "semi;colon", " padded"])
 def test_bad_names_rejected(tmp_path, bad):
-    with Store.open(tmp_path / "s") as store:
+    with Store.open(tmp_path / "s", create=True) as store:
         with pytest.raises(InvalidNameError):
             store.register(bad, ["unused.jpg"])
         assert len(store) == 0
@@ -178,7 +178,7 @@ def test_unknown_character_and_faceless_image(tmp_path, fast_analyzer, split):
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((200, 200, 3), 127, np.uint8)).save(blank)
     refs, held = split[list(split)[5]]
-    with Store.open(tmp_path / "s", analyzer=fast_analyzer) as store:
+    with Store.open(tmp_path / "s", analyzer=fast_analyzer, create=True) as store:
         store.register("Known", refs)
         generation = store.generation
         for call in (lambda: store.get("Nobody"), lambda: store.remove("Nobody"),
@@ -239,7 +239,7 @@ def test_corrupt_database_is_a_clear_store_error(store_copy, tmp_path):
     db.write_bytes(bytes(data))
     with pytest.raises(StoreError):
         with Store.open(store_copy) as store:
-            store.list()
+            store.characters()
             report = store.verify()
             if not report["ok"]:
                 raise StoreError("integrity check failed")
@@ -257,7 +257,7 @@ def test_export_import_round_trip(store_copy, tmp_path, fast_analyzer, split):
         exported = store.export(name, tmp_path)
     assert exported.name == f"{name}.castkeep.json"
     assert b"pickle" not in exported.read_bytes()
-    with Store.open(tmp_path / "fresh") as fresh:
+    with Store.open(tmp_path / "fresh", create=True) as fresh:
         imported = fresh.import_file(exported)
         assert imported.name == name and imported.fingerprint == original.fingerprint
         assert np.allclose(imported.vector, original.vector, atol=1e-6)
@@ -271,7 +271,7 @@ def test_export_import_round_trip(store_copy, tmp_path, fast_analyzer, split):
     document["references"][0]["quality"] = 0.01
     tampered = tmp_path / "tampered.castkeep.json"
     tampered.write_text(json.dumps(document))
-    with Store.open(tmp_path / "other") as other:
+    with Store.open(tmp_path / "other", create=True) as other:
         with pytest.raises(StoreError, match="checksum"):
             other.import_file(tampered)
         with pytest.raises(StoreError):
@@ -290,7 +290,7 @@ def test_model_packs_never_mix(tmp_path, pack_dir, fast_analyzer, split):
     other = FaceAnalyzer(ModelPack.from_pretrained(other_dir), dense=False, landmarks_106=False)
     assert other.fingerprint != fast_analyzer.fingerprint
     refs, held = split[list(split)[8]]
-    with Store.open(tmp_path / "s", analyzer=fast_analyzer) as store:
+    with Store.open(tmp_path / "s", analyzer=fast_analyzer, create=True) as store:
         store.register("First", refs)
         exported = store.export("First", tmp_path)
     with Store.open(tmp_path / "s", analyzer=other) as store:
@@ -299,7 +299,7 @@ def test_model_packs_never_mix(tmp_path, pack_dir, fast_analyzer, split):
         with pytest.raises(StoreError, match="cannot be mixed"):
             store.identify(held[0])
         assert store.names() == ["First"]
-    with Store.open(tmp_path / "s2", analyzer=other) as store:
+    with Store.open(tmp_path / "s2", analyzer=other, create=True) as store:
         store.register("Other", held)
         with pytest.raises(StoreError, match="cannot be mixed"):
             store.import_file(exported)
@@ -308,7 +308,7 @@ def test_model_packs_never_mix(tmp_path, pack_dir, fast_analyzer, split):
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_approximate_index_kinds_serve_the_store(store_copy, kind):
     with Store.open(store_copy) as store:
-        vectors = {c.name: c.vector for c in store.list()}
+        vectors = {c.name: c.vector for c in store.characters()}
         exact = {name: [m.name for m in store.identify(v, k=3)] for name, v in vectors.items()}
         store.set_index_kind(kind)
         approximate = {name: [m.name for m in store.identify(v, k=3)] for name, v in vectors.items()}
