@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from ..errors import StoreError
 from . import migrations
@@ -41,7 +42,7 @@ class Database:
         self._connection: sqlite3.Connection | None = connection
 
     @classmethod
-    def open(cls, path: Path) -> "Database":
+    def open(cls, path: Path) -> Database:
         """Connect, refuse a database that is not a castkeep store, switch to WAL and bring the
         schema to the current version (created for a new store, migrated for an older one)."""
         try:

@@ -189,9 +189,10 @@ class VectorIndex:
 
     def _prefilter_parts(self) -> tuple[faiss.Index, np.ndarray, float]:
         if self._prefilter is None:
+            dim = int(self.dim or 0)  # set: only a non-empty index is prefiltered
             flat = faiss.downcast_index(self._index.index)
-            vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * self.dim).reshape(-1, self.dim)
-            half = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16,
+            vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * dim).reshape(-1, dim)
+            half = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16,
                                               faiss.METRIC_INNER_PRODUCT)
             half.add(vectors)
             max_norm = float(np.sqrt((vectors.astype(np.float64) ** 2).sum(axis=1).max()))

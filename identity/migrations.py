@@ -10,8 +10,9 @@ is refused rather than guessed at.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..errors import StoreError
 
@@ -61,14 +62,14 @@ CREATE INDEX IF NOT EXISTS refs_by_sha256 ON refs(sha256);
 """
 
 
-def refuse_foreign(db: "Database") -> None:
+def refuse_foreign(db: Database) -> None:
     """A database with tables but no `meta` table belongs to something else: leave it alone."""
     tables = db.tables()
     if tables and "meta" not in tables:
         raise StoreError("this database is not a castkeep store", path=db.path)
 
 
-def prepare(db: "Database") -> None:
+def prepare(db: Database) -> None:
     """Create a new store's tables, or migrate an older store to SCHEMA_VERSION; refuse a newer one.
 
     A current store is only read (read-only stores still open); anything else takes the write lock
@@ -90,13 +91,13 @@ def prepare(db: "Database") -> None:
             db.set_meta("schema_version", str(version))
 
 
-def _is_complete(db: "Database") -> bool:
+def _is_complete(db: Database) -> bool:
     # A process killed while creating a store leaves no tables at all (the creation is one
     # transaction), but stay safe for files made by hand: the last table created is `refs`.
     return {"meta", "refs"} <= db.tables()
 
 
-def _version(db: "Database") -> int:
+def _version(db: Database) -> int:
     """The stored schema version; StoreError when it is unreadable or newer than this castkeep's."""
     text = db.meta("schema_version")
     version = int(text) if text is not None and text.isdigit() else 0
@@ -110,7 +111,7 @@ def _version(db: "Database") -> int:
     return version
 
 
-def _create_v1(db: "Database") -> None:
+def _create_v1(db: Database) -> None:
     for statement in SCHEMA_V1.split(";"):
         if statement.strip():
             db.execute(statement)

@@ -7,7 +7,8 @@ Every SQL statement that touches those two tables is here; callers hold the tran
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -112,7 +113,8 @@ def insert_character(db: Database, character: Character, key: str, now: str) -> 
         (character.name, key, character.description, json.dumps(character.tags, ensure_ascii=False),
          character.fingerprint, int(character.vector.size), to_blob(character.vector),
          json.dumps(character.baseline), character.created_at or now, now))
-    character_id = int(cursor.lastrowid)
+    character_id = cursor.lastrowid
+    assert character_id is not None  # always set after an INSERT
     insert_references(db, character_id, character.references, now)
     return character_id
 

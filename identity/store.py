@@ -19,10 +19,11 @@ index_cache (the FAISS cache) and integrity (verify).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +33,7 @@ from . import integrity, rows, similarity
 from .calibration import probability
 from .characters import Character, CharacterScore, Match, Reference
 from .database import DB_NAME, Database
-from .enrolment import (MAX_REFERENCES, MAX_REFERENCES_PER_CALL, embed_references, gate_impostors,
-                        parse_image_spec)
+from .enrolment import MAX_REFERENCES, MAX_REFERENCES_PER_CALL, embed_references, gate_impostors, parse_image_spec
 from .index_cache import INDEX_NAME, IndexCache
 from .names import clean_tags, name_key, normalize_name
 from .references import baseline_of, combine
@@ -85,7 +85,7 @@ class Store:
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, *, analyzer: Any = None,
              models: str | None = None, device: str = "cpu", create: bool = False,
-             index_kind: str | None = None) -> "Store":
+             index_kind: str | None = None) -> Store:
         """Open the store at `path` (default: `default_store_path()`). Only with `create` is a
         missing store made; otherwise NoStoreError, so a mistyped path is never a new empty store."""
         folder = Path(path).expanduser() if path is not None else default_store_path()
@@ -118,7 +118,7 @@ class Store:
             self._analyzer.close()
             self._analyzer = None
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -363,7 +363,7 @@ class Store:
         if vector.shape[0] != index.dim:
             raise StoreError(f"query embedding has {vector.shape[0]} values; this store's have {index.dim}")
         scores, ids = index.search(vector, min(k, len(index)))
-        found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+        found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
         with self._db.guard():
             names = rows.names_by_id(self._db, [i for i, _ in found])
         threshold = similarity.SAME_PERSON_THRESHOLD

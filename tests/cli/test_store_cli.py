@@ -165,16 +165,17 @@ def test_add_refs_with_photo_n_and_face(tmp_path, faces_dir):
     from_group = [r for r in updated["reference_details"] if r["source_path"] == str(three.resolve())]
     assert [r["face_index"] for r in from_group] == [0]
 
-    # --face 0 of the other group photo is Biden: refused; without it, the face that matches is used
+    # --face 0 of the other group photo is Biden: refused; without it, the face that matches the
+    # stored references is used
     failed(run("add-refs", "Obama", two, "--face", "0", "--store", store), 11)
-    result = run("add-refs", "Obama", two, obama[0], "--store", store, "--json")
-    updated = succeeded(result)
-    assert updated["references"] == 5
-    assert "2 faces; used face 1" in result.stderr and "already a reference of 'Obama'" in result.stderr
+    result = run("add-refs", "Obama", two, "--store", store, "--json")
+    assert succeeded(result)["references"] == 5 and "2 faces; used face 1" in result.stderr
+
+    result = run("add-refs", "Obama", obama[3], obama[0], "--store", store, "--json")
+    assert succeeded(result)["references"] == 6 and "already a reference of 'Obama'" in result.stderr
     assert "all are stored already" in failed(run("add-refs", "Obama", obama[0], "--store", store), 7)
     failed(run("add-refs", "Nobody", obama[3], "--store", store), 8)
-    shown = succeeded(run("show", "Obama", "--store", store, "--json"))
-    assert shown["references"] == 5
+    assert succeeded(run("show", "Obama", "--store", store, "--json"))["references"] == 6
 
 
 def test_verify_catches_a_vector_that_no_longer_matches_its_references(tmp_path, faces_dir):

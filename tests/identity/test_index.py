@@ -56,7 +56,7 @@ def test_approximate_kinds_recall_without_scanning_everything(kind):
     faiss.cvar.hnsw_stats.reset()
     _, found = index.search(queries, 5)
     expected = brute_force(base, queries, 5)
-    recall = np.mean([len(set(f) & set(e)) / 5 for f, e in zip(found, expected)])
+    recall = np.mean([len(set(f) & set(e)) / 5 for f, e in zip(found, expected, strict=True)])
     compared = distances_computed(kind)
     print(f"{kind}: recall@5 {recall:.3f}, {compared / (len(queries) * len(base)):.0%} of a full scan")
     assert recall >= 0.95, recall
@@ -73,7 +73,7 @@ def test_ivf_probes_only_nprobe_lists():
     recall = {}
     for label, index in (("narrow", narrow), ("full", full)):
         _, found = index.search(queries, 5)
-        recall[label] = np.mean([len(set(f) & set(e)) / 5 for f, e in zip(found, expected)])
+        recall[label] = np.mean([len(set(f) & set(e)) / 5 for f, e in zip(found, expected, strict=True)])
     assert narrow.params["nlist"] == 128
     assert recall["full"] == 1.0
     assert 0.3 < recall["narrow"] < 0.9, recall

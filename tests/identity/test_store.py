@@ -14,8 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from castkeep.errors import (DuplicateCharacterError, ImpostorReferenceError, InvalidNameError,
-                             NoFaceError, NoStoreError, StoreError, UnknownCharacterError)
+from castkeep.errors import (
+    DuplicateCharacterError,
+    ImpostorReferenceError,
+    InvalidNameError,
+    NoFaceError,
+    NoStoreError,
+    StoreError,
+    UnknownCharacterError,
+)
 from castkeep.identity.similarity import SAME_PERSON_THRESHOLD
 from castkeep.identity.store import Store
 

@@ -17,7 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-
 from castkeep.identity.store import Store
 
 CHILD = textwrap.dedent("""
