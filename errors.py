@@ -68,6 +68,13 @@ class NoStoreError(StoreError):
     exit_code = 17
 
 
+class IndexFileError(StoreError):
+    """The FAISS index cache file is missing, truncated, tampered with or of another format. The store
+    rebuilds the cache from its database when this happens, so users see it only from `VectorIndex.load`."""
+
+    exit_code = 19
+
+
 class UnknownCharacterError(StoreError):
     """No character with that name is stored."""
 
@@ -120,3 +127,9 @@ class BenchmarkInputError(CastkeepError):
     """A benchmark's input (pairs file, gallery, run folder, sizes) is unusable."""
 
     exit_code = 16
+
+
+class MissingDependencyError(CastkeepError):
+    """An optional dependency is not installed (castkeep[generate] for generation, [bench] for plots)."""
+
+    exit_code = 18

@@ -11,7 +11,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 # What castkeep reads as a photo when it walks a folder.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
@@ -103,6 +103,16 @@ def slug(text: str, *, max_length: int = 40, fallback: str = "run") -> str:
     """A file-name-safe ASCII form of `text` (letters, digits, `_`, `-`, `.`)."""
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.-")[:max_length].strip("_.-")
     return cleaned or fallback
+
+
+# What long-running library functions take to report progress: `progress(items, label=..., total=...)`
+# returns the items to loop over (the `progress` below, or `no_progress` when nobody watches).
+Progress = Callable[..., Iterable[Any]]
+
+
+def no_progress(iterable: Iterable[Any], **_: Any) -> Iterable[Any]:
+    """The silent Progress: the items, unchanged."""
+    return iterable
 
 
 def progress(iterable: Iterable[Any] | None = None, *, label: str, total: int | None = None,

@@ -21,15 +21,14 @@ from ..identity import calibration, similarity
 from ..utils import IMAGE_SUFFIXES
 
 
-
 def embed_folder(folder: Path, models: str | None, device: str = "cpu",
                  cache: Path | None = None) -> tuple[np.ndarray, np.ndarray, list[str], str]:
     """(embeddings N x d, identity label per row, file names, fingerprint) for every photo with a face."""
     if cache is not None and cache.is_file():
         data = np.load(cache, allow_pickle=False)
         return data["embeddings"], data["labels"], list(data["files"]), str(data["fingerprint"])
-    from ..utils import progress
     from ..identity.analyzer import FaceAnalyzer
+    from ..utils import progress
 
     analyzer = FaceAnalyzer.from_pretrained(models, device=device, dense=False, landmarks_106=False)
     files = sorted(p for p in folder.glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES)

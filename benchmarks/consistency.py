@@ -18,17 +18,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
-from ..errors import CastkeepError
+from ..errors import BenchmarkInputError, CastkeepError
 from ..identity.embedder import l2_normalize
 from ..identity.similarity import SAME_PERSON_THRESHOLD
-from ..errors import BenchmarkInputError
-from ..utils import IMAGE_SUFFIXES
+from ..utils import IMAGE_SUFFIXES, Progress, no_progress
 
-Progress = Callable[..., Iterable[Any]]
 MAD_SCALE = 1.4826      # MAD → standard deviation for normal data
 OUTLIER_Z = 2.0
 OUTLIER_FLOOR = 0.05
@@ -81,7 +79,7 @@ def outlier_mask(values: np.ndarray) -> tuple[np.ndarray, float]:
 
 def run_consistency(images: list[Path], analyzer: Any, *, reference: np.ndarray | None = None,
                     reference_label: str | None = None, threshold: float = SAME_PERSON_THRESHOLD,
-                    progress: Progress = lambda it, **_: it) -> dict[str, Any]:
+                    progress: Progress = no_progress) -> dict[str, Any]:
     embedded: list[tuple[Path, np.ndarray]] = []
     no_face: list[dict[str, str]] = []
     for path in progress(images, label="embed", total=len(images)):

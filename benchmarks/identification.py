@@ -21,16 +21,13 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
-from ..errors import CastkeepError
+from ..errors import BenchmarkInputError, CastkeepError
 from ..identity.similarity import SAME_PERSON_THRESHOLD
-from ..errors import BenchmarkInputError
-from ..utils import IMAGE_SUFFIXES
-
-Progress = Callable[..., Iterable[Any]]
+from ..utils import IMAGE_SUFFIXES, Progress, no_progress
 
 
 def read_gallery(folder: str | os.PathLike, *, limit_identities: int | None = None) -> dict[str, list[Path]]:
@@ -122,7 +119,7 @@ def _dir_at_fpir(known_top: list[tuple[bool, float]], unknown_top: list[float], 
 
 def run_identification(gallery: dict[str, list[Path]], analyzer: Any, *, k: int = 2,
                        unknown_fraction: float = 0.2, seed: int = 0, threshold: float = SAME_PERSON_THRESHOLD,
-                       store_dir: str | None = None, progress: Progress = lambda it, **_: it) -> dict[str, Any]:
+                       store_dir: str | None = None, progress: Progress = no_progress) -> dict[str, Any]:
     from ..identity.store import Store
 
     enrol, known_probes, unknown_probes = split_gallery(gallery, k, unknown_fraction, seed)

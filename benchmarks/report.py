@@ -12,6 +12,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ..errors import MissingDependencyError
 from ..utils import write_json_atomic
 
 
@@ -61,7 +62,10 @@ def percent(value: float | None) -> str:
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingDependencyError("benchmark plots need matplotlib: pip install 'castkeep[bench]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

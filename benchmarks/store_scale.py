@@ -15,14 +15,14 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..identity.index import VectorIndex
 from ..errors import BenchmarkInputError
+from ..identity.index import VectorIndex
+from ..utils import Progress, no_progress
 
 DIM = 512
 TOP_K = 10
 KINDS = ("exact", "hnsw", "ivf")
 
-Progress = Callable[..., Iterable[Any]]
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -204,7 +204,7 @@ def bench_size(n: int, *, kinds: Iterable[str] = KINDS, n_queries: int = 100, se
 
 
 def run_store_scale(sizes: list[int], *, kinds: Iterable[str] = KINDS, n_queries: int = 100, seed: int = 0,
-                    progress: Progress = lambda it, **_: it) -> dict[str, Any]:
+                    progress: Progress = no_progress) -> dict[str, Any]:
     kinds = list(kinds)
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:

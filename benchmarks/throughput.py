@@ -11,16 +11,13 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import BenchmarkInputError
-from ..utils import IMAGE_SUFFIXES
+from ..utils import IMAGE_SUFFIXES, Progress, no_progress
 from .pipelines import CastkeepPipeline, InsightFaceBaseline
-
-
-Progress = Callable[..., Iterable[Any]]
 
 
 def collect_images(folder: str | os.PathLike, limit: int | None = None, *, per_identity: int | None = None) -> list[Path]:
@@ -53,7 +50,7 @@ def _timed_pass(analyze: Callable[[Path], int], images: list[Path]) -> tuple[flo
 
 
 def run_throughput(images: list[Path], pack: Any, *, rounds: int = 3, device: str = "cpu",
-                   progress: Progress = lambda it, **_: it) -> dict[str, Any]:
+                   progress: Progress = no_progress) -> dict[str, Any]:
     castkeep = CastkeepPipeline(pack)
     insight = InsightFaceBaseline(pack.path, device=device)
     pipelines = {"castkeep": castkeep.analyze, "insightface": insight.analyze}

@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
 from ..identity.similarity import SAME_PERSON_THRESHOLD
+from ..utils import Progress, no_progress
 from .metrics import Roc, verification_metrics
 from .pairs import PairsFile
 from .pipelines import SELECTIONS, CastkeepPipeline, ImageEmbeddings, InsightFaceBaseline, variant_name
@@ -29,14 +30,9 @@ PUBLISHED_LFW = {
     "w600k_r50.onnx": {"pack": "buffalo_l (ResNet-50, WebFace600K)", "lfw_accuracy": 0.9983},
 }
 
-Progress = Callable[..., Iterable[Any]]
 
 
-def _no_progress(iterable: Iterable[Any], **_: Any) -> Iterable[Any]:
-    return iterable
-
-
-def embed_images(pipeline: Any, images: list[Path], progress: Progress = _no_progress) -> tuple[dict[Path, ImageEmbeddings], float]:
+def embed_images(pipeline: Any, images: list[Path], progress: Progress = no_progress) -> tuple[dict[Path, ImageEmbeddings], float]:
     started = time.perf_counter()
     results = {path: pipeline.variants(path) for path in progress(images, label=pipeline.name, total=len(images))}
     return results, time.perf_counter() - started
@@ -73,7 +69,7 @@ def _pipeline_summary(pairs: PairsFile, embedded: dict[Path, ImageEmbeddings], s
 
 def run_verification(pairs: PairsFile, pack: Any, *, selection: str = "center", flip: bool = True,
                      baseline: bool = True, device: str = "cpu",
-                     progress: Progress = _no_progress) -> tuple[dict[str, Any], dict[str, Roc]]:
+                     progress: Progress = no_progress) -> tuple[dict[str, Any], dict[str, Roc]]:
     """Returns the JSON-ready result and the ROC curves to plot (label → Roc)."""
     labels = np.array([p.same for p in pairs.pairs], dtype=bool)
     images = pairs.images

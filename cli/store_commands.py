@@ -3,9 +3,10 @@ import and verify. Each takes `--store PATH` (or $CASTKEEP_STORE) and `--json`."
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import click
 
@@ -130,7 +131,8 @@ def show(name: str, store_path: Path | None, models: str | None, device: str, as
             lines.append(f"  baseline (leave-one-out cosine): mean {base['mean']:.2f}, "
                          f"min {base['min']:.2f}, max {base['max']:.2f}")
         coverage = data["pose_coverage"]
-        lines.append("  pose coverage (head yaw; right = turned toward the image's right): " + ", ".join(f"{k} {v}" for k, v in coverage["bins"].items())
+        lines.append("  pose coverage (head yaw; right = turned toward the image's right): "
+                     + ", ".join(f"{k} {v}" for k, v in coverage["bins"].items())
                      + (f"  (missing: {', '.join(coverage['missing'])})" if coverage["missing"] else ""))
         lines.append(f"  references ({len(character.references)}):")
         for ref in character.references:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from . import migrations
 
 DB_NAME = "castkeep.sqlite3"
 BUSY_TIMEOUT_S = 120.0     # concurrent registrations wait for each other this long
@@ -35,16 +34,15 @@ def retry_busy(action: Callable[[], Any], attempts: int = 50) -> Any:
 
 
 class Database:
-    """The connection to `castkeep.sqlite3`. Open with `Database.open(path)`."""
+    """The connection to `castkeep.sqlite3`. Open with `Database.connect(path)`."""
 
     def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
         self.path = path
         self._connection: sqlite3.Connection | None = connection
 
     @classmethod
-    def open(cls, path: Path) -> Database:
-        """Connect, refuse a database that is not a castkeep store, switch to WAL and bring the
-        schema to the current version (created for a new store, migrated for an older one)."""
+    def connect(cls, path: Path) -> Database:
+        """Connect with the settings every store connection needs (busy timeout, foreign keys)."""
         try:
             connection = sqlite3.connect(os.fspath(path), timeout=BUSY_TIMEOUT_S,
                                          isolation_level=None, check_same_thread=False)
@@ -55,15 +53,16 @@ class Database:
             with database.guard():
                 connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
                 connection.execute("PRAGMA foreign_keys = ON")
-                migrations.refuse_foreign(database)  # before WAL: never convert someone else's file
-                if connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                    retry_busy(lambda: connection.execute("PRAGMA journal_mode = WAL"))
-                connection.execute("PRAGMA synchronous = FULL")
-                migrations.prepare(database)
         except BaseException:
             database.close()
             raise
         return database
+
+    def use_wal(self) -> None:
+        """Write-ahead logging (readers never wait for a writer) with an fsync at every commit."""
+        if self.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            retry_busy(lambda: self.execute("PRAGMA journal_mode = WAL"))
+        self.execute("PRAGMA synchronous = FULL")
 
     def close(self) -> None:
         if self._connection is not None:

@@ -15,13 +15,14 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import faiss
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import IndexFileError
 from ..utils import write_bytes_atomic
 
 KINDS = ("exact", "hnsw", "ivf")
@@ -67,10 +68,6 @@ def configure_faiss() -> None:
     _configured = True
 
 
-class IndexFileError(StoreError):
-    """An index file is missing, truncated, tampered with or of another format."""
-
-
 def _as_matrix(vectors: Any, dim: int | None) -> np.ndarray:
     matrix = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
     if matrix.ndim == 1:
@@ -97,16 +94,17 @@ class VectorIndex:
         configure_faiss()
         self.dim = None if dim is None else int(dim)
         self.kind = kind
-        self.params: dict[str, int | None] = {"hnsw_m": hnsw_m, "ef_construction": ef_construction,
-                                              "ef_search": ef_search, "nlist": nlist, "nprobe": nprobe}
+        self.params: dict[str, Any] = {"hnsw_m": hnsw_m, "ef_construction": ef_construction,
+                                       "ef_search": ef_search, "nlist": nlist, "nprobe": nprobe}
         # IVF trains on its first batch, and no index can exist before its dimension is known.
-        self._index: faiss.Index | None = None if kind == "ivf" or dim is None else self._new_index(0)
-        self._prefilter: tuple[faiss.Index, np.ndarray, float] | None = None
+        # faiss's SWIG classes are typed loosely (an IndexIDMap's `.index`, `.id_map`...): Any.
+        self._index: Any = None if kind == "ivf" or dim is None else self._new_index(0)
+        self._prefilter: tuple[Any, np.ndarray, float] | None = None
         # How the float16 prefilter answered query rows: proven exact, or searched again in float32.
         self.prefilter_counts = {"proven": 0, "rescanned": 0}
 
     # -- construction ---------------------------------------------------------------------------
-    def _new_index(self, n_train: int) -> faiss.Index:
+    def _new_index(self, n_train: int) -> Any:
         assert self.dim is not None
         if self.kind == "exact":
             return faiss.IndexIDMap(faiss.IndexFlatIP(self.dim))
@@ -119,7 +117,7 @@ class VectorIndex:
         nlist = self.params["nlist"] or int(4 * np.sqrt(max(n_train, 1)))
         nlist = max(1, min(int(nlist), max(1, n_train // 39)))
         self.params["nlist"] = nlist
-        quantizer = faiss.IndexFlatIP(self.dim)
+        quantizer: Any = faiss.IndexFlatIP(self.dim)
         ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         ivf.own_fields = True
         quantizer.this.disown()
@@ -128,7 +126,7 @@ class VectorIndex:
 
     @classmethod
     def build(cls, vectors: Any, ids: Iterable[int] | None = None, *, dim: int | None = None,
-              kind: str = "exact", **params: Any) -> "VectorIndex":
+              kind: str = "exact", **params: Any) -> VectorIndex:
         matrix = np.asarray(vectors, dtype=np.float32)
         dim = dim or (matrix.shape[1] if matrix.ndim == 2 and matrix.shape[0] else None)
         index = cls(dim, kind, **params)
@@ -187,10 +185,10 @@ class VectorIndex:
         if self.kind == "exact" and len(self) >= PREFILTER_MIN:
             self._prefilter_parts()
 
-    def _prefilter_parts(self) -> tuple[faiss.Index, np.ndarray, float]:
+    def _prefilter_parts(self) -> tuple[Any, np.ndarray, float]:
         if self._prefilter is None:
             dim = int(self.dim or 0)  # set: only a non-empty index is prefiltered
-            flat = faiss.downcast_index(self._index.index)
+            flat: Any = faiss.downcast_index(self._index.index)
             vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * dim).reshape(-1, dim)
             half = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16,
                                               faiss.METRIC_INNER_PRODUCT)
@@ -201,7 +199,7 @@ class VectorIndex:
 
     def _search_prefiltered(self, matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         half, id_map, max_norm = self._prefilter_parts()
-        flat = faiss.downcast_index(self._index.index)
+        flat: Any = faiss.downcast_index(self._index.index)
         n = len(self)
         k = min(k, n)
         candidates = min(n, k * PREFILTER_FACTOR)
@@ -229,7 +227,7 @@ class VectorIndex:
         if isinstance(self._index, faiss.IndexIDMap):
             return faiss.vector_to_array(self._index.id_map).astype(np.int64)
         ivf = faiss.extract_index_ivf(self._index)
-        invlists = ivf.invlists
+        invlists: Any = ivf.invlists
         parts = [faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
                  for i in range(ivf.nlist) if invlists.list_size(i)]
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
@@ -243,7 +241,7 @@ class VectorIndex:
         return MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes + payload
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, source: str = "index") -> tuple["VectorIndex", dict[str, Any]]:
+    def from_bytes(cls, data: bytes, *, source: str = "index") -> tuple[VectorIndex, dict[str, Any]]:
         """The index and its caller metadata; IndexFileError when anything does not add up."""
         if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
             raise IndexFileError("not a castkeep index file", path=source)
@@ -265,7 +263,8 @@ class VectorIndex:
             except RuntimeError:
                 raise IndexFileError("FAISS could not read the index payload", path=source) from None
             if kind == "hnsw":
-                faiss.downcast_index(index._index.index).hnsw.efSearch = int(index.params["ef_search"])
+                hnsw: Any = faiss.downcast_index(index._index.index)
+                hnsw.hnsw.efSearch = int(index.params["ef_search"])
             elif kind == "ivf":
                 faiss.extract_index_ivf(index._index).nprobe = int(index.params["nprobe"])
         if len(index) != count or index._index is not None and index._index.d != dim:
@@ -280,7 +279,7 @@ class VectorIndex:
         return data
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> tuple["VectorIndex", dict[str, Any]]:
+    def load(cls, path: str | os.PathLike) -> tuple[VectorIndex, dict[str, Any]]:
         path = Path(path)
         try:
             data = path.read_bytes()

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import IndexFileError, StoreError
 from . import rows
 from .database import Database
-from .index import KINDS, IndexFileError, VectorIndex
+from .index import KINDS, VectorIndex
 
 logger = logging.getLogger(__name__)
 

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
 from ..errors import StoreError
-
-if TYPE_CHECKING:
-    from .database import Database
+from .database import Database
 
 SCHEMA_VERSION = 1
 
-Migration = Callable[["Database"], None]
+Migration = Callable[[Database], None]
 # from_version -> the step to from_version + 1 (none yet: version 2 adds the first).
 MIGRATIONS: dict[int, Migration] = {}
 

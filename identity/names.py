@@ -8,7 +8,7 @@ characters, no leading dot and no leading/trailing space. Uniqueness is case-ins
 from __future__ import annotations
 
 import unicodedata
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..errors import InvalidNameError, StoreError
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import CastkeepError, DuplicateCharacterError, NoStoreError, StoreError, UnknownCharacterError
 from ..utils import remove_stale_temporaries
-from . import integrity, rows, similarity
+from . import integrity, migrations, rows, similarity
 from .calibration import probability
 from .characters import Character, CharacterScore, Match, Reference
 from .database import DB_NAME, Database
@@ -101,9 +101,13 @@ class Store:
                 raise StoreError(f"cannot create store folder ({exc.strerror})", path=folder) from None
         elif db_path.stat().st_size == 0 and not create:
             raise StoreError("store database is empty", path=db_path)
-        db = Database.open(db_path)
-        store = cls(folder.resolve(), db, analyzer=analyzer, models=models, device=device)
+        db = Database.connect(db_path)
         try:
+            with db.guard():
+                migrations.refuse_foreign(db)  # before WAL: never convert someone else's database
+                db.use_wal()
+                migrations.prepare(db)  # create a new store's tables, or migrate an older store
+            store = cls(folder.resolve(), db, analyzer=analyzer, models=models, device=device)
             if index_kind is not None:
                 store.set_index_kind(index_kind)
         except BaseException:
