@@ -60,7 +60,7 @@ def test_consistency_against_a_stored_character(cli, run_dir, faces_dir, tmp_pat
     from castkeep.identity.store import Store
 
     with FaceAnalyzer.from_pretrained(None, dense=False, landmarks_106=False) as analyzer:
-        with Store.open(store, analyzer=analyzer) as opened:
+        with Store.open(store, analyzer=analyzer, create=True) as opened:
             opened.register("toledo", refs)
     result = cli("bench", "consistency", str(run_dir), "--store", str(store), "--json")
     assert result.returncode == 0, result.stderr
