@@ -190,7 +190,7 @@ def run_identification(gallery: dict[str, list[Path]], analyzer: Any, *, k: int 
         "not_enrolled": [p["identity"] for p in enrol_problems if p["enrolled_with"] is None],
         "enrol_seconds": enrol_seconds,
         "latency": {"embed": _latency(embed_times), "search": _latency(search_times),
-                    "total": _latency([a + b for a, b in zip(embed_times, search_times)])},
+                    "total": _latency([a + b for a, b in zip(embed_times, search_times, strict=True)])},
     }
 
 
