@@ -112,3 +112,18 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def copy_pack(pack_dir: Path, folder: Path) -> Path:
+    """Another "model pack" holding the same ONNX files (symlinked) under the folder's name: its
+    fingerprint (pack name : recognition file : sha256) differs, so it is another embedding space
+    whose embeddings equal buffalo_s_lite's."""
+    folder.mkdir(parents=True)
+    for onnx in pack_dir.glob("*.onnx"):
+        (folder / onnx.name).symlink_to(onnx)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def second_pack(tmp_path_factory) -> Path:
+    return copy_pack(PACK_DIR, tmp_path_factory.mktemp("packs") / "buffalo_s_copy")
