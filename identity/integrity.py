@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ def space_problems(character: Character, space: Space) -> list[str]:
     return []
 
 
-def crop_problems(headers: list[tuple[int, bytes, str | None]]) -> list[str]:
+def crop_problems(headers: Sequence[tuple[int, bytes, str | None]]) -> list[str]:
     """Stored face crops that are not PNGs of the crop size, or lack their keypoints."""
     problems = []
     for ref_id, head, kps in headers:

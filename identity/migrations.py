@@ -7,10 +7,12 @@ record of how the schema grew:
 - version 1: characters (one vector each) and their references (one embedding each), one model.
 - version 2: references keep their aligned face crop (PNG) and its keypoints, and characters hold
   embeddings per recogniser fingerprint (`ref_embeddings`, `character_vectors`); the store's meta
-  fingerprint is the primary space, still mirrored in the version-1 columns. `MIGRATIONS[v]` turns a version-v database into version v + 1; the
-steps run in order inside a single write transaction at open, so a store is at its old version or
-at the new one, never in between (SQLite's DDL is transactional). A store newer than this castkeep
-is refused rather than guessed at.
+  fingerprint is the primary space, still mirrored in the version-1 columns.
+
+`MIGRATIONS[v]` turns a version-v database into version v + 1; the steps run in order inside a
+single write transaction at open, so a store is at its old version or at the new one, never in
+between (SQLite's DDL is transactional). A store newer than this castkeep is refused rather than
+guessed at.
 """
 
 from __future__ import annotations

@@ -214,7 +214,7 @@ def test_read_commands_never_create_a_store(tmp_path, faces_dir):
     photo = fr_photos(faces_dir, "barack_obama")[0]
     for command in (["list"], ["show", "Obama"], ["identify", photo], ["score", photo, "-c", "Obama"],
                     ["verify"], ["remove", "Obama"], ["export", "Obama", tmp_path],
-                    ["add-refs", "Obama", photo]):
+                    ["add-refs", "Obama", photo], ["reembed", "Obama", "--models", "buffalo_l"]):
         line = failed(run(*command, "--store", missing), 17)
         assert line == f"error: no character store at {missing} (register a character to create one)"
     assert not missing.exists()

@@ -445,6 +445,7 @@ def test_reembed_adds_a_space_and_vector_reads_it(tmp_path, fast_analyzer, secon
             assert float(np.dot(store.vector("Mara", query), mara.vector)) > 0.9999
         assert np.array_equal(store.vector("Mara"), mara.vector)
         assert store.generation == generation  # identify's space and index are untouched
+        assert store.rebuild_index()["count"] == 2  # built from the primary space only
         assert [(m.name, m.score) for m in store.identify(held[0], k=2)] == expected
         with pytest.raises(UnknownSpaceError, match="castkeep reembed Other --models buffalo_s_copy"):
             store.vector("Other", second.fingerprint)
