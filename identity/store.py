@@ -275,9 +275,15 @@ class Store:
         if name is not None:
             character.name = normalize_name(name)
         stored = self.fingerprint
-        if stored is not None and stored != character.fingerprint and stored in character.spaces and all(
-                stored in r.embeddings for r in character.references):
-            character = character.with_primary(stored)  # _insert refuses any other mix
+        if stored is not None and stored != character.fingerprint:
+            if not all(stored in r.embeddings for r in character.references):
+                raise StoreError(f"this store holds embeddings from model '{stored}', and the file has "
+                                 f"{'only some' if stored in character.spaces else 'none'} of "
+                                 f"'{character.name}''s references in that space; embeddings of different models "
+                                 f"cannot be mixed (add them where it was exported: `castkeep reembed "
+                                 f"{character.name} --models {pack_of(stored)}`, or import into another --store)",
+                                 path=path)
+            character = character.with_primary(stored)
         character.refit()
         return self._insert(character, [], taken=f"a character named '{character.name}' already exists "
                                                  f"(import it under another name with --name)")

@@ -332,7 +332,8 @@ def test_a_file_with_two_spaces_imports_into_a_store_of_either(tmp_path):
         assert [m.name for m in store.identify(in_b, k=1)] == ["Duo"]
         assert store.verify()["ok"]
         # ...but not when one of its references lacks that space.
-        with pytest.raises(StoreError, match="cannot be mixed"):
+        with pytest.raises(StoreError, match="the file has only some of 'Partial''s references in that space; "
+                                             "embeddings of different models cannot be mixed"):
             store.import_file(two_space_file(tmp_path, "Partial", complete=False))
         assert store.names() == ["Anchor", "Duo"]
 
