@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import StoreError, UnknownSpaceError
 from .crops import FaceCrop
 from .references import baseline_of, combine
 from .vectors import encode_vector
@@ -124,6 +125,21 @@ class Character:
                                             np.array([r.quality for r in embedded]))
         self.spaces = spaces
         self.vector, self.baseline = spaces[self.fingerprint].vector, spaces[self.fingerprint].baseline
+
+    def space(self, wanted: str) -> Space:
+        """The space of fingerprint `wanted`, or of the one fingerprint starting with `wanted:` (a
+        pack name, or `pack:file`); UnknownSpaceError naming the command that adds it."""
+        if wanted in self.spaces:
+            return self.spaces[wanted]
+        matches = [s for fingerprint, s in self.spaces.items() if fingerprint.startswith(wanted + ":")]
+        if len(matches) == 1:
+            return matches[0]
+        have = ", ".join(self.spaces)
+        if matches:
+            raise StoreError(f"'{self.name}' has {len(matches)} spaces matching '{wanted}' ({have}); give the "
+                             f"full fingerprint")
+        raise UnknownSpaceError(f"'{self.name}' has no embeddings from model '{wanted}' (it has: {have}); add "
+                                f"them with `castkeep reembed {self.name} --models {pack_of(wanted)}`")
 
     def with_primary(self, fingerprint: str) -> Character:
         """This character with another of its spaces as the primary one (every reference must be

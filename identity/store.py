@@ -39,7 +39,6 @@ from ..errors import (
     NoStoreError,
     StoreError,
     UnknownCharacterError,
-    UnknownSpaceError,
 )
 from ..utils import remove_stale_temporaries
 from . import integrity, migrations, rows, similarity
@@ -435,24 +434,9 @@ class Store:
         "buffalo_l"), a ModelPack, or None for the store's primary space. UnknownSpaceError, naming
         the `castkeep reembed` command that adds it, when the character has no such space."""
         character = self.get(name)
-        return self._space(character, space).vector
-
-    def _space(self, character: Character, space: str | Any | None) -> Space:
         if space is None:
-            return character.spaces[character.fingerprint]
-        wanted = space if isinstance(space, str) else space.fingerprint  # a ModelPack
-        if wanted in character.spaces:
-            return character.spaces[wanted]
-        # A pack name, or `pack:file`: the spaces whose fingerprint starts with it.
-        matches = [s for fingerprint, s in character.spaces.items() if fingerprint.startswith(wanted + ":")]
-        if len(matches) == 1:
-            return matches[0]
-        have = ", ".join(character.spaces)
-        if matches:
-            raise StoreError(f"'{character.name}' has {len(matches)} spaces matching '{wanted}' ({have}); "
-                             f"give the full fingerprint")
-        raise UnknownSpaceError(f"'{character.name}' has no embeddings from model '{wanted}' (it has: {have}); "
-                                f"add them with `castkeep reembed {character.name} --models {pack_of(wanted)}`")
+            return character.vector
+        return character.space(space if isinstance(space, str) else space.fingerprint).vector
 
     def reembed(self, name: str | None, *, models: str | os.PathLike | Any, device: str | None = None,
                 progress: Callable[[Any], Any] | None = None) -> ReembedReport:

@@ -322,6 +322,8 @@ def test_a_file_with_two_spaces_imports_into_a_store_of_either(tmp_path):
         assert duo.fingerprint == "synthetic:A" and list(duo.spaces) == ["synthetic:A", "synthetic:B"]
         assert [s.references for s in duo.spaces.values()] == [3, 3]
         in_b = store.vector("Duo", "synthetic:B")
+        with pytest.raises(StoreError, match="'Duo' has 2 spaces matching 'synthetic' .*give the full fingerprint"):
+            store.vector("Duo", "synthetic")
         assert store.verify()["ok"]
     # In a store of space B, the file's B space becomes the character's primary space...
     with Store.open(tmp_path / "b", create=True) as store:
