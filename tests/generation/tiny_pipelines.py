@@ -1,11 +1,12 @@
-"""Tiny randomly initialised components for tests and demos.
+"""Tiny randomly initialised diffusers components, for the generation tests.
 
 `save_tiny_pipeline` writes an SD1.5-shaped diffusers folder (UNet, VAE, CLIP text encoder,
 tokenizer, scheduler) a few hundred kB in size, and `save_tiny_faceid` an IP-Adapter FaceID
 checkpoint with the real key layout (`image_proj.proj.0/proj.2/norm.*`,
 `ip_adapter.{i}.to_k_ip/to_v_ip.weight`, optionally the FaceID LoRA keys the real checkpoints
 carry). Both are loaded exactly like real weights: `from_pretrained(folder)` and
-`load_ip_adapter(...)`. Nothing here downloads anything.
+`load_ip_adapter(...)`. Nothing here downloads anything. (pyproject's pytest `pythonpath` makes
+this importable as `tiny_pipelines`.)
 """
 
 from __future__ import annotations
@@ -20,16 +21,27 @@ LORA_RANK = 4  # the real sd15 checkpoint uses 128
 
 
 def _tiny_tokenizer():
+    """A byte-level CLIP tokenizer without merges: every prompt tokenises, one token per character.
+
+    Written as vocab.json + merges.txt and read back through `CLIPTokenizer(vocab_file, merges_file)`,
+    the constructor transformers 4.x (slow tokenizer) and 5.x (tokenizers-backed) both take.
+    """
+    import json
+    import tempfile
+
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import CLIPTokenizer
 
-    # Byte-level alphabet with and without CLIP's end-of-word marker: every prompt tokenises.
-    alphabet = sorted(ByteLevel.alphabet())
+    # Byte-level alphabet with and without CLIP's end-of-word marker.
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in alphabet:
+    for char in sorted(ByteLevel.alphabet()):
         vocab.setdefault(char, len(vocab))
         vocab.setdefault(char + "</w>", len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    with tempfile.TemporaryDirectory(prefix="castkeep-tiny-tokenizer-") as folder:
+        vocab_file, merges_file = Path(folder) / "vocab.json", Path(folder) / "merges.txt"
+        vocab_file.write_text(json.dumps(vocab), encoding="utf-8")
+        merges_file.write_text("#version: 0.2\n", encoding="utf-8")
+        return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
 
 
 def build_tiny_pipeline(seed: int = 0):
