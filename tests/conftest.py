@@ -39,7 +39,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 LANE_MARKS = ("slow", "subprocess", "generation")
 SLOW_SECONDS = 2.0
 # Requesting one of these fixtures puts a test in that lane.
-MARKS_BY_FIXTURE = {"cli": ("subprocess",)}
+MARKS_BY_FIXTURE = {"cli": ("subprocess",), "tiny_models": ("generation",)}
 # Tests in files other sessions own, marked here by node id (a file, or file::test) until they carry
 # their own marks.
 MARKS_BY_NODE = {

@@ -92,7 +92,8 @@ def test_doctor_tells_the_truth_on_a_cpu_machine(invoke, model_pack):
     assert data["onnxruntime_providers"]["available"] == onnxruntime.get_available_providers()
     assert data["onnxruntime_providers"]["cuda_usable"] is False
     assert data["model_pack"]["session_providers"] == ["CPUExecutionProvider"]
-    assert "non-commercial" in data["model_pack"]["license"] or "terms" in data["model_pack"]["license"]
+    # buffalo_s_lite is no InsightFace release name: its terms are the source's, and doctor says so.
+    assert "check its source's terms" in data["model_pack"]["license"]
     assert data["face_landmarker"]["sha256_ok"] is True
     text = invoke("doctor")
     assert text.returncode == 0 and "CUDA for face models: no (CPU only)" in text.stdout

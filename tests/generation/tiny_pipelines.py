@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 ARCFACE_DIM = 512  # the real FaceID input: one L2-normalised ArcFace vector
 CROSS_ATTENTION_DIM = 32
 FACEID_TOKENS = 4  # what diffusers assumes for every FaceID checkpoint
 FACEID_MULT = 2  # proj.0 is (512 * 2, 512) in the real sd15 checkpoint
 LORA_RANK = 4  # the real sd15 checkpoint uses 128
+STEPS = 2  # denoising steps the tests run: enough for every code path, fast on a CPU
 
 
 def _tiny_tokenizer():
@@ -121,7 +125,7 @@ def faceid_state_dict(unet, *, seed: int = 0, lora: bool = True, scale: float = 
 
     generator = torch.Generator().manual_seed(seed)
 
-    def randn(*shape: int) -> "torch.Tensor":
+    def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=generator) * scale
 
     cross = unet.config.cross_attention_dim
@@ -165,3 +169,21 @@ def save_tiny_faceid(path: str | Path, pipeline_folder: str | Path, *, seed: int
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(faceid_state_dict(unet, seed=seed, lora=lora), str(path))
     return path
+
+
+# ---------------------------------------------------------------------------------- stand-ins
+def unit(seed: int) -> np.ndarray:
+    """A random unit 512-d vector: an ArcFace-shaped identity."""
+    vector = np.random.default_rng(seed).standard_normal(ARCFACE_DIM).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+class PixelScorer:
+    """Stands in for a face scorer on tiny-model noise (which has no face): the output's mean
+    brightness, so ranking and retry decisions depend on the real generated pixels."""
+
+    def score(self, image: Image.Image):
+        from castkeep.generation.scoring import OutputScore
+
+        value = float(np.asarray(image, dtype=np.float32).mean() / 255.0)
+        return OutputScore(face_found=True, faces=1, cosine=value, probability=value, same=value > 0.5)
