@@ -121,9 +121,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         for nodeid, seconds in sorted(_unmarked_slow, key=lambda x: -x[1]):
             terminalreporter.write_line(f"{seconds:6.1f} s  {nodeid}")
     if config.stash.get(_LFW_COLD, False):
+        how = ("a run that includes them caches them (e.g. `pytest tests/identity/test_lfw_verification.py`)"
+               if getattr(config, "cache", None) is not None else "pytest's cache plugin is off, so nothing is kept")
         terminalreporter.write_line("note: the LFW embeddings were not cached when this run started, so the tests "
-                                    "using them counted as slow; a run that includes them caches them (e.g. "
-                                    "`pytest tests/identity/test_lfw_verification.py`)")
+                                    f"using them counted as slow; {how}")
 
 
 @pytest.fixture(scope="session")
@@ -200,10 +201,15 @@ def bad_image(tmp_path):
     return lambda kind, photo: write_bad_image(kind, tmp_path, photo)
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
-    """Run `castkeep` as a user would, in a subprocess: returns CompletedProcess (text)."""
+def run_cli(*args: str, env: dict[str, str | None] | None = None, cwd: Path | None = None):
+    """Run `castkeep` as a user would, in a subprocess: returns CompletedProcess (text). `env` adds to
+    this process's environment; a None value removes that variable."""
     full_env = dict(os.environ)
-    full_env.update(env or {})
+    for key, value in (env or {}).items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
     return subprocess.run([sys.executable, "-m", "castkeep", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=600)
 
