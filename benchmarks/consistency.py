@@ -102,9 +102,9 @@ def run_consistency(images: list[Path], analyzer: Any, *, reference: np.ndarray 
         scores = np.array([float(l2_normalize(total - v) @ v) if n > 1 else np.nan for v in vectors])
         reference_kind = "run centroid (leave-one-out)"
     per_image = [{"image": name, "score": float(s), "mean_to_others": float(m), "same": bool(s >= threshold)}
-                 for name, s, m in zip(names, scores, mean_to_others)]
+                 for name, s, m in zip(names, scores, mean_to_others, strict=True)]
     outliers, cutoff = (outlier_mask(mean_to_others) if n >= 3 else (np.zeros(n, bool), None))
-    for row, flag in zip(per_image, outliers):
+    for row, flag in zip(per_image, outliers, strict=True):
         row["outlier"] = bool(flag)
     total_outputs = n + len(no_face)
     finite = scores[np.isfinite(scores)] if n else np.zeros(0)
@@ -118,7 +118,7 @@ def run_consistency(images: list[Path], analyzer: Any, *, reference: np.ndarray 
         "outputs": total_outputs,
         "with_face": n,
         "no_face": no_face,
-        "consistency_rate": (sum(r["same"] for r in per_image) / total_outputs) if total_outputs else None,
+        "consistency_rate": (sum(bool(r["same"]) for r in per_image) / total_outputs) if total_outputs else None,
         "score_distribution": distribution,
         "pairwise_mean": float(matrix[off].mean()) if n > 1 else None,
         "pairwise_min": float(matrix[off].min()) if n > 1 else None,

@@ -3,7 +3,7 @@
 Protocol (a gallery folder laid out `<identity>/<photo>`):
 - a seeded share of the identities (`unknown_fraction`) is held out entirely: their photos are
   open-set probes of people who are not enrolled;
-- every other identity is registered in a fresh store (`Store.open(tmp)` + `register`) from its
+- every other identity is registered in a fresh store (`Store.open(tmp, create=True)` + `register`) from its
   first `k` photos (sorted by file name); its remaining photos are closed-set probes;
 - each probe is embedded once, then `store.identify(embedding, k=5)` ranks the characters.
 
@@ -124,7 +124,7 @@ def run_identification(gallery: dict[str, list[Path]], analyzer: Any, *, k: int 
 
     enrol, known_probes, unknown_probes = split_gallery(gallery, k, unknown_fraction, seed)
     with tempfile.TemporaryDirectory(prefix="castkeep-bench-store-", dir=store_dir) as tmp:
-        with Store.open(Path(tmp) / "store", analyzer=analyzer) as store:
+        with Store.open(Path(tmp) / "store", analyzer=analyzer, create=True) as store:
             start = time.perf_counter()
             stored_names, enrol_problems = _enrol(store, enrol, progress)
             enrol_seconds = time.perf_counter() - start
@@ -190,7 +190,7 @@ def run_identification(gallery: dict[str, list[Path]], analyzer: Any, *, k: int 
         "not_enrolled": [p["identity"] for p in enrol_problems if p["enrolled_with"] is None],
         "enrol_seconds": enrol_seconds,
         "latency": {"embed": _latency(embed_times), "search": _latency(search_times),
-                    "total": _latency([a + b for a, b in zip(embed_times, search_times)])},
+                    "total": _latency([a + b for a, b in zip(embed_times, search_times, strict=True)])},
     }
 
 

@@ -113,8 +113,9 @@ class Roc:
 
     @property
     def auc(self) -> float:
-        return float(np.trapezoid(self.tpr, self.fpr)) if hasattr(np, "trapezoid") \
-            else float(np.trapz(self.tpr, self.fpr))
+        # numpy 2 renamed trapz to trapezoid (and 2.4 removed trapz); the floor, numpy 1.24, has only trapz.
+        integrate = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # noqa: B009
+        return float(integrate(self.tpr, self.fpr))
 
 
 def roc_curve(scores: Any, labels: Any) -> Roc:

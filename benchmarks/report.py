@@ -7,8 +7,10 @@ import json
 import os
 import platform
 import sys
+import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +36,16 @@ def write_json(result: dict[str, Any], out_dir: str | os.PathLike, name: str) ->
     return write_json_atomic(Path(out_dir) / f"{name}.json", result)
 
 
+def save_result(result: dict[str, Any], out_dir: str | os.PathLike, name: str) -> Path:
+    """Stamp a finished bench result (software versions, finish time, its own path) and write
+    `<out_dir>/<name>.json`."""
+    path = Path(out_dir) / f"{name}.json"
+    result["environment"] = environment()
+    result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    result["result_json"] = str(path)
+    return write_json(result, out_dir, name)
+
+
 def load_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
@@ -52,7 +64,8 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
 
     def line(row: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        padded = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=False)))
+        return "  ".join(padded)
 
     return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]])
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -104,7 +105,7 @@ def _openblas() -> Any:
 
 
 def _interleaved_latencies(searches: dict[str, Callable[[np.ndarray], Any]],
-                           queries: np.ndarray) -> dict[str, dict[str, float]]:
+                           queries: np.ndarray) -> dict[str, dict[str, Any]]:
     """Single-query latency (identify answers one photo at a time) and batched throughput.
 
     The methods take turns query by query, so load from other processes on a shared machine hits
@@ -147,14 +148,14 @@ def _interleaved_latencies(searches: dict[str, Callable[[np.ndarray], Any]],
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     """Share of the exact top-k that the approximate top-k also holds."""
-    hits = [len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth)]
+    hits = [len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True)]
     return float(np.sum(hits) / truth.size)
 
 
 def nearest_recall(found: np.ndarray, truth: np.ndarray) -> float:
     """Share of queries whose exact nearest neighbour is in the approximate top-k (what identify
     needs: the registered person among the candidates)."""
-    return float(np.mean([t[0] in set(f.tolist()) for f, t in zip(found, truth)]))
+    return float(np.mean([t[0] in set(f.tolist()) for f, t in zip(found, truth, strict=True)]))
 
 
 def bench_size(n: int, *, kinds: Iterable[str] = KINDS, n_queries: int = 100, seed: int = 0,

@@ -32,7 +32,8 @@ PUBLISHED_LFW = {
 
 
 
-def embed_images(pipeline: Any, images: list[Path], progress: Progress = no_progress) -> tuple[dict[Path, ImageEmbeddings], float]:
+def embed_images(pipeline: Any, images: list[Path],
+                 progress: Progress = no_progress) -> tuple[dict[Path, ImageEmbeddings], float]:
     started = time.perf_counter()
     results = {path: pipeline.variants(path) for path in progress(images, label=pipeline.name, total=len(images))}
     return results, time.perf_counter() - started

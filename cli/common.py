@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import click
 
 from ..utils import dumps
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (for scripts).")
 models_option = click.option(
     "--models", "models", metavar="PACK", default=None, envvar="CASTKEEP_MODELS", show_envvar=True,
@@ -44,3 +48,31 @@ def quiet_native_logs() -> None:
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
+
+
+class _EchoHandler(logging.Handler):
+    """castkeep's own log records as CLI lines: warnings always, progress notes unless --json."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__(logging.INFO if verbose else logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        click.echo(f"warning: {message}" if record.levelno >= logging.WARNING else message, err=True)
+
+
+@contextmanager
+def log_to_stderr(logger_name: str, *, verbose: bool) -> Iterator[None]:
+    """While a command runs, what a library module logs (e.g. `castkeep.generation`) prints on stderr."""
+    logger = logging.getLogger(logger_name)
+    handler = _EchoHandler(verbose)
+    saved_level, saved_propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # no second copy through the root logger's handlers
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved_level)
+        logger.propagate = saved_propagate

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..identity.similarity import SAME_PERSON_THRESHOLD, verdict
-from .common import emit, json_option, make_analyzer, model_options
+from ..identity.similarity import SAME_PERSON_THRESHOLD
+from .common import emit, json_option, model_options
 
 
 @click.command()
@@ -26,18 +26,11 @@ from .common import emit, json_option, make_analyzer, model_options
 def compare(image_a: Path, image_b: Path, face_a: int | None, face_b: int | None, threshold: float,
             flip: bool, models: str | None, device: str, as_json: bool) -> None:
     """Cosine similarity of the faces in IMAGE_A and IMAGE_B, and a same/different verdict."""
-    with make_analyzer(models, device, dense=False, landmarks_106=False, flip=flip) as analyzer:
-        first = analyzer.embed(image_a, face=face_a)
-        second = analyzer.embed(image_b, face=face_b)
-        result = verdict(first.embedding, second.embedding, threshold)
-        data = {
-            "image_a": str(image_a), "image_b": str(image_b),
-            "face_a": first.index, "face_b": second.index,
-            **result.to_dict(),
-            "model": analyzer.fingerprint,
-            # what onnxruntime really ran (onnxruntime-gpu falls back to CPU silently)
-            "providers": analyzer.pack.active_providers()["recognition"],
-        }
+    from ..identity.comparison import compare as compare_faces
+
+    result = compare_faces(image_a, image_b, models=models, device=device, face_a=face_a, face_b=face_b,
+                           threshold=threshold, flip=flip)
+    data = {"image_a": str(image_a), "image_b": str(image_b), **result.to_dict()}
     emit(data, as_json, lambda d: (f"similarity {d['similarity']:.4f} "
                                    f"(threshold {d['threshold']:.2f}): "
                                    f"{'same person' if d['same'] else 'different people'}"))

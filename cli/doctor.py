@@ -54,8 +54,8 @@ def _torch_device() -> dict[str, Any]:
 def doctor(models: str | None, as_json: bool) -> None:
     """Versions, execution providers, model packs found and their licenses."""
     from ..errors import CastkeepError
-    from ..landmarks.model_pack import ModelPack, available_packs
     from ..landmarks.mesh import LANDMARKER_SHA256, resolve_landmarker
+    from ..landmarks.model_pack import ModelPack, available_packs
 
     pack = None
     pack_report: dict[str, Any]

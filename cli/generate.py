@@ -1,19 +1,39 @@
 """`castkeep generate NAME "prompt"`: IP-Adapter FaceID generation conditioned on a stored character,
-with every output scored against it. torch and diffusers are imported only here."""
+with every output scored against it (castkeep.generation.generator does the work). torch and
+diffusers are imported only when this command runs."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..generation.config import DEVICES, DTYPES
+from ..generation.config import DEVICES, DTYPES, GenerationConfig
 from ..generation.schedulers import SCHEDULER_NAMES
-from ..utils import progress, slug
-from .common import emit, json_option
+from ..utils import progress
+from .common import emit, json_option, log_to_stderr
 from .store_commands import store_option
+
+
+class _AttemptBar:
+    """One progress bar per run, opened at the first attempt so it never sits under the loading line."""
+
+    def __init__(self, name: str, total: int) -> None:
+        self.name, self.total = name, total
+        self.bar: Any = None
+
+    def advance(self, attempt: Any) -> None:
+        if self.bar is None:
+            self.bar = progress(range(self.total), label=f"generating {self.name}", total=self.total)
+        self.bar.update(1)
+        score = attempt.score
+        self.bar.set_postfix_str(f"seed {attempt.seed} " + (f"cos {score.cosine:+.2f}" if score.face_found
+                                                             else "no face"))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _text(result: Any) -> str:
@@ -93,47 +113,20 @@ def generate(name: str, prompt: str, negative_prompt: str, base_model: str | Non
     Writes a PNG per output (A1111 `parameters` metadata) with a JSON sidecar, summary.json with the
     pairwise identity-consistency matrix, and contact_sheet.png.
     """
-    from ..errors import StoreError
-    from ..generation.config import GenerationConfig
-    from ..generation.loading import (DEFAULT_BASE_MODEL, DEFAULT_IP_ADAPTER, build_pipeline,
-                                      quiet_generation_libraries)
-    from ..generation.runner import GenerationRunner, identity_from_store
-    from ..generation.scoring import IdentityScorer
-    from ..identity.analyzer import FaceAnalyzer
-    from ..identity.store import Store
+    from ..generation.generator import generate as generate_run
+    from ..generation.loading import quiet_generation_libraries
 
     quiet_generation_libraries()
     config = GenerationConfig(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
                               guidance=guidance, id_scale=id_scale, width=width, height=height, aspect=aspect,
-                              num_images=num_images, scheduler=scheduler, device=device, dtype=dtype,
-                              best_of=best_of, min_score=min_score, max_tries=max_tries, batch_size=batch_size)
-    with Store.open(store_path, models=models, create=False) as store:
-        identity = identity_from_store(store, name)  # unknown names fail before any model loads
-        analyzer = FaceAnalyzer.from_pretrained(models, dense=False, landmarks_106=False)
-        if identity.fingerprint and identity.fingerprint != analyzer.fingerprint:
-            raise StoreError(f"'{identity.name}' was registered with face model {identity.fingerprint} but "
-                             f"scoring would use {analyzer.fingerprint}: pass --models with the same pack")
-        if not as_json:
-            click.echo(f"loading {base_model or DEFAULT_BASE_MODEL} + {ip_adapter or DEFAULT_IP_ADAPTER} ...",
-                       err=True)
-        loaded = build_pipeline(base_model or DEFAULT_BASE_MODEL, ip_adapter or DEFAULT_IP_ADAPTER,
-                                device=device, dtype=dtype, id_scale=id_scale)
-        for message in loaded.warnings:
-            click.echo(f"warning: {message}", err=True)
-        bar = progress(range(config.budget), label=f"generating {identity.name}", total=config.budget)
-
-        def advance(attempt: Any) -> None:
-            bar.update(1)
-            score = attempt.score
-            bar.set_postfix_str(f"seed {attempt.seed} " + (f"cos {score.cosine:+.2f}" if score.face_found
-                                                            else "no face"))
-
-        out = out_dir or Path("castkeep-out") / (slug(identity.name, fallback="character")
-                                                 + datetime.now().strftime("-%Y%m%d-%H%M%S"))
-        scorer = IdentityScorer(analyzer, identity.vector, name=identity.name, store=store)
-        runner = GenerationRunner(loaded, scorer, analyzer_fingerprint=analyzer.fingerprint, on_attempt=advance)
+                              num_images=num_images, scheduler=scheduler, best_of=best_of, min_score=min_score,
+                              max_tries=max_tries, batch_size=batch_size)
+    bar = _AttemptBar(name, config.budget)
+    with log_to_stderr("castkeep.generation", verbose=not as_json):
         try:
-            result = runner.run(config, identity, out, keep_rejected=keep_rejected)
+            result = generate_run(name, config=config, base_model=base_model, ip_adapter=ip_adapter, device=device,
+                                  dtype=dtype, store=store_path, models=models, out_dir=out_dir,
+                                  keep_rejected=keep_rejected, on_attempt=bar.advance)
         finally:
             bar.close()
     if not result.target_met:

@@ -3,9 +3,10 @@ import and verify. Each takes `--store PATH` (or $CASTKEEP_STORE) and `--json`."
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import click
 
@@ -92,13 +93,8 @@ def add_refs(name: str, images: tuple[str, ...], force: bool, face_index: int | 
 @store_options
 def list_characters(store_path: Path | None, models: str | None, device: str, as_json: bool) -> None:
     """List the stored characters."""
-    try:
-        with open_store(store_path, models, device) as store:
-            characters = store.list()
-    except StoreError as exc:
-        if "no character store here" not in str(exc):
-            raise
-        characters = []
+    with open_store(store_path, models, device) as store:
+        characters = store.characters()
     rows = [{"name": c.name, "references": len(c.references), "baseline": c.baseline.get("mean"),
              "tags": c.tags, "description": c.description, "created_at": c.created_at}
             for c in characters]
@@ -135,7 +131,8 @@ def show(name: str, store_path: Path | None, models: str | None, device: str, as
             lines.append(f"  baseline (leave-one-out cosine): mean {base['mean']:.2f}, "
                          f"min {base['min']:.2f}, max {base['max']:.2f}")
         coverage = data["pose_coverage"]
-        lines.append("  pose coverage (head yaw; right = turned toward the image's right): " + ", ".join(f"{k} {v}" for k, v in coverage["bins"].items())
+        lines.append("  pose coverage (head yaw; right = turned toward the image's right): "
+                     + ", ".join(f"{k} {v}" for k, v in coverage["bins"].items())
                      + (f"  (missing: {', '.join(coverage['missing'])})" if coverage["missing"] else ""))
         lines.append(f"  references ({len(character.references)}):")
         for ref in character.references:

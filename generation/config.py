@@ -1,4 +1,8 @@
-"""What one `castkeep generate` run asks for: every knob in one validated dataclass."""
+"""What one generation run asks for: every per-run knob in one validated dataclass.
+
+Where the weights live and which device/dtype they run on are chosen once, when the pipeline is
+loaded (`Generator.from_pretrained` / `build_pipeline`); a config only says what to generate, so one
+loaded pipeline serves many configs."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from ..errors import ConfigError
 from .aspect import resolve_size
 from .schedulers import SCHEDULER_NAMES
 
+# Value domains of the load-time options (checked by loading.build_pipeline; the CLI's choices).
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 MAX_SEED = 2**32 - 1  # torch.Generator takes 64-bit seeds; A1111/ComfyUI users know 32-bit ones
@@ -28,8 +33,6 @@ class GenerationConfig:
     aspect: str | None = None
     num_images: int = 1
     scheduler: str = "default"
-    device: str = "auto"
-    dtype: str = "auto"
     best_of: int = 1  # candidates generated up front; the top `num_images` by identity score are kept
     min_score: float | None = None  # regenerate until this many outputs reach this cosine...
     max_tries: int | None = None  # ...or this many images have been generated in all
@@ -46,8 +49,6 @@ class GenerationConfig:
             (self.num_images >= 1, f"--num-images {self.num_images} must be at least 1"),
             (self.best_of >= 1, f"--best-of {self.best_of} must be at least 1"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1"),
-            (self.device in DEVICES, f"--device {self.device!r} is not one of {', '.join(DEVICES)}"),
-            (self.dtype in DTYPES, f"--dtype {self.dtype!r} is not one of {', '.join(DTYPES)}"),
             (self.seed is None or 0 <= self.seed <= MAX_SEED, f"--seed {self.seed} must be in 0..{MAX_SEED}"),
             (self.min_score is None or -1 <= self.min_score <= 1,
              f"--min-score {self.min_score} must be a cosine between -1 and 1"),
@@ -80,7 +81,8 @@ class GenerationConfig:
 
     def seed_for(self, attempt: int) -> int:
         """Attempt i uses base seed + i, so any single output can be regenerated alone."""
-        return (int(self.seed) + attempt) % (MAX_SEED + 1)
+        assert self.seed is not None  # __post_init__ draws one when none was given
+        return (self.seed + attempt) % (MAX_SEED + 1)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

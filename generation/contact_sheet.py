@@ -4,8 +4,9 @@ identity-consistency matrix across outputs as a heat map."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -16,7 +17,7 @@ BACKGROUND = (24, 24, 28)
 PASS, FAIL, MISSING = (90, 200, 120), (230, 90, 80), (170, 170, 170)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
@@ -38,7 +39,7 @@ def _thumbnail(image: Image.Image) -> Image.Image:
     scale = CELL / max(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     # Nearest for tiny images (keeps pixels honest), Lanczos when shrinking real outputs.
-    return image.convert("RGB").resize(size, Image.NEAREST if scale > 1 else Image.LANCZOS)
+    return image.convert("RGB").resize(size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
 
 
 def _matrix_panel(matrix: Sequence[Sequence[float | None]], labels: Sequence[str], size: int) -> Image.Image:
@@ -69,7 +70,7 @@ def _matrix_panel(matrix: Sequence[Sequence[float | None]], labels: Sequence[str
 def contact_sheet(items: Sequence[dict[str, Any]], images: Sequence[Image.Image], path: Path, *,
                   title: str = "", matrix: Sequence[Sequence[float | None]] | None = None) -> Path:
     """Grid of outputs (with captions) + the consistency heat map; saved as PNG at `path`."""
-    tiles = list(zip(items, images))
+    tiles = list(zip(items, images, strict=True))
     panels = len(tiles) + (1 if matrix else 0)
     columns = max(1, min(4, math.ceil(math.sqrt(panels))))
     rows = max(1, math.ceil(panels / columns))

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import GenerationError
 
+
 def normalised_identity(vector: Any, dim: int | None = None) -> np.ndarray:
     """A finite, non-zero identity vector, L2-normalised (FaceID was trained on `normed_embedding`).
     `dim` is the size the adapter's projection takes (its checkpoint says; 512 for ArcFace FaceID)."""

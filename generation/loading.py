@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import GenerationError, ModelNotFoundError
+from ..errors import ConfigError, GenerationError, ModelNotFoundError
 from ..utils import file_sha256
+from .config import DEVICES, DTYPES
 
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_IP_ADAPTER = "h94/IP-Adapter-FaceID"
@@ -66,8 +67,8 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     if dtype == "auto":
         dtype = "float32" if device == "cpu" else "float16"
     table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if dtype not in table:  # GenerationConfig checks DTYPES first; this guards direct callers
-        raise GenerationError(f"--dtype {dtype!r} is not one of auto, {', '.join(table)}")
+    if dtype not in table:  # build_pipeline checks DTYPES first; this guards direct callers
+        raise ConfigError(f"--dtype {dtype!r} is not one of auto, {', '.join(table)}")
     return table[dtype]
 
 
@@ -179,8 +180,9 @@ def resolve_ip_adapter(spec: str, kind: str) -> Path:
         return Path(hf_hub_download(repo, filename, local_files_only=_offline()))
     except _hub_errors():
         reason = "HF_HUB_OFFLINE is set" if _offline() else "the download failed"
+        hint = _download_hint(repo, filename, "--ip-adapter")
         raise ModelNotFoundError(f"IP-Adapter weights '{spec}' are not a local file, and {repo}/{filename} is not "
-                                 f"in the Hugging Face cache ({reason}): " + _download_hint(repo, filename, "--ip-adapter")) from None
+                                 f"in the Hugging Face cache ({reason}): {hint}") from None
 
 
 def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -242,6 +244,7 @@ class LoadedPipeline:
     checkpoint: FaceIDCheckpoint
     ip_adapter_hash: str
     warnings: list[str] = field(default_factory=list)
+    requested_device: str = "auto"  # what the caller asked for; `device` is what it resolved to
 
     @property
     def native_size(self) -> int:
@@ -256,10 +259,22 @@ class LoadedPipeline:
                 "faceid_lora": self.checkpoint.has_lora}
 
 
+def check_load_options(device: str, dtype: str) -> None:
+    """Reject a device or dtype name before anything slow happens."""
+    if device not in DEVICES:
+        raise ConfigError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+
+
 def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAULT_IP_ADAPTER, *,
-                   device: str = "auto", dtype: str = "auto", id_scale: float = 0.8,
-                   hash_base_model: bool = True) -> LoadedPipeline:
-    """Base model + FaceID weights, on `device`, ready for `ip_adapter_image_embeds`."""
+                   device: str = "auto", dtype: str = "auto", hash_base_model: bool = True) -> LoadedPipeline:
+    """Base model + FaceID weights, on `device`, ready for `ip_adapter_image_embeds`.
+
+    The IP-Adapter scale is not set here: it is a per-run setting (`GenerationConfig.id_scale`),
+    applied by `generate_images` on every call."""
+    check_load_options(device, dtype)
+    requested_device = device
     folder = resolve_base_model(base_model)
     with open(folder / "model_index.json", encoding="utf-8") as handle:
         kind = PIPELINE_KINDS.get(json.load(handle).get("_class_name"), "sd15")
@@ -280,13 +295,14 @@ def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAU
     pipe = load_base_pipeline(folder, dtype=torch_dtype)
     unet_dim = int(pipe.unet.config.cross_attention_dim)
     if checkpoint.cross_attention_dim != unet_dim:
-        expected = {768: "SD1.5", 2048: "SDXL"}
+        def architecture(dim: int) -> str:
+            return {768: "SD1.5", 2048: "SDXL"}.get(dim, f"{dim}-d")
+
         raise GenerationError(
-            f"FaceID checkpoint is for a {expected.get(checkpoint.cross_attention_dim, str(checkpoint.cross_attention_dim) + '-d')} "
-            f"UNet but the base model is {expected.get(unet_dim, str(unet_dim) + '-d')}: use "
+            f"FaceID checkpoint is for a {architecture(checkpoint.cross_attention_dim)} "
+            f"UNet but the base model is {architecture(unet_dim)}: use "
             f"{FACEID_FILES[kind]} with this base model", path=weights)
     warnings = _load_faceid(pipe, weights)
-    pipe.set_ip_adapter_scale(id_scale)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     unet_file = _unet_weights(folder)
@@ -294,7 +310,8 @@ def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAU
         pipe=pipe, kind=kind, device=device, dtype=str(torch_dtype).replace("torch.", ""),
         base_model=base_model, base_model_folder=folder,
         base_model_hash=file_sha256(unet_file) if hash_base_model and unet_file else None,
-        ip_adapter=ip_adapter, checkpoint=checkpoint, ip_adapter_hash=file_sha256(weights), warnings=warnings)
+        ip_adapter=ip_adapter, checkpoint=checkpoint, ip_adapter_hash=file_sha256(weights), warnings=warnings,
+        requested_device=requested_device)
 
 
 # diffusers warnings that say nothing about this use: FaceID takes embeddings, never images, and the

@@ -4,24 +4,24 @@ run leaves behind (PNG + sidecar per output, summary.json, contact_sheet.png).""
 from __future__ import annotations
 
 import hashlib
-import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from .. import __version__
 from ..errors import GenerationError, StoreError
+from ..utils import slug, write_json_atomic
 from .aspect import resolve_size
 from .config import GenerationConfig
 from .contact_sheet import contact_sheet
 from .identity_embeds import identity_embeds, normalised_identity, uses_guidance
 from .loading import LoadedPipeline
-from ..utils import slug, write_json_atomic
 from .metadata import SIDECAR_SCHEMA_ID, a1111_parameters, save_png
 from .schedulers import apply_scheduler
 from .scoring import OutputScore, Scorer, consistency_matrix, mean_off_diagonal
@@ -35,8 +35,8 @@ class Identity:
 
     name: str
     vector: np.ndarray
-    fingerprint: str | None = None
-    source: str = "store"
+    fingerprint: str | None = None  # the face model the vector came from; checked against the scorer's
+    source: str = "vector"  # "store" when read from a character store
 
     def to_dict(self) -> dict[str, Any]:
         vector = normalised_identity(self.vector)
@@ -78,13 +78,15 @@ class RunResult:
 
 def generate_images(loaded: LoadedPipeline, config: GenerationConfig, vector: np.ndarray, seeds: list[int],
                     width: int, height: int) -> tuple[list[Image.Image], list[bool | None]]:
-    """One pipeline call: len(seeds) images, image i from its own seeded generator.
+    """One pipeline call: len(seeds) images, image i from its own seeded generator, with the
+    identity applied at `config.id_scale`.
 
     Generators live on the CPU so a seed gives the same starting noise on every device.
     """
     import torch
 
     pipe = loaded.pipe
+    pipe.set_ip_adapter_scale(config.id_scale)  # per call: one loaded pipeline serves many configs
     guidance = uses_guidance(pipe, config.guidance)
     embeds = identity_embeds(vector, guidance=guidance, device=loaded.device, dtype=pipe.unet.dtype,
                              dim=loaded.checkpoint.id_dim)
@@ -132,7 +134,7 @@ class GenerationRunner:
             started = time.perf_counter()
             images, nsfw = generate_images(self.loaded, config, identity.vector, seeds, width, height)
             seconds = (time.perf_counter() - started) / len(seeds)
-            for seed, image, flag in zip(seeds, images, nsfw):
+            for seed, image, flag in zip(seeds, images, nsfw, strict=True):
                 score = self.scorer.score(image)
                 attempt = Attempt(attempt=len(attempts), seed=seed, score=score, image=image, seconds=seconds,
                                   nsfw=flag, passed=self._passes(score, config))
@@ -151,7 +153,6 @@ class GenerationRunner:
         width, height = resolve_size(width=config.width, height=config.height, aspect=config.aspect,
                                      base=self.loaded.native_size)
         sampler = apply_scheduler(pipe, config.scheduler)
-        pipe.set_ip_adapter_scale(config.id_scale)
         started = time.perf_counter()
         attempts = self.attempts(config, identity, width, height)
         generate_seconds = time.perf_counter() - started
@@ -174,7 +175,8 @@ class GenerationRunner:
             label = f"{attempt.rank:02d}" if attempt.kept else f"try{attempt.attempt:02d}"
             attempt.file = f"{folder}{name_slug}_{label}_s{attempt.seed}.png"
         settings = {**config.to_dict(), "sampler": sampler, "width": width, "height": height,
-                    "device": self.loaded.device, "dtype": self.loaded.dtype, "requested_device": config.device}
+                    "device": self.loaded.device, "dtype": self.loaded.dtype,
+                    "requested_device": self.loaded.requested_device}
         settings.pop("prompt"), settings.pop("negative_prompt")
         models = {**self.loaded.models_dict(), "face_analyzer": self.analyzer_fingerprint}
         attempt_log = [a.to_dict() for a in attempts]
@@ -193,7 +195,7 @@ class GenerationRunner:
             "schema": SUMMARY_SCHEMA_ID, "castkeep_version": __version__, "created_at": created,
             "character": identity.to_dict(), "prompt": config.prompt, "negative_prompt": config.negative_prompt,
             "seed": config.seed, "width": width, "height": height, "settings": settings, "models": models,
-            "outputs": [{"file": a.file, "sidecar": str(Path(a.file).with_suffix(".json")), "rank": a.rank,
+            "outputs": [{"file": a.file, "sidecar": str(Path(str(a.file)).with_suffix(".json")), "rank": a.rank,
                          "attempt": a.attempt, "seed": a.seed, "score": a.score.to_dict()} for a in kept],
             "attempts": attempt_log,
             "target_met": target_met,

@@ -88,6 +88,7 @@ class IdentityScorer:
         else:
             from ..identity.calibration import probability
 
+            assert result.embedding is not None  # set above for every found face
             result.cosine = cosine(result.embedding, self.vector)
             result.probability = float(probability(result.cosine))
             result.same = result.cosine >= SAME_PERSON_THRESHOLD

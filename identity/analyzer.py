@@ -4,8 +4,9 @@ ArcFace embedding. The one entry point the store, generation scoring and the CLI
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -13,10 +14,10 @@ from ..errors import FaceIndexError, MultipleFacesError, NoFaceError
 from ..landmarks.detection import Detection, FaceDetector, select_face
 from ..landmarks.images import ImageInput, describe_source, load_image
 from ..landmarks.mesh import DenseLandmarker, MeshResult, resolve_landmarker
+from ..landmarks.model_pack import ModelPack
 from ..landmarks.pose import HeadPose, pose_from_keypoints, pose_from_matrix
 from ..landmarks.quality import QualityReport, QualityThresholds, assess
 from .embedder import ArcFaceEmbedder, align_face
-from ..landmarks.model_pack import ModelPack
 
 
 @dataclass
@@ -109,7 +110,7 @@ class FaceAnalyzer:
 
     @classmethod
     def from_pretrained(cls, pack: str | os.PathLike | ModelPack | None = None, *, device: str = "cpu",
-                        **kwargs: Any) -> "FaceAnalyzer":
+                        **kwargs: Any) -> FaceAnalyzer:
         if not isinstance(pack, ModelPack):
             pack = ModelPack.from_pretrained(pack, device=device)
         return cls(pack, **kwargs)
@@ -118,7 +119,7 @@ class FaceAnalyzer:
         if self.dense is not None:
             self.dense.close()
 
-    def __enter__(self) -> "FaceAnalyzer":
+    def __enter__(self) -> FaceAnalyzer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -145,7 +146,7 @@ class FaceAnalyzer:
         crops = [align_face(image, d.kps, self.embedder.input_size) for d in detections]
         embeddings = self.embedder.embed_aligned(crops)
         faces = []
-        for index, (detection, crop, embedding) in enumerate(zip(detections, crops, embeddings)):
+        for index, (detection, crop, embedding) in enumerate(zip(detections, crops, embeddings, strict=True)):
             mesh = self.dense.detect(image, detection.bbox) if dense and self.dense is not None else None
             if mesh is not None and mesh.matrix is not None:
                 pose = pose_from_matrix(mesh.matrix)
@@ -166,6 +167,7 @@ class FaceAnalyzer:
         # insightface's Landmark.get reads face.bbox and writes face[taskname].
         from insightface.app.common import Face as InsightFace
 
+        assert self.landmark_model is not None  # callers check first
         holder = InsightFace(bbox=detection.bbox, kps=detection.kps, det_score=detection.score)
         return np.asarray(self.landmark_model.get(image, holder), dtype=np.float32)[:, :2]
 

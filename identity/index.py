@@ -1,7 +1,7 @@
 """FAISS vector indexes over L2-normalised embeddings (inner product = cosine), usable on raw vectors.
 
-    index = VectorIndex(dim=512, kind="exact")      # or "hnsw" / "ivf" (approximate, for big stores)
-    index.add(vectors, ids)                        # float32 (n, dim), int64 ids
+    index = VectorIndex(kind="exact")              # or "hnsw" / "ivf" (approximate, for big stores)
+    index.add(vectors, ids)                        # float32 (n, dim), int64 ids; the first add sets dim
     scores, ids = index.search(queries, k)          # best first; id -1 where fewer than k exist
     index.save(path); VectorIndex.load(path)        # atomic write; payload checksum verified on load
 
@@ -15,13 +15,14 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import faiss
 import numpy as np
 
-from ..errors import IndexFileError, StoreError
+from ..errors import IndexFileError
 from ..utils import write_bytes_atomic
 
 KINDS = ("exact", "hnsw", "ivf")
@@ -31,7 +32,6 @@ MAGIC = b"CASTKEEP-INDEX\x001\n"
 # raised to 128000 in recent releases, which makes batched exact search ~8x slower than numpy at
 # 1M vectors (see STACK.md). Below ~20 queries the SIMD loop is the faster path anyway.
 BLAS_THRESHOLD = 20
-faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
 ENV_THREADS = "CASTKEEP_FAISS_THREADS"
 
 # Exact search over large stores scans a float16 copy first (half the memory traffic of float32,
@@ -51,15 +51,28 @@ def set_search_threads(threads: int | None = None) -> None:
     faiss.omp_set_num_threads(int(threads) if threads else (os.cpu_count() or 1))
 
 
-if os.environ.get(ENV_THREADS):
-    set_search_threads(int(os.environ[ENV_THREADS]))
+_configured = False
 
 
-def _as_matrix(vectors: Any, dim: int) -> np.ndarray:
+def configure_faiss() -> None:
+    """Apply castkeep's process-wide FAISS settings: the BLAS threshold above, and the search
+    threads from $CASTKEEP_FAISS_THREADS when set. Runs once, when the first VectorIndex is made
+    (not at import, so importing castkeep never changes another library's FAISS); a later
+    `set_search_threads` call wins."""
+    global _configured
+    if _configured:
+        return
+    faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
+    if os.environ.get(ENV_THREADS):
+        set_search_threads(int(os.environ[ENV_THREADS]))
+    _configured = True
+
+
+def _as_matrix(vectors: Any, dim: int | None) -> np.ndarray:
     matrix = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
     if matrix.ndim == 1:
         matrix = matrix[None, :]
-    if matrix.ndim != 2 or matrix.shape[1] != dim:
+    if matrix.ndim != 2 or (dim is not None and matrix.shape[1] != dim):
         raise ValueError(f"expected vectors of dimension {dim}, got shape {matrix.shape}")
     return matrix
 
@@ -72,20 +85,27 @@ class VectorIndex:
     85 %) at 1.5 ms / 0.6 ms per query on 2 cores, against ~28 ms for numpy's brute force.
     """
 
-    def __init__(self, dim: int = 512, kind: str = "exact", *, hnsw_m: int = 32,
+    def __init__(self, dim: int | None = None, kind: str = "exact", *, hnsw_m: int = 32,
                  ef_construction: int = 80, ef_search: int = 128, nlist: int | None = None,
                  nprobe: int = 64) -> None:
+        """`dim` None: the embedding size is taken from the first vectors added."""
         if kind not in KINDS:
             raise ValueError(f"unknown index kind {kind!r} (use one of {', '.join(KINDS)})")
-        self.dim = int(dim)
+        configure_faiss()
+        self.dim = None if dim is None else int(dim)
         self.kind = kind
-        self.params: dict[str, int | None] = {"hnsw_m": hnsw_m, "ef_construction": ef_construction,
-                                              "ef_search": ef_search, "nlist": nlist, "nprobe": nprobe}
-        self._index: faiss.Index | None = None if kind == "ivf" else self._new_index(0)
-        self._prefilter: tuple[faiss.Index, np.ndarray, float] | None = None
+        self.params: dict[str, Any] = {"hnsw_m": hnsw_m, "ef_construction": ef_construction,
+                                       "ef_search": ef_search, "nlist": nlist, "nprobe": nprobe}
+        # IVF trains on its first batch, and no index can exist before its dimension is known.
+        # faiss's SWIG classes are typed loosely (an IndexIDMap's `.index`, `.id_map`...): Any.
+        self._index: Any = None if kind == "ivf" or dim is None else self._new_index(0)
+        self._prefilter: tuple[Any, np.ndarray, float] | None = None
+        # How the float16 prefilter answered query rows: proven exact, or searched again in float32.
+        self.prefilter_counts = {"proven": 0, "rescanned": 0}
 
     # -- construction ---------------------------------------------------------------------------
-    def _new_index(self, n_train: int) -> faiss.Index:
+    def _new_index(self, n_train: int) -> Any:
+        assert self.dim is not None
         if self.kind == "exact":
             return faiss.IndexIDMap(faiss.IndexFlatIP(self.dim))
         if self.kind == "hnsw":
@@ -97,7 +117,7 @@ class VectorIndex:
         nlist = self.params["nlist"] or int(4 * np.sqrt(max(n_train, 1)))
         nlist = max(1, min(int(nlist), max(1, n_train // 39)))
         self.params["nlist"] = nlist
-        quantizer = faiss.IndexFlatIP(self.dim)
+        quantizer: Any = faiss.IndexFlatIP(self.dim)
         ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         ivf.own_fields = True
         quantizer.this.disown()
@@ -106,9 +126,9 @@ class VectorIndex:
 
     @classmethod
     def build(cls, vectors: Any, ids: Iterable[int] | None = None, *, dim: int | None = None,
-              kind: str = "exact", **params: Any) -> "VectorIndex":
+              kind: str = "exact", **params: Any) -> VectorIndex:
         matrix = np.asarray(vectors, dtype=np.float32)
-        dim = dim or (matrix.shape[1] if matrix.ndim == 2 and matrix.shape[0] else 512)
+        dim = dim or (matrix.shape[1] if matrix.ndim == 2 and matrix.shape[0] else None)
         index = cls(dim, kind, **params)
         if matrix.size:
             index.add(matrix, ids)
@@ -123,9 +143,11 @@ class VectorIndex:
             id_array = np.ascontiguousarray(np.fromiter(ids, dtype=np.int64))
         if len(id_array) != len(matrix):
             raise ValueError(f"{len(matrix)} vectors but {len(id_array)} ids")
-        if self._index is None:  # IVF trains on its first batch
+        if self._index is None:  # the first batch: it sets the dimension, and IVF trains on it
+            self.dim = matrix.shape[1]
             self._index = self._new_index(len(matrix))
-            self._index.train(matrix)
+            if self.kind == "ivf":
+                self._index.train(matrix)
         self._index.add_with_ids(matrix, id_array)
         self._prefilter = None
 
@@ -163,11 +185,12 @@ class VectorIndex:
         if self.kind == "exact" and len(self) >= PREFILTER_MIN:
             self._prefilter_parts()
 
-    def _prefilter_parts(self) -> tuple[faiss.Index, np.ndarray, float]:
+    def _prefilter_parts(self) -> tuple[Any, np.ndarray, float]:
         if self._prefilter is None:
-            flat = faiss.downcast_index(self._index.index)
-            vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * self.dim).reshape(-1, self.dim)
-            half = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16,
+            dim = int(self.dim or 0)  # set: only a non-empty index is prefiltered
+            flat: Any = faiss.downcast_index(self._index.index)
+            vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * dim).reshape(-1, dim)
+            half = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16,
                                               faiss.METRIC_INNER_PRODUCT)
             half.add(vectors)
             max_norm = float(np.sqrt((vectors.astype(np.float64) ** 2).sum(axis=1).max()))
@@ -176,7 +199,7 @@ class VectorIndex:
 
     def _search_prefiltered(self, matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         half, id_map, max_norm = self._prefilter_parts()
-        flat = faiss.downcast_index(self._index.index)
+        flat: Any = faiss.downcast_index(self._index.index)
         n = len(self)
         k = min(k, n)
         candidates = min(n, k * PREFILTER_FACTOR)
@@ -189,6 +212,7 @@ class VectorIndex:
             best = np.argsort(-exact, kind="stable")[:k]
             bound = FP16_ERROR * float(np.linalg.norm(query)) * max_norm
             proven = candidates >= n or exact[best[-1]] > rough[row, -1] + bound
+            self.prefilter_counts["proven" if proven else "rescanned"] += 1
             if proven:
                 scores[row], ids[row] = exact[best], id_map[found[best]]
             else:
@@ -203,7 +227,7 @@ class VectorIndex:
         if isinstance(self._index, faiss.IndexIDMap):
             return faiss.vector_to_array(self._index.id_map).astype(np.int64)
         ivf = faiss.extract_index_ivf(self._index)
-        invlists = ivf.invlists
+        invlists: Any = ivf.invlists
         parts = [faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
                  for i in range(ivf.nlist) if invlists.list_size(i)]
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
@@ -217,7 +241,7 @@ class VectorIndex:
         return MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes + payload
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, source: str = "index") -> tuple["VectorIndex", dict[str, Any]]:
+    def from_bytes(cls, data: bytes, *, source: str = "index") -> tuple[VectorIndex, dict[str, Any]]:
         """The index and its caller metadata; IndexFileError when anything does not add up."""
         if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
             raise IndexFileError("not a castkeep index file", path=source)
@@ -225,7 +249,8 @@ class VectorIndex:
         start = len(MAGIC) + 4
         try:
             header = json.loads(data[start:start + length])
-            kind, dim, count = header["kind"], int(header["dim"]), int(header["count"])
+            kind, count = header["kind"], int(header["count"])
+            dim = None if header["dim"] is None else int(header["dim"])
         except (ValueError, KeyError, TypeError):
             raise IndexFileError("index header is corrupt", path=source) from None
         payload = data[start + length:]
@@ -238,7 +263,8 @@ class VectorIndex:
             except RuntimeError:
                 raise IndexFileError("FAISS could not read the index payload", path=source) from None
             if kind == "hnsw":
-                faiss.downcast_index(index._index.index).hnsw.efSearch = int(index.params["ef_search"])
+                hnsw: Any = faiss.downcast_index(index._index.index)
+                hnsw.hnsw.efSearch = int(index.params["ef_search"])
             elif kind == "ivf":
                 faiss.extract_index_ivf(index._index).nprobe = int(index.params["nprobe"])
         if len(index) != count or index._index is not None and index._index.d != dim:
@@ -253,7 +279,7 @@ class VectorIndex:
         return data
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> tuple["VectorIndex", dict[str, Any]]:
+    def load(cls, path: str | os.PathLike) -> tuple[VectorIndex, dict[str, Any]]:
         path = Path(path)
         try:
             data = path.read_bytes()

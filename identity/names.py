@@ -1,4 +1,4 @@
-"""Character names: what a name may contain, and the key that makes names unique.
+"""Character names and tags: what they may contain, and the key that makes names unique.
 
 Names end up in file names (export), JSON and terminals, so they are NFC-normalised Unicode of
 letters, digits, marks, spaces and `_-.'`, 1–64 characters, with no path separators, NUL or control
@@ -8,10 +8,12 @@ characters, no leading dot and no leading/trailing space. Uniqueness is case-ins
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable
 
-from ..errors import InvalidNameError
+from ..errors import InvalidNameError, StoreError
 
 MAX_NAME_LENGTH = 64
+MAX_TAG_LENGTH = 64
 _EXTRA = set(" _-.'")
 
 
@@ -45,3 +47,19 @@ def normalize_name(name: str) -> str:
 def name_key(name: str) -> str:
     """The uniqueness key: case-folded NFC (so 'Ana' and 'ANA' are the same character)."""
     return unicodedata.normalize("NFC", normalize_name(name).casefold())
+
+
+def clean_tags(tags: Iterable[str] | str) -> list[str]:
+    """Tags with whitespace collapsed, empty ones and repeats dropped, order kept."""
+    if isinstance(tags, str):
+        tags = [tags]
+    cleaned: list[str] = []
+    for tag in tags:
+        tag = " ".join(str(tag).split())
+        if not tag:
+            continue
+        if len(tag) > MAX_TAG_LENGTH:
+            raise StoreError(f"tag '{tag[:20]}...' is too long ({MAX_TAG_LENGTH} characters at most)")
+        if tag not in cleaned:
+            cleaned.append(tag)
+    return cleaned

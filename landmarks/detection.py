@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class FaceDetector:
         self.model.prepare(0, input_size=(640, 640), det_thresh=0.5, nms_thresh=nms_threshold)
 
     @classmethod
-    def from_pretrained(cls, pack: Any = None, **kwargs: Any) -> "FaceDetector":
+    def from_pretrained(cls, pack: Any = None, **kwargs: Any) -> FaceDetector:
         from .model_pack import ModelPack
 
         pack = pack if isinstance(pack, ModelPack) else ModelPack.from_pretrained(pack)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -41,7 +42,7 @@ def draw_faces(image: np.ndarray, faces: Sequence[DrawableFace]) -> np.ndarray:
         if face.landmarks_106 is not None:
             for x, y in face.landmarks_106.astype(int):
                 cv2.circle(canvas, (int(x), int(y)), thickness, (0, 255, 255), -1)
-        for (x, y), color in zip(face.kps.astype(int), KPS_COLORS):
+        for (x, y), color in zip(face.kps.astype(int), KPS_COLORS, strict=True):
             cv2.circle(canvas, (int(x), int(y)), 2 * thickness, color, -1)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), box_color, thickness + 1)
         label = f"#{face.index} {face.det_score:.2f} yaw {face.pose.yaw:+.0f}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-
 import os
 import shutil
 import tempfile
@@ -31,7 +30,7 @@ CROP_SIZE = 384
 
 # MediaPipe's own __del__ fails at interpreter shutdown ("TypeError: 'NoneType' object is not
 # callable"): close every landmarker still open while the interpreter is intact.
-_OPEN: "weakref.WeakSet[DenseLandmarker]" = weakref.WeakSet()
+_OPEN: weakref.WeakSet[DenseLandmarker] = weakref.WeakSet()
 
 
 @atexit.register
@@ -142,7 +141,7 @@ class DenseLandmarker:
         _OPEN.add(self)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None, **kwargs: Any) -> "DenseLandmarker":
+    def from_pretrained(cls, path: str | os.PathLike | None = None, **kwargs: Any) -> DenseLandmarker:
         return cls(resolve_landmarker(path, **kwargs))
 
     def close(self) -> None:
@@ -151,7 +150,7 @@ class DenseLandmarker:
             self._landmarker = None
         _OPEN.discard(self)
 
-    def __enter__(self) -> "DenseLandmarker":
+    def __enter__(self) -> DenseLandmarker:
         return self
 
     def __exit__(self, *exc: object) -> None:

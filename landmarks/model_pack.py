@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import ModelNotFoundError
 from ..utils import file_sha256
@@ -121,7 +122,7 @@ class ModelPack:
 
     @classmethod
     def from_pretrained(cls, pack: str | os.PathLike | None = None, *, device: str = "cpu",
-                        root: str | os.PathLike | None = None, download: bool = True) -> "ModelPack":
+                        root: str | os.PathLike | None = None, download: bool = True) -> ModelPack:
         return cls(path=resolve_pack_dir(pack, root=root, download=download),
                    providers=select_providers(device))
 
@@ -153,9 +154,8 @@ class ModelPack:
     def model(self, task: str) -> Any:
         """The insightface model object for a task: detection, recognition or landmark_2d_106."""
         if task not in self._models:
-            from insightface.model_zoo import model_zoo
-
             import onnxruntime
+            from insightface.model_zoo import model_zoo
 
             onnxruntime.set_default_logger_severity(3)
             model = model_zoo.get_model(os.fspath(self.model_file(task)), providers=self.providers)

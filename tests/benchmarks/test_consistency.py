@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from castkeep.errors import BenchmarkInputError
+
 PERSON = "Alejandro_Toledo"
 IMPOSTOR = "Adrien_Brody"
 
@@ -72,7 +74,7 @@ def test_consistency_against_a_stored_character(invoke, run_dir, faces_dir, fast
 
     store = tmp_path / "store"
     refs = sorted((faces_dir / "lfw_gallery" / PERSON).glob("*.jpg"))[:2]
-    with Store.open(store, analyzer=fast_analyzer) as opened:
+    with Store.open(store, analyzer=fast_analyzer, create=True) as opened:
         vector = opened.register("toledo", refs).vector
     result = invoke("bench", "consistency", str(run_dir), "--store", str(store), "--json")
     assert result.returncode == 0, result.stderr
@@ -99,7 +101,7 @@ def test_unknown_character_is_an_error(invoke, run_dir, tmp_path):
 
 def test_empty_run_dir_is_an_error(invoke, tmp_path):
     result = invoke("bench", "consistency", str(tmp_path))
-    assert result.returncode == 16 and "no images" in result.stderr
+    assert result.returncode == BenchmarkInputError.exit_code and "no images" in result.stderr
 
 
 def test_a_generation_run_counts_only_outputs_with_sidecars(tmp_path):

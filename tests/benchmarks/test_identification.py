@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from castkeep.benchmarks.identification import read_gallery, run_identification, split_gallery
+from castkeep.errors import BenchmarkInputError
 
 
 def test_split_holds_out_whole_identities(faces_dir):
@@ -78,4 +79,4 @@ def test_refused_enrolment_is_retried_and_reported(model_pack, faces_dir, tmp_pa
 
 def test_gallery_without_identity_folders_is_an_error(invoke, tmp_path):
     result = invoke("bench", "identify", "--gallery", str(tmp_path), "--out", str(tmp_path / "o"))
-    assert result.returncode == 16 and result.stderr.startswith("error:")
+    assert result.returncode == BenchmarkInputError.exit_code and result.stderr.startswith("error:")

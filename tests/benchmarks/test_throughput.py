@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from castkeep.benchmarks import throughput
+from castkeep.errors import BenchmarkInputError
 
 
 def test_throughput_cli(invoke, faces_dir, tmp_path):
@@ -59,4 +60,4 @@ def test_rates_use_the_median_round_on_a_scripted_clock(monkeypatch):
 
 def test_throughput_needs_images(invoke, tmp_path):
     result = invoke("bench", "throughput", "--images", str(tmp_path), "--out", str(tmp_path / "o"))
-    assert result.returncode == 16 and "no images" in result.stderr
+    assert result.returncode == BenchmarkInputError.exit_code and "no images" in result.stderr

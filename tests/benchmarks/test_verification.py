@@ -13,6 +13,7 @@ from PIL import Image
 from castkeep.benchmarks.pairs import read_pairs
 from castkeep.benchmarks.pipelines import CastkeepPipeline
 from castkeep.benchmarks.verification import run_verification
+from castkeep.errors import BenchmarkInputError
 from castkeep.identity.similarity import SAME_PERSON_THRESHOLD
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -123,5 +124,5 @@ def test_bad_pairs_file_is_one_line_error(invoke, tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("not a pairs file\n")
     result = invoke("bench", "verify", "--pairs", str(bad), "--out", str(tmp_path))
-    assert result.returncode == 16
+    assert result.returncode == BenchmarkInputError.exit_code
     assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1

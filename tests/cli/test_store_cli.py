@@ -1,8 +1,10 @@
-"""The store commands as a user runs them: `python -m castkeep ...` in subprocesses."""
+"""The store commands as a user runs them: two end-to-end runs of `python -m castkeep ...` in
+subprocesses, the rest in-process through click's CliRunner and the same entry point."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +94,115 @@ def test_store_errors_are_one_line_and_lose_nothing(tmp_path, faces_dir, cli):
     # a smashed database is reported, not traced back
     (Path(store) / "castkeep.sqlite3").write_bytes(b"not a database at all" * 100)
     assert_one_line_error(cli("list", "--store", store), 7)
+
+
+# ---------------------------------------------------------------------------------------------------
+# In-process runs (click's CliRunner): the same entry point, without a new interpreter per command.
+
+class EntryPoint:
+    """What CliRunner drives (`.main(args=..., prog_name=...)`): castkeep's console entry point, so
+    an error becomes its one stderr line and exit code exactly as for a user."""
+
+    name = "castkeep"
+
+    @staticmethod
+    def main(args, prog_name, **_):
+        from castkeep.cli.main import main
+
+        main(list(args))
+
+
+def run(*args):
+    from click.testing import CliRunner
+
+    return CliRunner().invoke(EntryPoint(), [str(a) for a in args])
+
+
+def succeeded(result) -> dict | list:
+    assert result.exit_code == 0, (result.exit_code, result.stderr, result.exception)
+    return json.loads(result.stdout)
+
+
+def failed(result, code: int) -> str:
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def fr_photos(faces_dir: Path, person: str) -> list[Path]:
+    return sorted((faces_dir / "fr_examples" / person).glob("*.jpg"))
+
+
+def test_face_and_photo_n_pick_a_face_of_a_group_photo(tmp_path, faces_dir):
+    store = tmp_path / "store"
+    two = faces_dir / "groups" / "fr_two_people.jpg"  # face 0 Joe Biden, face 1 Barack Obama
+    assert "PHOTO:N" in failed(run("register", "Obama", two, "--store", store), 5)  # which face?
+    registered = succeeded(run("register", "Obama", two, "--face", "1", "--store", store, "--json"))
+    [reference] = registered["reference_details"]
+    assert reference["face_index"] == 1 and reference["source_path"] == str(two.resolve())
+
+    top = succeeded(run("identify", f"{two}:1", "--store", store, "--json"))[0]
+    assert top["name"] == "Obama" and top["same"]
+    top = succeeded(run("identify", two, "--face", "0", "--store", store, "--json"))[0]
+    assert top["name"] == "Obama" and not top["same"]
+    assert not succeeded(run("score", f"{two}:0", "-c", "Obama", "--store", store, "--json"))["same"]
+    assert succeeded(run("score", two, "--face", "1", "-c", "Obama", "--store", store, "--json"))["same"]
+
+
+def test_add_refs_with_photo_n_and_face(tmp_path, faces_dir):
+    store = tmp_path / "store"
+    obama = fr_photos(faces_dir, "barack_obama")
+    three = faces_dir / "groups" / "fr_obama_and_biden.jpg"  # face 0 Obama, face 1 Biden, face 2 other
+    two = faces_dir / "groups" / "fr_two_people.jpg"         # face 0 Biden, face 1 Obama
+    succeeded(run("register", "Obama", *obama[:2], "--store", store, "--json"))
+
+    # PHOTO:1 is Biden: refused as another person (unpicked, the matching face 0 would be used)
+    assert "does not look like the same person" in failed(
+        run("add-refs", "Obama", f"{three}:1", "--store", store), 11)
+    updated = succeeded(run("add-refs", "obama", f"{three}:0", obama[2], "--store", store, "--json"))
+    assert updated["references"] == 4 and updated["baseline"]["references"] == 4
+    from_group = [r for r in updated["reference_details"] if r["source_path"] == str(three.resolve())]
+    assert [r["face_index"] for r in from_group] == [0]
+
+    # --face 0 of the other group photo is Biden: refused; without it, the face that matches the
+    # stored references is used
+    failed(run("add-refs", "Obama", two, "--face", "0", "--store", store), 11)
+    result = run("add-refs", "Obama", two, "--store", store, "--json")
+    assert succeeded(result)["references"] == 5 and "2 faces; used face 1" in result.stderr
+
+    result = run("add-refs", "Obama", obama[3], obama[0], "--store", store, "--json")
+    assert succeeded(result)["references"] == 6 and "already a reference of 'Obama'" in result.stderr
+    assert "all are stored already" in failed(run("add-refs", "Obama", obama[0], "--store", store), 7)
+    failed(run("add-refs", "Nobody", obama[3], "--store", store), 8)
+    assert succeeded(run("show", "Obama", "--store", store, "--json"))["references"] == 6
+
+
+def test_verify_catches_a_vector_that_no_longer_matches_its_references(tmp_path, faces_dir):
+    store = tmp_path / "store"
+    succeeded(run("register", "Obama", *fr_photos(faces_dir, "barack_obama")[:3], "--store", store, "--json"))
+    succeeded(run("register", "Biden", *fr_photos(faces_dir, "joe_biden"), "--store", store, "--json"))
+    assert succeeded(run("verify", "--store", store, "--json"))["ok"]
+
+    # Give Obama Biden's vector behind the store's back: still a unit vector, but not his.
+    connection = sqlite3.connect(store / "castkeep.sqlite3")
+    with connection:
+        connection.execute("UPDATE characters SET vector = (SELECT vector FROM characters WHERE name = "
+                           "'Biden') WHERE name = 'Obama'")
+    connection.close()
+    result = run("verify", "--store", store, "--json")
+    assert "store integrity check failed: 1 problem(s)" in failed(result, 7)
+    report = json.loads(result.stdout)
+    assert not report["ok"] and report["characters"] == 2
+    assert report["problems"] == ["character 'Obama': vector does not match its references"]
+
+
+def test_read_commands_never_create_a_store(tmp_path, faces_dir):
+    missing = tmp_path / "typo"
+    photo = fr_photos(faces_dir, "barack_obama")[0]
+    for command in (["list"], ["show", "Obama"], ["identify", photo], ["score", photo, "-c", "Obama"],
+                    ["verify"], ["remove", "Obama"], ["export", "Obama", tmp_path],
+                    ["add-refs", "Obama", photo]):
+        line = failed(run(*command, "--store", missing), 17)
+        assert line == f"error: no character store at {missing} (register a character to create one)"
+    assert not missing.exists()

@@ -26,7 +26,7 @@ def photos(faces_dir: Path, person: str) -> list[Path]:
 @pytest.fixture(scope="module")
 def store_dir(tmp_path_factory, faces_dir, fast_analyzer) -> Path:
     folder = tmp_path_factory.mktemp("store")
-    with Store.open(folder, analyzer=fast_analyzer) as store:
+    with Store.open(folder, analyzer=fast_analyzer, create=True) as store:
         for person in PEOPLE:
             store.register(person, photos(faces_dir, person)[:3])
     return folder

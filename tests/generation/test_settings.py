@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from castkeep.errors import CastkeepError
+from castkeep.errors import CastkeepError, ConfigError
 from castkeep.generation.aspect import parse_aspect, resolve_size, size_for_aspect
 from castkeep.generation.config import GenerationConfig
 
@@ -41,11 +41,25 @@ def test_explicit_sizes_and_bad_sizes():
     ({"min_score": 1.5}, "--min-score"),
     ({"scheduler": "karras-magic"}, "--scheduler"),
     ({"aspect": "wide"}, "aspect"),
-    ({"device": "tpu"}, "--device"),
 ])
 def test_config_rejects_bad_settings_before_any_model_loads(kwargs, message):
     with pytest.raises(CastkeepError, match=message):
         GenerationConfig(**{"prompt": "a face", **kwargs})
+
+
+@pytest.mark.parametrize("kwargs, message", [({"device": "tpu"}, "--device"), ({"dtype": "int8"}, "--dtype")])
+def test_bad_device_or_dtype_fails_before_any_weights_are_looked_for(kwargs, message):
+    from castkeep.generation.loading import build_pipeline
+
+    # The base model does not exist: reaching it would be a ModelNotFoundError instead.
+    with pytest.raises(ConfigError, match=message):
+        build_pipeline("/nonexistent/castkeep-base", "/nonexistent/faceid.bin", **kwargs)
+
+
+def test_load_options_are_not_run_settings():
+    # device/dtype are given once, when the pipeline loads; a run config refuses them.
+    with pytest.raises(TypeError):
+        GenerationConfig("a face", device="cpu")  # type: ignore[call-arg]
 
 
 def test_seeds_budget_and_candidates():

@@ -17,7 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-
 from castkeep.identity.store import Store
 
 CHILD = textwrap.dedent("""
@@ -30,7 +29,7 @@ CHILD = textwrap.dedent("""
     print("ready", flush=True)
     while go_file != "-" and not os.path.exists(go_file):
         time.sleep(0.01)
-    with Store.open(store_path, analyzer=analyzer) as store:
+    with Store.open(store_path, analyzer=analyzer, create=True) as store:
         print("opened", flush=True)
         loop = itertools.cycle(pool) if go_file == "-" else pool
         for i, refs in enumerate(loop):
@@ -105,11 +104,11 @@ def test_kill_minus_nine_never_corrupts(tmp_path, faces_dir):
         done, started = child.names("done"), child.names("start")
         in_flight = started - done
         in_flight_kills += bool(in_flight)
-        with Store.open(store_path) as store:
+        with Store.open(store_path, create=True) as store:  # a kill may come before the store exists
             report = store.verify()
             assert report["ok"], report["problems"]
             names = set(store.names())
-            for character in store.list():
+            for character in store.characters():
                 assert len(character.references) == 3  # all of a registration or none of it
         committed |= done
         # every reported commit is there; nothing else but possibly the one in flight
@@ -140,5 +139,5 @@ def test_concurrent_registering_processes_lose_nothing(tmp_path, faces_dir):
         report = store.verify()
         assert report["ok"] and report["characters"] == workers * per_worker
         assert report["generation"] == workers * per_worker
-        for character in store.list():
+        for character in store.characters():
             assert store.identify(character.vector, k=1)[0].name == character.name

@@ -1,0 +1,170 @@
+"""Each benchmark end to end, from inputs on disk to a saved result: load the face models, run the
+bench, draw its plots, stamp the environment and write `<out_dir>/<name>.json`.
+
+`castkeep bench ...` is a thin layer over these functions; each returns the result dict it wrote
+(its `plots` map a label to a PNG path, `result_json` is the JSON file).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..identity.similarity import SAME_PERSON_THRESHOLD
+from ..utils import Progress, slug
+from ..utils import progress as terminal_progress
+from .report import plot_heatmap, plot_histogram, plot_roc, save_result
+
+PathLike = str | os.PathLike[str]
+DEFAULT_OUT = Path("bench-results")
+
+
+def _name(text: str) -> str:
+    return slug(text, max_length=120)
+
+
+def _pack(models: PathLike | None, device: str) -> Any:
+    from ..landmarks.model_pack import ModelPack
+
+    return ModelPack.from_pretrained(models, device=device)
+
+
+def bench_verify(pairs_file: PathLike, *, root: PathLike | None = None, limit: int | None = None,
+                 selection: str = "center", flip: bool = True, baseline: bool = True, name: str | None = None,
+                 out_dir: PathLike = DEFAULT_OUT, models: PathLike | None = None, device: str = "cpu",
+                 progress: Progress = terminal_progress) -> dict[str, Any]:
+    """Face verification on a pairs file (LFW protocol), against insightface's FaceAnalysis in the
+    same run with `baseline`; ROC and score-histogram plots."""
+    from .pairs import read_pairs
+    from .verification import run_verification
+
+    pairs_file, out_dir = Path(pairs_file), Path(out_dir)
+    pairs = read_pairs(pairs_file, None if root is None else Path(root), limit=limit)
+    result, curves = run_verification(pairs, _pack(models, device), selection=selection, flip=flip,
+                                      baseline=baseline, device=device, progress=progress)
+    name = name or _name(f"verify-{pairs_file.parent.name}-{pairs_file.stem}")
+    roc_path = plot_roc(curves, out_dir / f"{name}-roc.png", f"ROC: {pairs_file.parent.name}/{pairs_file.name}")
+    scores = result["scores"]
+    labels = np.asarray(scores["same"], dtype=bool)
+    castkeep_scores = np.asarray(scores["castkeep"])
+    hist_path = plot_histogram({"same person": castkeep_scores[labels], "different people": castkeep_scores[~labels]},
+                               out_dir / f"{name}-scores.png", "castkeep pair similarities",
+                               threshold=result["castkeep"]["threshold"])
+    result["plots"] = {"roc": str(roc_path), "score histogram": str(hist_path)}
+    save_result(result, out_dir, name)
+    return result
+
+
+def bench_identify(gallery: PathLike, *, k: int = 2, unknown_fraction: float = 0.2,
+                   limit_identities: int | None = None, threshold: float | None = None, seed: int = 0,
+                   selection: str = "center", flip: bool = True, name: str | None = None,
+                   out_dir: PathLike = DEFAULT_OUT, models: PathLike | None = None, device: str = "cpu",
+                   progress: Progress = terminal_progress) -> dict[str, Any]:
+    """1:N identification through a fresh character store, with open-set rejection of held-out people."""
+    from ..identity.analyzer import FaceAnalyzer
+    from .identification import read_gallery, run_identification
+
+    gallery = Path(gallery)
+    images = read_gallery(gallery, limit_identities=limit_identities)
+    with FaceAnalyzer(_pack(models, device), dense=False, landmarks_106=False, selection=selection,
+                      flip=flip) as analyzer:
+        result = run_identification(images, analyzer, k=k, unknown_fraction=unknown_fraction, seed=seed,
+                                    threshold=SAME_PERSON_THRESHOLD if threshold is None else threshold,
+                                    progress=progress)
+    result["config"] = {"selection": selection, "flip": flip}
+    result["plots"] = {}
+    save_result(result, out_dir, name or _name(f"identify-{gallery.name}"))
+    return result
+
+
+def bench_store(sizes: Sequence[int], *, kinds: Sequence[str] = ("exact", "hnsw", "ivf"), queries: int = 100,
+                seed: int = 0, name: str = "store-scale", out_dir: PathLike = DEFAULT_OUT,
+                progress: Progress = terminal_progress) -> dict[str, Any]:
+    """Identify latency, recall@10, build time and memory of the store's indexes at each size, each
+    against a numpy brute-force search measured in the same run."""
+    from .store_scale import run_store_scale
+
+    result = run_store_scale(list(sizes), kinds=list(kinds), n_queries=queries, seed=seed, progress=progress)
+    result["plots"] = {}
+    save_result(result, out_dir, _name(name))
+    return result
+
+
+def bench_throughput(images_dir: PathLike, *, limit: int = 100, rounds: int = 3, name: str = "throughput",
+                     out_dir: PathLike = DEFAULT_OUT, models: PathLike | None = None, device: str = "cpu",
+                     progress: Progress = terminal_progress) -> dict[str, Any]:
+    """Images/s of castkeep's analyze+embed against insightface's FaceAnalysis.get, as a ratio."""
+    from .throughput import collect_images, run_throughput
+
+    images = collect_images(images_dir, limit)
+    result = run_throughput(images, _pack(models, device), rounds=rounds, device=device, progress=progress)
+    result["images_dir"] = str(images_dir)
+    result["plots"] = {}
+    save_result(result, out_dir, _name(name))
+    return result
+
+
+def _stored_reference(named: str, explicit: bool, store: PathLike | None, analyzer: Any,
+                      notes: list[str]) -> tuple[np.ndarray | None, str | None]:
+    """The stored character's vector and name. A character the user named must exist (and match the
+    face models); one only read from the run falls back to the run centroid, with a note."""
+    from ..errors import CastkeepError, UnknownCharacterError
+    from ..identity.store import Store
+
+    try:
+        with Store.open(store, analyzer=analyzer, create=False) as opened:
+            stored = opened.get(named)
+        if stored.fingerprint != analyzer.fingerprint:
+            raise UnknownCharacterError(f"character '{named}' was registered with another model "
+                                        f"({stored.fingerprint}); use its --models")
+        return stored.vector, stored.name
+    except UnknownCharacterError:
+        if explicit:
+            raise
+        notes.append(f"character '{named}' from the run is not in the store; scored against the run centroid")
+    except CastkeepError as exc:
+        if explicit:
+            raise
+        notes.append(f"no usable store ({exc}); scored against the run centroid")
+    return None, None
+
+
+def bench_consistency(run_dir: PathLike, *, character: str | None = None, store: PathLike | None = None,
+                      threshold: float | None = None, name: str | None = None, out_dir: PathLike | None = None,
+                      models: PathLike | None = None, device: str = "cpu",
+                      progress: Progress = terminal_progress) -> dict[str, Any]:
+    """Identity consistency of a generation run (every image re-embedded): score distribution,
+    consistency rate, pairwise matrix (heat map), outliers. Results go to RUN_DIR/consistency."""
+    from ..identity.analyzer import FaceAnalyzer
+    from .consistency import run_character, run_consistency, run_images
+
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "consistency"
+    images = run_images(run_dir, exclude=out_dir.resolve())
+    named = character or run_character(run_dir, images)
+    reference, label = None, None
+    notes: list[str] = []
+    with FaceAnalyzer(_pack(models, device), dense=False, landmarks_106=False) as analyzer:
+        if named is not None:
+            reference, label = _stored_reference(named, character is not None, store, analyzer, notes)
+        result = run_consistency(images, analyzer, reference=reference, reference_label=label,
+                                 threshold=SAME_PERSON_THRESHOLD if threshold is None else threshold,
+                                 progress=progress)
+    result["run_dir"] = str(run_dir)
+    result["notes"] = notes
+    name = name or _name(f"consistency-{run_dir.resolve().name}")
+    result["plots"] = {}
+    if result["with_face"] >= 2:
+        matrix = np.asarray(result["pairwise"]["matrix"])
+        result["plots"]["pairwise heatmap"] = str(plot_heatmap(
+            matrix, result["pairwise"]["labels"], out_dir / f"{name}-pairwise.png", "pairwise identity similarity"))
+    if result["with_face"]:
+        result["plots"]["score histogram"] = str(plot_histogram(
+            {"outputs": [r["score"] for r in result["images"]]}, out_dir / f"{name}-scores.png",
+            f"identity score vs {result['reference']}", threshold=result["threshold"]))
+    save_result(result, out_dir, name)
+    return result

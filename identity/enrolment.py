@@ -1,0 +1,159 @@
+"""Turning reference photos into accepted references: which face of a photo is meant, the quality
+gate, and the impostor gate (a photo that is not the same person as the others).
+
+All of it runs before the store takes its write lock: embedding is slow, and a rejected photo must
+leave the store untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ImpostorReferenceError, MultipleFacesError, ReferenceQualityError, StoreError
+from . import similarity
+from .characters import Reference
+from .references import combine, find_impostors
+from .vectors import normalise
+
+MAX_REFERENCES_PER_CALL = 13
+MAX_REFERENCES = 64
+
+# A second face counts as "another person in the photo" only if it is at least this fraction of the
+# largest face's size (background faces in news photos are far smaller than the subject's).
+BYSTANDER_RATIO = 0.5
+
+_IMAGE_SPEC = re.compile(r"^(?P<path>.+):(?P<face>\d+)$")
+
+
+def parse_image_spec(spec: Any) -> tuple[Any, int | None]:
+    """`photo.jpg:1` picks face 1 of a group photo; anything else is the image itself."""
+    if isinstance(spec, (str, os.PathLike)):
+        text = os.fspath(spec)
+        match = _IMAGE_SPEC.match(text)
+        if match and not Path(text).exists() and Path(match["path"]).exists():
+            return match["path"], int(match["face"])
+    return spec, None
+
+
+def reference_candidates(analyzer: Any, image: Any, face: int | None = None) -> list[Reference]:
+    """The reference a photo gives: one face, or every comparable face when it is ambiguous."""
+    from ..landmarks.images import describe_source, load_image
+
+    source, spec_face = parse_image_spec(image)
+    face = spec_face if spec_face is not None else face
+    if isinstance(source, (str, os.PathLike)):
+        # Decoded once, here: one clear ImageError for missing/corrupt files before hashing.
+        pixels = load_image(source)
+        digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+        label = os.fspath(Path(source).resolve())
+    else:
+        pixels = source
+        array = np.asarray(source)
+        digest = hashlib.sha256(array.tobytes() + str(array.shape).encode()).hexdigest()
+        label = describe_source(source)
+    analysis = analyzer.analyze(pixels, dense=getattr(analyzer, "dense", None) is not None)
+    analysis.source = label  # face errors name the photo, not the decoded array
+    if face is not None:
+        chosen = [analysis.face(face)]
+    elif len(analysis.faces) <= 1:
+        chosen = [analysis.face()]  # NoFaceError naming the file when there is none
+    else:
+        largest = analysis.faces[0]
+        chosen = [largest] + [f for f in analysis.faces[1:] if f.size >= BYSTANDER_RATIO * largest.size]
+    return [Reference(sha256=digest, source_path=label, embedding=normalise(f.embedding),
+                      quality=float(f.quality.score), det_score=float(f.det_score),
+                      bbox=[float(v) for v in f.bbox], face_index=f.index,
+                      pose=f.pose.to_dict(), quality_report=f.quality.to_dict(),
+                      fingerprint=analyzer.fingerprint) for f in chosen]
+
+
+def embed_references(analyzer: Any, images: Sequence[Any], *, face: int | None = None,
+                     force: bool = False, progress: Callable[[Any], Any] | None = None,
+                     anchors: Sequence[Reference] = ()) -> tuple[list[Reference], list[str]]:
+    """Embed every photo and apply the quality gate; returns (references, warnings).
+
+    A photo with several comparable faces uses the face that matches the unambiguous references
+    (`anchors`, the character's stored references, plus the other photos).
+    """
+    if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim == 3):
+        images = [images]
+    if not len(images):
+        raise StoreError("no reference photos given")
+    if len(images) > MAX_REFERENCES_PER_CALL:
+        raise StoreError(f"{len(images)} reference photos given; at most "
+                         f"{MAX_REFERENCES_PER_CALL} per call (add more with add-refs)")
+    warnings: list[str] = []
+    found: list[list[Reference]] = []
+    seen: set[str] = set()
+    for image in (progress(images) if progress is not None else images):
+        candidates = reference_candidates(analyzer, image, face)
+        if candidates[0].sha256 in seen:
+            warnings.append(f"{candidates[0].source_path}: same photo given twice; used once")
+            continue
+        seen.add(candidates[0].sha256)
+        found.append(candidates)
+    settled = list(anchors) + [c[0] for c in found if len(c) == 1]
+    references: list[Reference] = []
+    for candidates in found:
+        ref = candidates[0]
+        if len(candidates) > 1:
+            ref = disambiguate(candidates, settled)
+            warnings.append(f"{ref.source_path}: {len(candidates)} faces; used face {ref.face_index}, "
+                            f"the one that matches the other references")
+        if not ref.quality_report.get("usable", True):
+            reason = ref.quality_report.get("reason") or "low quality"
+            if not force:
+                raise ReferenceQualityError(f"reference photo fails the quality gate: {reason} "
+                                            f"(use another photo, or --force to keep it)",
+                                            path=ref.source_path)
+            warnings.append(f"{ref.source_path}: kept despite low quality ({reason})")
+        references.append(ref)
+    return references, warnings
+
+
+def disambiguate(candidates: list[Reference], settled: list[Reference]) -> Reference:
+    """The one candidate face that is the same person as the settled references."""
+    advice = (f"{len(candidates)} faces of similar size found; crop the photo or pick one as "
+              f"PHOTO:N (0 = largest)")
+    if not settled:
+        raise MultipleFacesError(advice, path=candidates[0].source_path)
+    anchor = combine(np.stack([r.embedding for r in settled]), np.array([r.quality for r in settled]))
+    scores = [float(np.dot(anchor, c.embedding)) for c in candidates]
+    order = np.argsort(scores)[::-1]
+    best, runner_up = scores[order[0]], scores[order[1]]
+    threshold = similarity.SAME_PERSON_THRESHOLD
+    if best < threshold or runner_up >= threshold:
+        raise MultipleFacesError(f"{advice} (none, or more than one, matches the other references)",
+                                 path=candidates[0].source_path)
+    return candidates[int(order[0])]
+
+
+def gate_impostors(references: list[Reference], new: set[int], force: bool, warnings: list[str]) -> None:
+    """Refuse (or with `force`, flag) newly given references that are not the same person as the
+    others; `new` holds their positions in `references` (stored ones were accepted before)."""
+    embeddings = np.stack([r.embedding for r in references])
+    weights = np.array([r.quality for r in references])
+    flagged = find_impostors(embeddings, weights)
+    threshold = similarity.SAME_PERSON_THRESHOLD
+    new_flags = {i: s for i, s in flagged.items() if i in new}
+    if not new_flags:
+        return
+    worst = min(new_flags, key=new_flags.__getitem__)
+    what = ("the two reference photos do not match each other" if len(references) == 2
+            else "does not look like the same person as the other references")
+    if not force:
+        path = references[worst].source_path if len(references) != 2 else None
+        raise ImpostorReferenceError(
+            f"{what} (similarity {new_flags[worst]:.2f} < {threshold:.2f}); remove it or pass "
+            f"--force to keep it", path=path)
+    for i, score in new_flags.items():
+        references[i].flagged = True
+        warnings.append(f"{references[i].source_path}: kept with --force although flagged as "
+                        f"another person (similarity {score:.2f})")

@@ -1,0 +1,117 @@
+"""Schema versions of the store database: the version-1 tables, and the ordered steps that bring an
+older store up to SCHEMA_VERSION.
+
+A new store is created at version 1 and then migrated like any other, so the steps are the one
+record of how the schema grew. `MIGRATIONS[v]` turns a version-v database into version v + 1; the
+steps run in order inside a single write transaction at open, so a store is at its old version or
+at the new one, never in between (SQLite's DDL is transactional). A store newer than this castkeep
+is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from ..errors import StoreError
+from .database import Database
+
+SCHEMA_VERSION = 1
+
+Migration = Callable[[Database], None]
+# from_version -> the step to from_version + 1 (none yet: version 2 adds the first).
+MIGRATIONS: dict[int, Migration] = {}
+
+SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS characters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    name_key TEXT NOT NULL UNIQUE,
+    description TEXT NOT NULL DEFAULT '',
+    tags TEXT NOT NULL DEFAULT '[]',
+    fingerprint TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    vector BLOB NOT NULL,
+    baseline TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    character_id INTEGER NOT NULL REFERENCES characters(id) ON DELETE CASCADE,
+    sha256 TEXT NOT NULL,
+    source_path TEXT NOT NULL,
+    face_index INTEGER,
+    bbox TEXT NOT NULL,
+    det_score REAL NOT NULL,
+    quality REAL NOT NULL,
+    quality_report TEXT NOT NULL,
+    pose TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    embedding BLOB NOT NULL,
+    flagged INTEGER NOT NULL DEFAULT 0,
+    added_at TEXT NOT NULL,
+    UNIQUE (character_id, sha256)
+);
+CREATE INDEX IF NOT EXISTS refs_by_character ON refs(character_id);
+CREATE INDEX IF NOT EXISTS refs_by_sha256 ON refs(sha256);
+"""
+
+
+def refuse_foreign(db: Database) -> None:
+    """A database with tables but no `meta` table belongs to something else: leave it alone."""
+    tables = db.tables()
+    if tables and "meta" not in tables:
+        raise StoreError("this database is not a castkeep store", path=db.path)
+
+
+def prepare(db: Database) -> None:
+    """Create a new store's tables, or migrate an older store to SCHEMA_VERSION; refuse a newer one.
+
+    A current store is only read (read-only stores still open); anything else takes the write lock
+    and looks again, since another process may have created or migrated the store meanwhile.
+    """
+    if _is_complete(db) and _version(db) == SCHEMA_VERSION:
+        return
+    with db.write():
+        if not _is_complete(db):
+            _create_v1(db)
+        version = _version(db)
+        while version < SCHEMA_VERSION:
+            step = MIGRATIONS.get(version)
+            if step is None:
+                raise StoreError(f"store schema version {version} cannot be upgraded by this castkeep "
+                                 f"(no migration to version {version + 1})", path=db.path)
+            step(db)
+            version += 1
+            db.set_meta("schema_version", str(version))
+
+
+def _is_complete(db: Database) -> bool:
+    # A process killed while creating a store leaves no tables at all (the creation is one
+    # transaction), but stay safe for files made by hand: the last table created is `refs`.
+    return {"meta", "refs"} <= db.tables()
+
+
+def _version(db: Database) -> int:
+    """The stored schema version; StoreError when it is unreadable or newer than this castkeep's."""
+    text = db.meta("schema_version")
+    version = int(text) if text is not None and text.isdigit() else 0
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"store schema version {version} is not supported by this castkeep (it reads "
+                         f"versions up to {SCHEMA_VERSION}); a newer castkeep made this store: upgrade "
+                         f"castkeep to open it", path=db.path)
+    if version < 1:
+        raise StoreError(f"store schema version {text} is not supported by this castkeep (expects "
+                         f"{SCHEMA_VERSION})", path=db.path)
+    return version
+
+
+def _create_v1(db: Database) -> None:
+    for statement in SCHEMA_V1.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    defaults = {"schema_version": "1", "generation": "0", "index_kind": "exact",
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    db.executemany("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", defaults.items())
