@@ -47,6 +47,7 @@ MARKS_BY_NODE = {
     "tests/cli/test_store_cli.py": ("slow", "subprocess"),
     "tests/identity/test_store.py::test_store_reopens_in_new_process_with_identical_results": ("slow", "subprocess"),
     "tests/identity/test_store.py::test_twenty_identities_rank1": ("slow",),
+    "tests/identity/test_index.py::test_faiss_settings_are_applied_by_the_first_index_not_at_import": ("subprocess",),
 }
 
 
