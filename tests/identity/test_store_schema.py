@@ -206,13 +206,15 @@ def test_a_v1_store_migrates_keeps_every_character_and_answers_as_before(tmp_pat
         mara = store.get("mara")
         assert (mara.description, mara.tags, len(mara.references)) == ("lead", ["cast", "v1"], 3)
         assert store.get("Ari").baseline["references"] == 3  # his add-refs refit survived
+        # The stored vectors are compared bit for bit above; the probes are embedded afresh, and other
+        # onnxruntime/OpenCV versions (CI's minimum-versions step) move a cosine by up to ~5e-4.
         for probe, expected in V1_EXPECTED["identify"].items():
             found = [(m.name, m.score) for m in store.identify(faces_dir / probe, k=3)]
             assert [name for name, _ in found] == [name for name, _ in expected]
-            assert np.allclose([score for _, score in found], [score for _, score in expected], atol=1e-5)
+            assert np.allclose([score for _, score in found], [score for _, score in expected], atol=2e-3)
         for probe, expected in V1_EXPECTED["score"].items():
             scored = store.score(faces_dir / probe, expected["name"])
-            assert scored.cosine == pytest.approx(expected["cosine"], abs=1e-5)
+            assert scored.cosine == pytest.approx(expected["cosine"], abs=2e-3)
             assert (scored.same, scored.closest_other.name, scored.leakage) == (
                 expected["same"], expected["closest_other"], expected["leakage"])
     # The version-1 columns still hold the primary space, and the new tables a copy of it.
