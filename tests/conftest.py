@@ -40,15 +40,6 @@ LANE_MARKS = ("slow", "subprocess", "generation")
 SLOW_SECONDS = 2.0
 # Requesting one of these fixtures puts a test in that lane.
 MARKS_BY_FIXTURE = {"cli": ("subprocess",), "tiny_models": ("generation",)}
-# Tests in files other sessions own, marked here by node id (a file, or file::test) until they carry
-# their own marks.
-MARKS_BY_NODE = {
-    "tests/identity/test_store_durability.py": ("slow", "subprocess"),
-    "tests/cli/test_store_cli.py": ("slow", "subprocess"),
-    "tests/identity/test_store.py::test_store_reopens_in_new_process_with_identical_results": ("slow", "subprocess"),
-    "tests/identity/test_store.py::test_twenty_identities_rank1": ("slow",),
-    "tests/identity/test_index.py::test_faiss_settings_are_applied_by_the_first_index_not_at_import": ("subprocess",),
-}
 
 
 # ---------------------------------------------------------------------------------- lanes
@@ -57,17 +48,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="the quick lane: deselect tests marked slow, subprocess or generation")
 
 
-def _node_matches(nodeid: str, key: str) -> bool:
-    return nodeid == key or nodeid.startswith((key + "::", key + "["))
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     lfw_cold = None
     for item in items:
         marks = {mark for fixture, names in MARKS_BY_FIXTURE.items() if fixture in item.fixturenames
                  for mark in names}
-        marks |= {mark for key, names in MARKS_BY_NODE.items() if _node_matches(item.nodeid, key)
-                  for mark in names}
         if "lfw_fold" in item.fixturenames:
             if lfw_cold is None:
                 lfw_cold = not _lfw_cache_file(config).is_file()
@@ -107,8 +92,7 @@ def _starting_python_needs_the_subprocess_mark(request: pytest.FixtureRequest, m
     monkeypatch.setattr(subprocess.Popen, "__init__", recording)
     yield
     if started:
-        pytest.fail(f"started {started[0]!r} but is not marked `subprocess` (pytest.mark.subprocess, "
-                    "or MARKS_BY_NODE in tests/conftest.py)", pytrace=False)
+        pytest.fail(f"started {started[0]!r} but is not marked `subprocess` (pytest.mark.subprocess)", pytrace=False)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -22,6 +22,7 @@ def assert_one_line_error(result, code: int) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_store_commands_end_to_end(tmp_path, faces_dir, cli):
     store = str(tmp_path / "store")
     mara, other = photos(faces_dir, 10), photos(faces_dir, 11)
@@ -65,6 +66,7 @@ def test_store_commands_end_to_end(tmp_path, faces_dir, cli):
     assert [c["name"] for c in json.loads(cli("list", "--store", store, "--json").stdout)] == ["Mara Ç"]
 
 
+@pytest.mark.slow
 def test_store_errors_are_one_line_and_lose_nothing(tmp_path, faces_dir, cli):
     from PIL import Image
 

@@ -160,6 +160,7 @@ def test_index_dimension_comes_from_the_first_vectors():
         restored.add(unit_vectors(1, dim=512), [5])
 
 
+@pytest.mark.subprocess
 def test_faiss_settings_are_applied_by_the_first_index_not_at_import():
     script = textwrap.dedent("""
         import faiss

@@ -73,6 +73,7 @@ def identify_all(store: Store, split) -> list[dict]:
     return results
 
 
+@pytest.mark.slow
 def test_twenty_identities_rank1(gallery_store, fast_analyzer, split):
     with Store.open(gallery_store, analyzer=fast_analyzer) as store:
         assert len(store) == N_IDENTITIES
@@ -87,6 +88,8 @@ def test_twenty_identities_rank1(gallery_store, fast_analyzer, split):
     assert all(r["top"][0][1] >= r["top"][-1][1] for r in results)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_store_reopens_in_new_process_with_identical_results(gallery_store, fast_analyzer, split):
     with Store.open(gallery_store, analyzer=fast_analyzer) as store:
         here = identify_all(store, split)
