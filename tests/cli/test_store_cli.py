@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 
 def photos(faces_dir: Path, index: int) -> list[Path]:
