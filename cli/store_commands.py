@@ -215,12 +215,15 @@ def score(image: str, name: str, face_index: int | None, store_path: Path | None
 @click.command()
 @click.argument("name")
 @click.argument("out", type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True,
+              help="Replace OUT even if it is an existing file that is not a castkeep export.")
 @store_options
-def export(name: str, out: Path, store_path: Path | None, models: str | None, device: str,
+def export(name: str, out: Path, overwrite: bool, store_path: Path | None, models: str | None, device: str,
            as_json: bool) -> None:
-    """Write character NAME to OUT (a .castkeep.json file, or a folder): JSON + embeddings, no photos."""
+    """Write character NAME to OUT (a .castkeep.json file, or a folder): JSON + embeddings and face crops,
+    not the original photos. Never writes inside the store's folder."""
     with open_store(store_path, models, device) as store:
-        written = store.export(name, out)
+        written = store.export(name, out, overwrite=overwrite)
     emit({"name": name, "file": str(written)}, as_json, f"exported {name} to {written}")
 
 

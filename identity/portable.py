@@ -42,8 +42,35 @@ def _checksum(document: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def write_character(character: Any, out_path: Path) -> Path:
-    """Write `character` to `out_path` (a folder gets `<name>.castkeep.json`); returns the file."""
+def is_character_file(path: Path) -> bool:
+    """Whether `path` is a castkeep export (read from its first bytes only: any file may be given)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(256)
+    except OSError:
+        return False
+    return head.lstrip().startswith(b"{") and f'"format": "{FORMAT}"'.encode() in head
+
+
+def check_export_target(out_path: Path, *, protected: Path | None = None, overwrite: bool = False) -> None:
+    """Refuse to write over the store's own files (anything inside `protected`, the store folder) or an
+    existing file that is not a castkeep export, unless `overwrite`; both would lose data silently."""
+    target = out_path.resolve()
+    if protected is not None and target.is_relative_to(protected.resolve()):
+        raise StoreError("will not write an export inside the store's own folder (it would replace or "
+                         "clutter the store's files); choose another path", path=out_path)
+    if target.is_dir():
+        raise StoreError("export target is a folder", path=out_path)
+    if target.exists() and not overwrite and not is_character_file(target):
+        raise StoreError("file exists and is not a castkeep export; pass --overwrite to replace it",
+                         path=out_path)
+
+
+def write_character(character: Any, out_path: Path, *, protected: Path | None = None,
+                    overwrite: bool = False) -> Path:
+    """Write `character` to `out_path` (a folder gets `<name>.castkeep.json`); returns the file.
+    Existing files that are not castkeep exports, and the `protected` folder, are never written over
+    (see check_export_target)."""
     from .vectors import encode_vector
 
     def reference(r: Any) -> dict[str, Any]:
@@ -58,6 +85,7 @@ def write_character(character: Any, out_path: Path) -> Path:
 
     if out_path.is_dir():
         out_path = out_path / f"{character.name}{SUFFIX}"
+    check_export_target(out_path, protected=protected, overwrite=overwrite)
     document: dict[str, Any] = {
         "format": FORMAT, "version": VERSION,
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -504,11 +504,13 @@ class Store:
             self._index.forget()
 
     # ------------------------------------------------------------------ files and upkeep
-    def export(self, name: str, out_path: str | os.PathLike) -> Path:
-        """Write character `name` to a portable file (or into a folder as `<name>.castkeep.json`)."""
+    def export(self, name: str, out_path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write character `name` to a portable file (or into a folder as `<name>.castkeep.json`).
+        Never inside the store's folder; an existing file that is not a castkeep export needs `overwrite`."""
         from .portable import write_character
 
-        return write_character(self.get(name, crops=True), Path(out_path))
+        return write_character(self.get(name, crops=True), Path(out_path), protected=self.path,
+                               overwrite=overwrite)
 
     def verify(self, *, repair_index: bool = True) -> dict[str, Any]:
         """Check the database (SQLite integrity, every row decodes, vectors match their references)

@@ -275,3 +275,25 @@ def test_reembed_reports_references_it_cannot_embed(tmp_path, faces_dir, second_
     assert json.loads(result.stdout)["characters"][0]["missing"][0]["source_path"] == str(photo)
     [space] = succeeded(run("show", "Obama", "--store", store, "--json"))["spaces"]  # kept its own space
     assert space["pack"] == "buffalo_s_lite"
+
+
+def test_export_never_writes_over_the_store_or_a_foreign_file(tmp_path, faces_dir):
+    store = tmp_path / "store"
+    succeeded(run("register", "Obama", *fr_photos(faces_dir, "barack_obama")[:2], "--store", store, "--json"))
+    database = store / "castkeep.sqlite3"
+    before = database.read_bytes()
+    for target in (database, store / "index.faiss", store, store / "Obama.castkeep.json"):
+        line = failed(run("export", "Obama", target, "--store", store), 7)
+        assert "inside the store's own folder" in line
+    assert database.read_bytes() == before
+    assert succeeded(run("list", "--store", store, "--json"))[0]["name"] == "Obama"
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    assert "not a castkeep export; pass --overwrite" in failed(run("export", "Obama", notes, "--store", store), 7)
+    assert notes.read_text() == "my notes\n"
+    exported = tmp_path / "obama.castkeep.json"
+    for _ in range(2):  # an earlier export of it is replaced without asking
+        assert succeeded(run("export", "Obama", exported, "--store", store, "--json"))["file"] == str(exported)
+    succeeded(run("export", "Obama", notes, "--overwrite", "--store", store, "--json"))
+    assert notes.read_text().lstrip().startswith('{\n "format": "castkeep-character"')
