@@ -32,10 +32,6 @@ def environment() -> dict[str, Any]:
     return versions
 
 
-def write_json(result: dict[str, Any], out_dir: str | os.PathLike, name: str) -> Path:
-    return write_json_atomic(Path(out_dir) / f"{name}.json", result)
-
-
 def save_result(result: dict[str, Any], out_dir: str | os.PathLike, name: str) -> Path:
     """Stamp a finished bench result (software versions, finish time, its own path) and write
     `<out_dir>/<name>.json`."""
@@ -43,7 +39,7 @@ def save_result(result: dict[str, Any], out_dir: str | os.PathLike, name: str) -
     result["environment"] = environment()
     result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     result["result_json"] = str(path)
-    return write_json(result, out_dir, name)
+    return write_json_atomic(path, result)
 
 
 def load_json(path: str | os.PathLike) -> Any:
