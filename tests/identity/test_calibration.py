@@ -128,3 +128,32 @@ def test_generated_calibration_beats_the_photo_threshold_on_held_out_identities(
     photo_accuracy = np.mean((held >= similarity.SAME_PERSON_THRESHOLD) == labels)
     assert fitted.threshold < similarity.SAME_PERSON_THRESHOLD
     assert generated_accuracy >= photo_accuracy + 0.05, (generated_accuracy, photo_accuracy)
+
+
+@pytest.mark.slow
+def test_calibrate_command_refits_a_domain_with_identity_cross_validation(faces_dir, tmp_path, pack_dir):
+    import json
+
+    from click.testing import CliRunner
+
+    from castkeep.benchmarks.calibrate import main
+
+    root = faces_dir / "generated_dev"
+    lines = (root / "pairs.txt").read_text().splitlines()
+    chosen = [l for l in lines if l.endswith(" 1")][::12] + [l for l in lines if l.endswith(" 0")][::12]
+    pairs_file = tmp_path / "pairs.txt"  # absolute paths; identities from folder names (no manifest here)
+    pairs_file.write_text("".join(f"{root / l.split()[0]} {root / l.split()[1]} {l.split()[2]}\n" for l in chosen))
+    cache = tmp_path / "described.npz"
+    args = ["--domain", "generated", "--pairs", str(pairs_file), "--scorer", "arcface", "--models", str(pack_dir),
+            "--cache", str(cache), "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert set(data["fit"]) == {"arcface"} and data["fit"]["arcface"]["threshold"] < 0.27
+    assert data["pairs"] == len(chosen) and cache.is_file()
+    cv = data["cross_validation"]
+    assert cv["pairs_judged"] > 0 and set(cv["scorers"]) == {"arcface"}
+    held_out = cv["scorers"]["arcface"]["all"]
+    assert held_out["accuracy"] > cv["reference_verdicts"]["arcface at the photo threshold"]["all"]["accuracy"]
+    again = CliRunner().invoke(main, args)  # from the cache: the same numbers
+    assert json.loads(again.output)["fit"] == data["fit"]
