@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..identity import domains
+from .domain_fit import scorer_scores
 from .metrics import roc_curve, tar_at_far
 
 STYLES = ("photo", "stylized", "anime", "painting")
@@ -23,8 +24,6 @@ FAR = 1e-2
 
 
 def _oof(pairs: Any, fit_fn: Callable[[dict[str, np.ndarray], np.ndarray], Any]) -> dict[str, dict[str, np.ndarray]]:
-    from .calibrate import scorer_scores
-
     n = len(pairs.same)
     out: dict[str, dict[str, np.ndarray]] = {}
     for group in sorted(set(pairs.identities), key=sorted):

@@ -117,10 +117,11 @@ def _generated_slice(faces_dir: Path, tmp_path: Path, n: int) -> Path:
     """The first n/2 genuine and n/2 impostor pairs of generated_dev, as their own pairs file."""
     root = faces_dir / "generated_dev"
     lines = (root / "pairs.txt").read_text().splitlines()
-    same = [l for l in lines if l.endswith(" 1")][: n // 2]
-    different = [l for l in lines if l.endswith(" 0")][: n // 2]
+    same = [line for line in lines if line.endswith(" 1")][: n // 2]
+    different = [line for line in lines if line.endswith(" 0")][: n // 2]
     target = tmp_path / "generated.txt"
-    target.write_text("".join(f"{root / l.split()[0]} {root / l.split()[1]} {l.split()[2]}\n" for l in same + different))
+    rows = [line.split() for line in same + different]
+    target.write_text("".join(f"{root / a} {root / b} {label}\n" for a, b, label in rows))
     return target
 
 

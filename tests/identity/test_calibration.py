@@ -100,20 +100,21 @@ def test_fit_calibration_on_distances_and_fit_fusion():
 def test_generated_calibration_beats_the_photo_threshold_on_held_out_identities(faces_dir, fast_analyzer):
     """Fit ArcFace's generated-domain calibration on some identities of generated_dev and judge pairs of
     the others: the fitted threshold must beat the photo threshold 0.27 there."""
-    from castkeep.benchmarks.calibrate import describe_images, fit_domain, generated_pairs, raw_pair_scores
+    from castkeep.benchmarks.calibrate import describe_images, generated_pairs, raw_pair_scores
+    from castkeep.benchmarks.domain_fit import fit_domain
 
     images, pairs = generated_pairs(faces_dir / "generated_dev" / "pairs.txt")
     identities = sorted(set().union(*pairs.identities))
     held_out = set(identities[::2])  # every other identity (by name): never seen by the fit
     # A few dozen faces: each identity's first reference and first 4 generated images (file order).
     kept: dict[str, list[str]] = {}
-    for a, b in zip(pairs.a, pairs.b):
+    for a, b in zip(pairs.a, pairs.b, strict=True):
         for path, cap in ((a, 1), (b, 4)):
             chosen = kept.setdefault(f"{Path(path).parent.name}:{cap}", [])
             if path not in chosen and len(chosen) < cap:
                 chosen.append(path)
     wanted = {p for chosen in kept.values() for p in chosen}
-    small = np.array([a in wanted and b in wanted for a, b in zip(pairs.a, pairs.b)])
+    small = np.array([a in wanted and b in wanted for a, b in zip(pairs.a, pairs.b, strict=True)])
     test = small & np.array([ids <= held_out for ids in pairs.identities])
     train = small & np.array([ids.isdisjoint(held_out) for ids in pairs.identities])
     described = describe_images([p for p in images if str(p) in wanted], dlib=False, analyzer=fast_analyzer)
@@ -140,9 +141,9 @@ def test_calibrate_command_refits_a_domain_with_identity_cross_validation(faces_
 
     root = faces_dir / "generated_dev"
     lines = (root / "pairs.txt").read_text().splitlines()
-    chosen = [l for l in lines if l.endswith(" 1")][::12] + [l for l in lines if l.endswith(" 0")][::12]
+    chosen = [line for line in lines if line.endswith(" 1")][::12] + [line for line in lines if line.endswith(" 0")][::12]
     pairs_file = tmp_path / "pairs.txt"  # absolute paths; identities from folder names (no manifest here)
-    pairs_file.write_text("".join(f"{root / l.split()[0]} {root / l.split()[1]} {l.split()[2]}\n" for l in chosen))
+    pairs_file.write_text("".join(f"{root / line.split()[0]} {root / line.split()[1]} {line.split()[2]}\n" for line in chosen))
     cache = tmp_path / "described.npz"
     args = ["--domain", "generated", "--pairs", str(pairs_file), "--scorer", "arcface", "--models", str(pack_dir),
             "--cache", str(cache), "--json"]
