@@ -1,4 +1,6 @@
-"""Cosine similarity → probability that two faces are the same person (Platt scaling).
+"""Pair score → probability that two faces are the same person (Platt scaling), and the fitting tools
+behind every scorer's per-domain calibration (`Calibration`, `fit_calibration`, `Fusion`, `fit_fusion`;
+the fitted constants are in identity/domains.py). The ArcFace photo calibration below is unchanged.
 
 How the constants were obtained (re-run `python -m castkeep.benchmarks.calibrate FACES_DIR`):
 every photo of ../shared/faces/lfw_gallery (139 LFW identities x 6 deep-funneled 250x250 photos,
