@@ -81,6 +81,12 @@ class UnknownCharacterError(StoreError):
     exit_code = 8
 
 
+class UnknownSpaceError(StoreError):
+    """A character has no embeddings from the model asked for (add them with `castkeep reembed`)."""
+
+    exit_code = 20
+
+
 class InvalidNameError(StoreError):
     """A character name is empty, too long, or could escape a path."""
 

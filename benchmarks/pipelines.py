@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import time
 import warnings
@@ -101,10 +103,13 @@ class InsightFaceBaseline:
 
         # The same providers castkeep's side gets (CUDA only where onnxruntime has it).
         providers = select_providers("cpu" if device == "cpu" else "auto")
-        self.app = FaceAnalysis(name=os.fspath(pack_dir), allowed_modules=["detection", "recognition"],
-                                providers=providers)
-        # det_size explicitly: insightface 2.x otherwise uses a multi-scale default.
-        self.app.prepare(ctx_id=0 if providers[0].startswith("CUDA") else -1, det_size=(640, 640))
+        # insightface 0.7.x print()s each model it finds, skips and prepares on stdout (it would corrupt
+        # `bench --json`); nothing there that the result does not record.
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.app = FaceAnalysis(name=os.fspath(pack_dir), allowed_modules=["detection", "recognition"],
+                                    providers=providers)
+            # det_size explicitly: insightface 2.x otherwise uses a multi-scale default.
+            self.app.prepare(ctx_id=0 if providers[0].startswith("CUDA") else -1, det_size=(640, 640))
 
     @staticmethod
     def _read(path: Path) -> np.ndarray | None:

@@ -28,6 +28,7 @@ COMMANDS = {
     "export": "store_commands:export",
     "import": "store_commands:import_character",
     "verify": "store_commands:verify",
+    "reembed": "store_commands:reembed",
     "generate": "generate:generate",
     "bench": "bench:bench",
 }

@@ -1,5 +1,5 @@
 """Character store commands: register, add-refs, list, show, remove, identify, score, export,
-import and verify. Each takes `--store PATH` (or $CASTKEEP_STORE) and `--json`."""
+import, reembed and verify. Each takes `--store PATH` (or $CASTKEEP_STORE) and `--json`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import click
 
 from ..errors import StoreError
 from ..utils import progress
-from .common import domain_option, emit, json_option, model_options, scorer_option, verdict_text
+from .common import device_option, domain_option, emit, json_option, model_options, scorer_option, verdict_text
 
 store_option = click.option(
     "--store", "store_path", type=click.Path(path_type=Path), default=None, envvar="CASTKEEP_STORE",
@@ -126,6 +126,11 @@ def show(name: str, store_path: Path | None, models: str | None, device: str, as
         if character.tags:
             lines.append(f"  tags: {', '.join(character.tags)}")
         lines.append(f"  model: {character.fingerprint}   created: {character.created_at}")
+        lines.append("  embedding spaces (reembed --models PACK adds one):")
+        for space in data["spaces"]:
+            lines.append(f"    {space['pack']:<16} {space['dim']:>4}-d  {space['references']}/"
+                         f"{len(character.references)} reference(s)  {'primary  ' if space['primary'] else ''}"
+                         f"{space['fingerprint']}")
         base = character.baseline
         if base.get("mean") is not None:
             lines.append(f"  baseline (leave-one-out cosine): mean {base['mean']:.2f}, "
@@ -138,8 +143,9 @@ def show(name: str, store_path: Path | None, models: str | None, device: str, as
         for ref in character.references:
             yaw = ref.pose.get("yaw")
             flag = "  FLAGGED" if ref.flagged else ""
+            crop = "" if ref.has_crop else "  (no stored face crop)"
             lines.append(f"    quality {ref.quality:.2f}  yaw {yaw:+.0f}°  {ref.source_path}"
-                         f"{'' if not ref.face_index else f':{ref.face_index}'}{flag}")
+                         f"{'' if not ref.face_index else f':{ref.face_index}'}{flag}{crop}")
         return "\n".join(lines)
 
     emit(data, as_json, text)
@@ -220,12 +226,15 @@ def score(image: str, name: str, face_index: int | None, scorer: str, domain: st
 @click.command()
 @click.argument("name")
 @click.argument("out", type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True,
+              help="Replace OUT even if it is an existing file that is not a castkeep export.")
 @store_options
-def export(name: str, out: Path, store_path: Path | None, models: str | None, device: str,
+def export(name: str, out: Path, overwrite: bool, store_path: Path | None, models: str | None, device: str,
            as_json: bool) -> None:
-    """Write character NAME to OUT (a .castkeep.json file, or a folder): JSON + embeddings, no photos."""
+    """Write character NAME to OUT (a .castkeep.json file, or a folder): JSON + embeddings and face crops,
+    not the original photos. Never writes inside the store's folder."""
     with open_store(store_path, models, device) as store:
-        written = store.export(name, out)
+        written = store.export(name, out, overwrite=overwrite)
     emit({"name": name, "file": str(written)}, as_json, f"exported {name} to {written}")
 
 
@@ -240,6 +249,47 @@ def import_character(file: Path, new_name: str | None, store_path: Path | None, 
         character = store.import_file(file, name=new_name)
         _warn(character)
     emit(character.to_dict(), as_json, f"imported {_summary(character)}")
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.option("--all", "all_characters", is_flag=True, help="Every character of the store.")
+@click.option("--models", "models", metavar="PACK", required=True,
+              help="The model pack whose embedding space to add: an insightface pack name (e.g. "
+                   "buffalo_l) or a folder of .onnx files.")
+@device_option
+@store_option
+@json_option
+def reembed(name: str | None, all_characters: bool, models: str, device: str, store_path: Path | None,
+            as_json: bool) -> None:
+    """Add model pack PACK's embedding space to character NAME (or --all) from the stored face crops.
+
+    References stored without a crop (before crops were kept) are re-read from their original photo
+    when it is unchanged; the rest are reported, and the character keeps its other spaces.
+    """
+    if (name is None) != all_characters:  # neither, or both
+        raise click.UsageError("give a character NAME or --all (not both)")
+    with open_store(store_path, None, device) as store:
+        report = store.reembed(name, models=models, progress=_bar("embedding"))
+    for outcome in report.characters:
+        for missing in outcome.missing:
+            click.echo(f"warning: {outcome.name}: {missing['source_path']} not embedded: {missing['reason']}",
+                       err=True)
+
+    def text(_: Any) -> str:
+        lines = [f"space {report.pack} ({report.fingerprint}):"]
+        for c in report.characters:
+            done = c.embedded + c.already
+            how = f"{c.from_crops} from crops, {c.from_photos} from photos" if c.embedded else "nothing new"
+            lines.append(f"  {c.name}: {done}/{c.references} reference(s) embedded ({how})"
+                         + ("" if c.complete else f", {len(c.missing)} missing"))
+        return "\n".join(lines) if report.characters else "no characters"
+
+    emit(report.to_dict(), as_json, text)
+    empty = [c.name for c in report.characters if c.embedded + c.already == 0]
+    if empty:
+        raise StoreError(f"no reference of {', '.join(empty)} could be embedded with {report.pack} (no stored face "
+                         f"crop and no unchanged original photo): add new photos with add-refs")
 
 
 @click.command()

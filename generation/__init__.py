@@ -1,3 +1,3 @@
 """Identity-conditioned generation: IP-Adapter FaceID on Stable Diffusion 1.5 / SDXL (diffusers),
 with every output scored against the character. Importing this package does not import torch;
-`loading`, `runner` and `testing` import it when they run."""
+`loading` and `runner` import it when they run."""

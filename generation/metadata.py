@@ -7,6 +7,7 @@ copied on its own still says how it was made and how it scored.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -87,80 +88,34 @@ def read_png_text(path: str | os.PathLike) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------- validation
-_NUMBER = ["number", "null"]
-_SCORE_SCHEMA = {
-    "type": "object",
-    "required": ["face_found", "faces", "cosine", "probability", "same", "threshold", "leakage", "pose"],
-    "properties": {
-        "face_found": {"type": "boolean"},
-        "faces": {"type": "integer", "minimum": 0},
-        "cosine": {"type": _NUMBER, "minimum": -1.0001, "maximum": 1.0001},
-        "probability": {"type": _NUMBER, "minimum": 0, "maximum": 1},
-        "same": {"type": ["boolean", "null"]},
-        "threshold": {"type": "number"},
-        "leakage": {"type": ["boolean", "null"]},
-        "pose": {"type": ["object", "null"]},
-    },
-}
-SIDECAR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["schema", "image", "width", "height", "prompt", "negative_prompt", "seed", "settings",
-                 "models", "character", "score", "selection", "attempts", "created_at"],
-    "properties": {
-        "schema": {"enum": [SIDECAR_SCHEMA_ID]},
-        "image": {"type": "string"},
-        "width": {"type": "integer", "minimum": 8},
-        "height": {"type": "integer", "minimum": 8},
-        "prompt": {"type": "string"},
-        "negative_prompt": {"type": "string"},
-        "seed": {"type": "integer", "minimum": 0},
-        "settings": {"type": "object", "required": ["steps", "guidance", "id_scale", "scheduler", "device"]},
-        "models": {"type": "object", "required": ["base_model", "ip_adapter", "ip_adapter_hash"]},
-        "character": {"type": "object", "required": ["name"]},
-        "score": _SCORE_SCHEMA,
-        "selection": {"type": "object", "required": ["rank", "kept", "passed"]},
-        "attempts": {"type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["attempt", "seed", "face_found", "cosine", "kept"],
-            "properties": {"seed": {"type": "integer", "minimum": 0}, "face_found": {"type": "boolean"},
-                           "cosine": {"type": _NUMBER}, "kept": {"type": "boolean"}}}},
-        "created_at": {"type": "string"},
-    },
-}
-_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+# JSON Schemas (draft 2020-12) of the files a run writes, shipped as package data; the summary's
+# schema refers to the sidecar's parts by `$id`.
+SCHEMA_DIR = Path(__file__).with_name("schemas")
+SCHEMA_FILES = {"sidecar": "sidecar.schema.json", "summary": "summary.schema.json"}
 
 
-def _type_ok(value: Any, name: str) -> bool:
-    if name == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if name == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, _TYPES[name])
+@functools.cache
+def _validators() -> dict[str, Any]:
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+
+    schemas = {kind: json.loads((SCHEMA_DIR / name).read_text(encoding="utf-8")) for kind, name in SCHEMA_FILES.items()}
+    registry = Registry().with_resources(
+        (schema["$id"], Resource.from_contents(schema)) for schema in schemas.values())
+    return {kind: Draft202012Validator(schema, registry=registry) for kind, schema in schemas.items()}
 
 
-def schema_errors(data: Any, schema: dict[str, Any] = SIDECAR_SCHEMA, where: str = "$") -> list[str]:
-    """The JSON-Schema subset the sidecar uses (type, required, properties, items, enum, min/max)."""
-    errors: list[str] = []
-    types = schema.get("type")
-    if types is not None:
-        names = types if isinstance(types, list) else [types]
-        if not any(_type_ok(data, name) for name in names):
-            return [f"{where}: expected {' or '.join(names)}, got {type(data).__name__}"]
-    if "enum" in schema and data not in schema["enum"]:
-        errors.append(f"{where}: {data!r} not one of {schema['enum']}")
-    if isinstance(data, (int, float)) and not isinstance(data, bool):
-        if "minimum" in schema and data < schema["minimum"]:
-            errors.append(f"{where}: {data} < {schema['minimum']}")
-        if "maximum" in schema and data > schema["maximum"]:
-            errors.append(f"{where}: {data} > {schema['maximum']}")
-    if isinstance(data, dict):
-        errors += [f"{where}: missing '{key}'" for key in schema.get("required", []) if key not in data]
-        for key, sub in schema.get("properties", {}).items():
-            if key in data:
-                errors += schema_errors(data[key], sub, f"{where}.{key}")
-    if isinstance(data, list):
-        if len(data) < schema.get("minItems", 0):
-            errors.append(f"{where}: fewer than {schema['minItems']} items")
-        if "items" in schema:
-            for index, item in enumerate(data):
-                errors += schema_errors(item, schema["items"], f"{where}[{index}]")
-    return errors
+def _schema_errors(kind: str, data: Any) -> list[str]:
+    errors = sorted(_validators()[kind].iter_errors(data), key=lambda error: error.json_path)
+    return [f"{error.json_path}: {error.message}" for error in errors]
+
+
+def sidecar_errors(data: Any) -> list[str]:
+    """Why `data` is not a valid output sidecar, one line per problem (`$.seed: -3 is less than the
+    minimum of 0`); empty when it is valid against schemas/sidecar.schema.json."""
+    return _schema_errors("sidecar", data)
+
+
+def summary_errors(data: Any) -> list[str]:
+    """Why `data` is not a valid run summary.json; empty when it is valid against schemas/summary.schema.json."""
+    return _schema_errors("summary", data)

@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import ImpostorReferenceError, MultipleFacesError, ReferenceQualityError, StoreError
 from . import similarity
 from .characters import Reference
+from .crops import FaceCrop
 from .references import combine, find_impostors
 from .vectors import normalise
 
@@ -43,7 +44,8 @@ def parse_image_spec(spec: Any) -> tuple[Any, int | None]:
 
 
 def reference_candidates(analyzer: Any, image: Any, face: int | None = None) -> list[Reference]:
-    """The reference a photo gives: one face, or every comparable face when it is ambiguous."""
+    """The reference a photo gives: one face, or every comparable face when it is ambiguous. Each
+    keeps its aligned face crop, so the character can be embedded with other models later."""
     from ..landmarks.images import describe_source, load_image
 
     source, spec_face = parse_image_spec(image)
@@ -54,7 +56,7 @@ def reference_candidates(analyzer: Any, image: Any, face: int | None = None) -> 
         digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
         label = os.fspath(Path(source).resolve())
     else:
-        pixels = source
+        pixels = load_image(source)
         array = np.asarray(source)
         digest = hashlib.sha256(array.tobytes() + str(array.shape).encode()).hexdigest()
         label = describe_source(source)
@@ -71,7 +73,8 @@ def reference_candidates(analyzer: Any, image: Any, face: int | None = None) -> 
                       quality=float(f.quality.score), det_score=float(f.det_score),
                       bbox=[float(v) for v in f.bbox], face_index=f.index,
                       pose=f.pose.to_dict(), quality_report=f.quality.to_dict(),
-                      fingerprint=analyzer.fingerprint) for f in chosen]
+                      fingerprint=analyzer.fingerprint, crop=FaceCrop.from_photo(pixels, f.kps))
+            for f in chosen]
 
 
 def embed_references(analyzer: Any, images: Sequence[Any], *, face: int | None = None,

@@ -1,9 +1,13 @@
 """`verify`: is the store whole? SQLite's own checks, every row decodes and agrees with the store's
-model, every character vector is the one its references give, and the index cache is current."""
+model, every character vector (in every embedding space) is the one its references give, the
+primary space agrees with the version-1 columns, stored face crops are PNGs of the right size, and
+the index cache is current."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +15,11 @@ import numpy as np
 
 from ..errors import CastkeepError
 from . import rows
-from .characters import Character
+from .characters import Character, Space
+from .crops import FaceCrop
 from .database import Database
 from .index_cache import IndexCache
 from .names import name_key
-from .references import combine
 
 
 def character_problems(characters: list[Character], fingerprint: str | None) -> list[str]:
@@ -39,18 +43,47 @@ def character_problems(characters: list[Character], fingerprint: str | None) -> 
             continue
         if any(r.fingerprint != character.fingerprint for r in character.references):
             problems.append(f"{label}: references from another model")
-        if any(r.embedding.shape != character.vector.shape or not np.all(np.isfinite(r.embedding))
+        if character.fingerprint not in character.spaces:
+            problems.append(f"{label}: has no vector in its own model's space")
+            continue
+        if any(r.embeddings.get(r.fingerprint) is None or not np.array_equal(r.embeddings[r.fingerprint], r.embedding)
                for r in character.references):
-            problems.append(f"{label}: a reference embedding is malformed")
-            continue
-        norm = float(np.linalg.norm(character.vector))
-        if not np.isfinite(norm) or abs(norm - 1) > 1e-3:
-            problems.append(f"{label}: vector is not unit length")
-            continue
-        expected = combine(np.stack([r.embedding for r in character.references]),
-                           np.array([r.quality for r in character.references]))
-        if float(np.dot(expected, character.vector)) < 1 - 1e-4:
-            problems.append(f"{label}: vector does not match its references")
+            problems.append(f"{label}: a reference's embedding differs from its copy in ref_embeddings")
+        if not np.array_equal(character.spaces[character.fingerprint].vector, character.vector):
+            problems.append(f"{label}: vector differs from its copy in character_vectors")
+        for space in character.spaces.values():
+            problems += [f"{label}: {p}" for p in space_problems(character, space)]
+    return problems
+
+
+def space_problems(character: Character, space: Space) -> list[str]:
+    """What is wrong with one space of a character: sizes, unit length, agreement with its references."""
+    where = "" if space.fingerprint == character.fingerprint else f" in space {space.fingerprint}"
+    embedded = [r for r in character.references if space.fingerprint in r.embeddings]
+    if not embedded:
+        return [f"vector{where} has no reference embedded in its space"]
+    embeddings = [r.embeddings[space.fingerprint] for r in embedded]
+    if any(e.shape != space.vector.shape or not np.all(np.isfinite(e)) for e in embeddings):
+        return [f"a reference embedding{where} is malformed"]
+    norm = float(np.linalg.norm(space.vector))
+    if not np.isfinite(norm) or abs(norm - 1) > 1e-3:
+        return [f"vector{where} is not unit length"]
+    expected = Space.fit(space.fingerprint, np.stack(embeddings), np.array([r.quality for r in embedded]))
+    if float(np.dot(expected.vector, space.vector)) < 1 - 1e-4:
+        return [f"vector{where} does not match its references"]
+    return []
+
+
+def crop_problems(headers: Sequence[tuple[int, bytes, str | None]]) -> list[str]:
+    """Stored face crops that are not PNGs of the crop size, or lack their keypoints."""
+    problems = []
+    for ref_id, head, kps in headers:
+        try:
+            if kps is None:
+                raise CastkeepError("face crop without its keypoints")
+            FaceCrop.from_stored(head, json.loads(kps))
+        except (CastkeepError, ValueError) as exc:
+            problems.append(f"reference {ref_id}: {exc}")
     return problems
 
 
@@ -68,7 +101,9 @@ def verify(db: Database, cache: IndexCache, folder: Path, *, repair_index: bool 
         generation = db.generation()
         fingerprint = db.meta("fingerprint")
         ref_count = rows.count_references(db)
+        crop_headers = rows.crop_headers(db)
     problems += character_problems(characters, fingerprint)
+    problems += crop_problems(crop_headers)
     index_report: dict[str, Any] = {"kind": cache.kind}
     _, state = cache.load_file(generation)
     index_report["state"] = state

@@ -2,10 +2,17 @@
 older store up to SCHEMA_VERSION.
 
 A new store is created at version 1 and then migrated like any other, so the steps are the one
-record of how the schema grew. `MIGRATIONS[v]` turns a version-v database into version v + 1; the
-steps run in order inside a single write transaction at open, so a store is at its old version or
-at the new one, never in between (SQLite's DDL is transactional). A store newer than this castkeep
-is refused rather than guessed at.
+record of how the schema grew:
+
+- version 1: characters (one vector each) and their references (one embedding each), one model.
+- version 2: references keep their aligned face crop (PNG) and its keypoints, and characters hold
+  embeddings per recogniser fingerprint (`ref_embeddings`, `character_vectors`); the store's meta
+  fingerprint is the primary space, still mirrored in the version-1 columns.
+
+`MIGRATIONS[v]` turns a version-v database into version v + 1; the steps run in order inside a
+single write transaction at open, so a store is at its old version or at the new one, never in
+between (SQLite's DDL is transactional). A store newer than this castkeep is refused rather than
+guessed at.
 """
 
 from __future__ import annotations
@@ -16,11 +23,9 @@ from datetime import datetime, timezone
 from ..errors import StoreError
 from .database import Database
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 Migration = Callable[[Database], None]
-# from_version -> the step to from_version + 1 (none yet: version 2 adds the first).
-MIGRATIONS: dict[int, Migration] = {}
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -57,6 +62,50 @@ CREATE TABLE IF NOT EXISTS refs (
 CREATE INDEX IF NOT EXISTS refs_by_character ON refs(character_id);
 CREATE INDEX IF NOT EXISTS refs_by_sha256 ON refs(sha256);
 """
+
+
+# Version 1 -> 2. Existing embeddings and vectors are copied into the per-fingerprint tables; the
+# references of a version-1 store have no crop (NULL): `reembed` re-reads their photos when it can.
+SCHEMA_V2 = """
+ALTER TABLE refs ADD COLUMN crop BLOB;
+ALTER TABLE refs ADD COLUMN crop_kps TEXT;
+CREATE TABLE ref_embeddings (
+    ref_id INTEGER NOT NULL REFERENCES refs(id) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (ref_id, fingerprint)
+) WITHOUT ROWID;
+CREATE TABLE character_vectors (
+    character_id INTEGER NOT NULL REFERENCES characters(id) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    vector BLOB NOT NULL,
+    baseline TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (character_id, fingerprint)
+) WITHOUT ROWID;
+INSERT INTO ref_embeddings(ref_id, fingerprint, dim, vector)
+    SELECT id, fingerprint, length(embedding) / 4, embedding FROM refs;
+INSERT INTO character_vectors(character_id, fingerprint, dim, vector, baseline, updated_at)
+    SELECT id, fingerprint, dim, vector, baseline, updated_at FROM characters;
+"""
+
+
+def _run_script(db: Database, script: str) -> None:
+    # One statement at a time through `execute`: executescript would COMMIT the open transaction.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def to_v2(db: Database) -> None:
+    """Version 1 -> 2: face crops on references, embeddings per recogniser fingerprint."""
+    _run_script(db, SCHEMA_V2)
+
+
+# from_version -> the step to from_version + 1
+MIGRATIONS: dict[int, Migration] = {1: to_v2}
 
 
 def refuse_foreign(db: Database) -> None:
@@ -109,9 +158,7 @@ def _version(db: Database) -> int:
 
 
 def _create_v1(db: Database) -> None:
-    for statement in SCHEMA_V1.split(";"):
-        if statement.strip():
-            db.execute(statement)
+    _run_script(db, SCHEMA_V1)
     defaults = {"schema_version": "1", "generation": "0", "index_kind": "exact",
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     db.executemany("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", defaults.items())

@@ -5,15 +5,21 @@
         store.identify("render.png", k=3)              # [Match(name, score, probability, same), ...]
         store.score("render.png", "Mara")              # cosine, probability, verdict, leakage
 
-Layout of a store folder: `castkeep.sqlite3` (WAL mode; characters, references with their
-embeddings, metadata) and `index.faiss` (a cache over the character vectors, rebuilt whenever it is
-missing, stale or fails its checksum). Every change is one SQLite transaction taken with
+        store.reembed("Mara", models="buffalo_l")      # add buffalo_l's space from the stored crops
+        store.vector("Mara", "buffalo_l")              # Mara's vector in that space
+
+Layout of a store folder: `castkeep.sqlite3` (WAL mode; characters, references with their aligned
+face crops and embeddings, one embedding space per recogniser, metadata) and `index.faiss` (a cache
+over the character vectors of the primary space, rebuilt whenever it is missing, stale or fails its
+checksum). The primary space is the model the store was created with (its meta `fingerprint`):
+registration, identify and score use it; `reembed` adds others. Every change is one SQLite transaction taken with
 BEGIN IMMEDIATE *after* the photos were embedded, so a killed process leaves the store before or
 after a registration, and concurrent writers queue on SQLite's lock instead of losing work.
 
 `Store` is the facade; the parts live in database (connection, transactions, meta), migrations
 (schema versions), rows (row <-> record mapping), enrolment (photos -> accepted references),
-index_cache (the FAISS cache) and integrity (verify).
+crops (the stored face crops), reembedding (references -> another space), index_cache (the FAISS
+cache) and integrity (verify).
 """
 
 from __future__ import annotations
@@ -27,15 +33,22 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CastkeepError, DuplicateCharacterError, NoStoreError, StoreError, UnknownCharacterError
+from ..errors import (
+    CastkeepError,
+    DuplicateCharacterError,
+    NoStoreError,
+    StoreError,
+    UnknownCharacterError,
+)
 from ..utils import remove_stale_temporaries
 from . import integrity, migrations, rows, similarity
 from .calibration import probability
-from .characters import Character, CharacterScore, Match, Reference
+from .characters import Character, CharacterScore, Match, Reference, Space, pack_of
 from .database import DB_NAME, Database
 from .enrolment import MAX_REFERENCES, MAX_REFERENCES_PER_CALL, embed_references, gate_impostors, parse_image_spec
 from .index_cache import INDEX_NAME, IndexCache
 from .names import clean_tags, name_key, normalize_name
+from .reembedding import ReembedReport, embed_character
 from .references import baseline_of, combine
 from .vectors import normalise
 
@@ -195,11 +208,12 @@ class Store:
                              f"the store's pack, or another --store)", path=self.path)
 
     # ------------------------------------------------------------------ reading
-    def get(self, name: str) -> Character:
-        """The character called `name` (case-insensitive); UnknownCharacterError if none."""
+    def get(self, name: str, *, crops: bool = False) -> Character:
+        """The character called `name` (case-insensitive); UnknownCharacterError if none. Its
+        references' face crops are read only with `crops`."""
         key = name_key(name)
         with self._db.guard():
-            found = rows.read_characters(self._db, "WHERE name_key = ?", (key,))
+            found = rows.read_characters(self._db, "WHERE name_key = ?", (key,), crops=crops)
         if not found:
             raise UnknownCharacterError(f"no character named '{normalize_name(name)}' in this store "
                                         f"(see `castkeep list`)")
@@ -252,16 +266,24 @@ class Store:
         return self._insert(character, warnings, taken=f"a character named '{name}' already exists")
 
     def import_file(self, path: str | os.PathLike, *, name: str | None = None) -> Character:
-        """Add a character from an exported file (same model pack only); `name` renames it."""
+        """Add a character from an exported file; `name` renames it. The file must hold the
+        store's model space for every reference (as its primary space or as another one)."""
         from .portable import read_character
 
         character = read_character(Path(path))
         if name is not None:
             character.name = normalize_name(name)
-        embeddings = np.stack([r.embedding for r in character.references])
-        weights = np.array([r.quality for r in character.references])
-        character.vector = combine(embeddings, weights)
-        character.baseline = baseline_of(embeddings, weights)
+        stored = self.fingerprint
+        if stored is not None and stored != character.fingerprint:
+            if not all(stored in r.embeddings for r in character.references):
+                raise StoreError(f"this store holds embeddings from model '{stored}', and the file has "
+                                 f"{'only some' if stored in character.spaces else 'none'} of "
+                                 f"'{character.name}''s references in that space; embeddings of different models "
+                                 f"cannot be mixed (add them where it was exported: `castkeep reembed "
+                                 f"{character.name} --models {pack_of(stored)}`, or import into another --store)",
+                                 path=path)
+            character = character.with_primary(stored)
+        character.refit()
         return self._insert(character, [], taken=f"a character named '{character.name}' already exists "
                                                  f"(import it under another name with --name)")
 
@@ -314,14 +336,23 @@ class Store:
                     raise UnknownCharacterError(f"character '{existing.name}' was removed meanwhile")
                 rows.insert_references(self._db, existing.id, fresh, now)
                 # Refit from what is stored now (another process may have added references too).
-                embeddings, weights = rows.reference_embeddings(self._db, existing.id)
-                vector = combine(embeddings, weights)
-                rows.update_vector(self._db, existing.id, vector, baseline_of(embeddings, weights), now)
+                space = self._refit_space(existing.id, analyzer.fingerprint)
+                rows.write_space(self._db, existing.id, space, now, primary=True)
                 generation = self._db.bump_generation()
-        self._index.apply(generation, remove=[existing.id], add={existing.id: vector})
+        self._index.apply(generation, remove=[existing.id], add={existing.id: space.vector})
         character = self.get(existing.name)
+        for other in character.spaces.values():
+            if other.references < len(character.references):
+                warnings.append(f"the new references are not in {other.pack}'s space yet: add them "
+                                f"with `castkeep reembed {character.name} --models {other.pack}`")
         character.warnings = warnings
         return character
+
+    def _refit_space(self, character_id: int, fingerprint: str) -> Space:
+        """Inside a write: a character's space fitted from its references stored in it now."""
+        found = rows.space_embeddings(self._db, character_id, fingerprint)
+        assert found is not None  # callers have just stored embeddings in this space
+        return Space.fit(fingerprint, *found)
 
     def remove(self, name: str) -> None:
         character = self.get(name)
@@ -397,12 +428,89 @@ class Store:
                               leakage=closest is not None and closest.score > cosine,
                               baseline_mean=character.baseline.get("mean"))
 
+    # ------------------------------------------------------------------ embedding spaces
+    def vector(self, name: str, space: str | Any | None = None) -> np.ndarray:
+        """Character `name`'s vector in one embedding space: a fingerprint, a pack name (e.g.
+        "buffalo_l"), a ModelPack, or None for the store's primary space. UnknownSpaceError, naming
+        the `castkeep reembed` command that adds it, when the character has no such space."""
+        character = self.get(name)
+        if space is None:
+            return character.vector
+        return character.space(space if isinstance(space, str) else space.fingerprint).vector
+
+    def reembed(self, name: str | None, *, models: str | os.PathLike | Any, device: str | None = None,
+                progress: Callable[[Any], Any] | None = None) -> ReembedReport:
+        """Add the embedding space of model pack `models` (a name, folder or ModelPack) to character
+        `name`, or to every character with None, from the references' stored face crops.
+
+        References without a crop (stored before crops were kept) are re-read from their original
+        photo when it is unchanged, else listed in the report as missing; the space is then fitted
+        from the references that could be embedded, and the character keeps its other spaces. Only
+        references not yet in that space are embedded, so a second run completes a partial one.
+        Each character's new space is stored in one transaction, taken after its embedding.
+        """
+        from ..landmarks.detection import FaceDetector
+        from ..landmarks.model_pack import ModelPack
+        from .embedder import ArcFaceEmbedder
+
+        if name is not None:
+            self.get(name)  # UnknownCharacterError before any model is loaded
+        pack = models if isinstance(models, ModelPack) else ModelPack.from_pretrained(
+            models, device=device or self._device)
+        fingerprint = pack.fingerprint
+        embedder = ArcFaceEmbedder(pack.model("recognition"))
+        detectors: list[FaceDetector] = []
+
+        def detector() -> FaceDetector:  # loaded only for references without a crop
+            if not detectors:
+                detectors.append(FaceDetector(pack.model("detection")))
+            return detectors[0]
+
+        with self._db.guard():
+            keys = [name_key(name)] if name is not None else [name_key(n) for n in rows.names(self._db)]
+        report = ReembedReport(fingerprint=fingerprint, pack=pack.name)
+        for key in keys:
+            with self._db.guard():
+                found = rows.read_characters(self._db, "WHERE name_key = ?", (key,), crops=True)
+            if not found:
+                continue  # removed meanwhile
+            pending = embed_character(found[0], fingerprint, embedder, detector, progress)
+            report.characters.append(pending.outcome)
+            if pending.embeddings:
+                self._store_space(found[0], fingerprint, pending.embeddings, pending.new_crops)
+        return report
+
+    def _store_space(self, character: Character, fingerprint: str, embeddings: dict[int, np.ndarray],
+                     new_crops: dict[int, Any]) -> None:
+        """One transaction: new embeddings (of the references still there), crops re-made from
+        photos, and the space refitted from everything stored in it now."""
+        assert character.id is not None
+        with self._db.guard():
+            with self._db.write():
+                present = rows.reference_ids(self._db, character.id)
+                rows.add_embeddings(self._db, [(ref_id, fingerprint, vector) for ref_id, vector in embeddings.items()
+                                               if ref_id in present])
+                for ref_id, crop in new_crops.items():
+                    if ref_id in present:
+                        rows.set_crop(self._db, ref_id, crop)
+                if rows.space_embeddings(self._db, character.id, fingerprint) is None:
+                    return  # every reference was removed meanwhile
+                space = self._refit_space(character.id, fingerprint)
+                primary = fingerprint == self._db.meta("fingerprint")
+                rows.write_space(self._db, character.id, space, _now(), primary=primary)
+                if primary:  # (only after damage: every reference is embedded in it at registration)
+                    self._db.bump_generation()
+        if primary:
+            self._index.forget()
+
     # ------------------------------------------------------------------ files and upkeep
-    def export(self, name: str, out_path: str | os.PathLike) -> Path:
-        """Write character `name` to a portable file (or into a folder as `<name>.castkeep.json`)."""
+    def export(self, name: str, out_path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write character `name` to a portable file (or into a folder as `<name>.castkeep.json`).
+        Never inside the store's folder; an existing file that is not a castkeep export needs `overwrite`."""
         from .portable import write_character
 
-        return write_character(self.get(name), Path(out_path))
+        return write_character(self.get(name, crops=True), Path(out_path), protected=self.path,
+                               overwrite=overwrite)
 
     def verify(self, *, repair_index: bool = True) -> dict[str, Any]:
         """Check the database (SQLite integrity, every row decodes, vectors match their references)

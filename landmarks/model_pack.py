@@ -8,6 +8,8 @@ pack folders, and wins over the default so everything works offline from local p
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from collections.abc import Sequence
@@ -158,7 +160,10 @@ class ModelPack:
             from insightface.model_zoo import model_zoo
 
             onnxruntime.set_default_logger_severity(3)
-            model = model_zoo.get_model(os.fspath(self.model_file(task)), providers=self.providers)
+            # insightface 0.7.x print()s "Applied providers: ..." on stdout, which would corrupt --json
+            # output; what really runs is reported by active_providers() instead.
+            with contextlib.redirect_stdout(io.StringIO()):
+                model = model_zoo.get_model(os.fspath(self.model_file(task)), providers=self.providers)
             if model is None or model.taskname != task:
                 raise ModelNotFoundError(f"{self.model_file(task)} is not a {task} model")
             self._models[task] = model

@@ -1,10 +1,22 @@
-"""Shared fixtures: the real models and photos in ../shared (CASTKEEP_SHARED overrides)."""
+"""Shared fixtures (the real models and photos in ../shared; CASTKEEP_SHARED overrides) and the test lanes.
+
+Markers (registered in pyproject.toml): `slow` (over ~2 s here), `subprocess` (starts processes),
+`generation` (needs torch and diffusers). `pytest --fast` deselects all three: the lane to run while
+editing. Plain `pytest` runs everything, as CI does. Two checks keep the marks honest: a test that starts
+a Python process without the `subprocess` mark fails, and unmarked tests over 2 s are listed at the end.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -12,6 +24,7 @@ SHARED = Path(os.environ.get("CASTKEEP_SHARED", ROOT.parent / "shared")).resolve
 PACK_DIR = SHARED / "models" / "buffalo_s_lite"
 LANDMARKER = SHARED / "models" / "mediapipe" / "face_landmarker.task"
 FACES = SHARED / "faces"
+LFW_PAIRS = FACES / "lfw_pairs_fold1" / "pairs.txt"
 
 if not PACK_DIR.is_dir() or not FACES.is_dir():  # pragma: no cover - a setup problem, say so loudly
     raise pytest.UsageError(f"test fixtures not found under {SHARED}; set CASTKEEP_SHARED")
@@ -22,6 +35,81 @@ os.environ["CASTKEEP_MODELS"] = str(PACK_DIR)
 os.environ["CASTKEEP_FACE_LANDMARKER"] = str(LANDMARKER)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GLOG_minloglevel", "2")
+
+LANE_MARKS = ("slow", "subprocess", "generation")
+SLOW_SECONDS = 2.0
+# Requesting one of these fixtures puts a test in that lane.
+MARKS_BY_FIXTURE = {"cli": ("subprocess",), "tiny_models": ("generation",)}
+
+
+# ---------------------------------------------------------------------------------- lanes
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--fast", action="store_true",
+                     help="the quick lane: deselect tests marked slow, subprocess or generation")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    lfw_cold = None
+    for item in items:
+        marks = {mark for fixture, names in MARKS_BY_FIXTURE.items() if fixture in item.fixturenames
+                 for mark in names}
+        if "lfw_fold" in item.fixturenames:
+            if lfw_cold is None:
+                lfw_cold = not _lfw_cache_file(config).is_file()
+            if lfw_cold:  # embedding 1,100 photos takes a minute or more; cached, it is free
+                marks.add("slow")
+        for mark in sorted(marks - {m.name for m in item.iter_markers()}):
+            item.add_marker(mark)
+    config.stash[_LFW_COLD] = bool(lfw_cold)
+    if config.getoption("fast"):
+        kept = [item for item in items if not any(item.get_closest_marker(m) for m in LANE_MARKS)]
+        deselected = [item for item in items if item not in kept]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = kept
+
+
+_LFW_COLD = pytest.StashKey[bool]()
+_unmarked_slow: list[tuple[str, float]] = []
+
+
+@pytest.fixture(autouse=True)
+def _starting_python_needs_the_subprocess_mark(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """A test that starts Python (the CLI, a child store writer) without the `subprocess` mark fails:
+    `--fast` trusts that mark to keep process start-up out of the quick lane."""
+    if request.node.get_closest_marker("subprocess") is not None:
+        yield
+        return
+    started: list[str] = []
+    original = subprocess.Popen.__init__
+
+    def recording(self, args, *rest, **kwargs):
+        argv = [args] if isinstance(args, (str, os.PathLike)) else list(args)
+        if argv and (os.fspath(argv[0]) == sys.executable or "castkeep" in os.fspath(argv[0])):
+            started.append(" ".join(os.fspath(a) for a in argv)[:200])
+        original(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", recording)
+    yield
+    if started:
+        pytest.fail(f"started {started[0]!r} but is not marked `subprocess` (pytest.mark.subprocess)", pytrace=False)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.duration > SLOW_SECONDS and "slow" not in report.keywords:
+        _unmarked_slow.append((report.nodeid, report.duration))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if _unmarked_slow:
+        terminalreporter.write_sep("-", f"over {SLOW_SECONDS:g} s without the `slow` mark")
+        for nodeid, seconds in sorted(_unmarked_slow, key=lambda x: -x[1]):
+            terminalreporter.write_line(f"{seconds:6.1f} s  {nodeid}")
+    if config.stash.get(_LFW_COLD, False):
+        how = ("a run that includes them caches them (e.g. `pytest tests/identity/test_lfw_verification.py`)"
+               if getattr(config, "cache", None) is not None else "pytest's cache plugin is off, so nothing is kept")
+        terminalreporter.write_line("note: the LFW embeddings were not cached when this run started, so the tests "
+                                    f"using them counted as slow; {how}")
 
 
 @pytest.fixture(scope="session")
@@ -98,13 +186,15 @@ def bad_image(tmp_path):
     return lambda kind, photo: write_bad_image(kind, tmp_path, photo)
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
-    """Run `castkeep` as a user would, in a subprocess: returns CompletedProcess (text)."""
-    import subprocess
-    import sys
-
+def run_cli(*args: str, env: dict[str, str | None] | None = None, cwd: Path | None = None):
+    """Run `castkeep` as a user would, in a subprocess: returns CompletedProcess (text). `env` adds to
+    this process's environment; a None value removes that variable."""
     full_env = dict(os.environ)
-    full_env.update(env or {})
+    for key, value in (env or {}).items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
     return subprocess.run([sys.executable, "-m", "castkeep", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=600)
 
@@ -112,3 +202,144 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@dataclass
+class CliResult:
+    """What `invoke` returns: the fields of subprocess.CompletedProcess the tests read."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def invoke_cli(*args: str, env: dict[str, str | None] | None = None) -> CliResult:
+    """Run `castkeep ARGS` in this process: the console entry point (`cli.main.main`: parsing, one-line
+    errors, exit codes) inside click's CliRunner isolation, without starting Python and loading libraries
+    again. Native (C++) log lines bypass it: the `cli` subprocess tests check those."""
+    from click.testing import CliRunner
+
+    from castkeep.cli.main import main
+
+    with CliRunner().isolation(env=env) as (stdout, stderr, _):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        return CliResult(code, stdout.getvalue().decode(), stderr.getvalue().decode())
+
+
+@pytest.fixture
+def invoke():
+    return invoke_cli
+
+
+# ---------------------------------------------------------------------------------- LFW embeddings
+def read_lfw_pairs(path: Path = LFW_PAIRS) -> list[tuple[str, str, bool]]:
+    """(photo a, photo b, same person) per line, photos relative to the faces folder."""
+    rows = [line.split() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [(a, b, flag == "1") for a, b, flag in rows]
+
+
+@dataclass
+class LfwFold:
+    """LFW View-2 fold 1: the 600 pairs and one ArcFace embedding per photo (centre face selection)."""
+
+    pairs: list[tuple[str, str, bool]]
+    embeddings: dict[str, np.ndarray]
+
+    def scores(self, pairs: list[tuple[str, str, bool]] | None = None) -> np.ndarray:
+        return np.array([float(self.embeddings[a] @ self.embeddings[b]) for a, b, _ in pairs or self.pairs])
+
+    def same(self, pairs: list[tuple[str, str, bool]] | None = None) -> np.ndarray:
+        return np.array([flag for _, _, flag in pairs or self.pairs])
+
+
+def _lfw_photos() -> list[str]:
+    return sorted({photo for a, b, _ in read_lfw_pairs() for photo in (a, b)})
+
+
+def _lfw_cache_key() -> str:
+    """Everything the embeddings depend on: the photos, the model files, castkeep's face code and the
+    libraries that decode, align and run them. Any change makes a new key (and a fresh embedding)."""
+    digest = hashlib.sha256(b"lfw-fold1 FaceAnalyzer(dense=False, landmarks_106=False, selection=center)")
+    code = [*sorted((ROOT / "landmarks").glob("*.py")), *sorted((ROOT / "identity").glob("*.py")),
+            ROOT / "errors.py", ROOT / "utils.py"]
+    files = [*(FACES / photo for photo in _lfw_photos()), *sorted(PACK_DIR.glob("*.onnx")), *code]
+    for path in files:
+        digest.update(f"{path.parent.name}/{path.name}".encode())
+        digest.update(path.read_bytes() if path.is_file() else b"-")
+    for package in ("numpy", "onnxruntime", "opencv-python", "pillow", "insightface"):
+        try:
+            digest.update(f"{package}={importlib.metadata.version(package)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{package}=-".encode())
+    return digest.hexdigest()
+
+
+_lfw_key_memo: list[str] = []
+
+
+def _lfw_cache_file(config: pytest.Config) -> Path:
+    """Where this key's embeddings live in pytest's cache (.pytest_cache); a path that never exists
+    when the cache plugin is off (`-p no:cacheprovider`)."""
+    cache = getattr(config, "cache", None)
+    if cache is None:
+        return Path(os.devnull) / "no-cache"
+    if not _lfw_key_memo:
+        _lfw_key_memo.append(_lfw_cache_key())
+    return cache.mkdir("castkeep-lfw-embeddings") / f"{_lfw_key_memo[0][:32]}.npz"
+
+
+def _embed_lfw(analyzer, photos: list[str]) -> np.ndarray:
+    return np.stack([analyzer.embed(FACES / photo).embedding for photo in photos]).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def lfw_fold(request: pytest.FixtureRequest, model_pack) -> LfwFold:
+    """The fold's embeddings, computed once per key and kept in pytest's cache between runs; a cached
+    copy is spot-checked against three fresh embeddings before it is trusted."""
+    from castkeep.identity.analyzer import FaceAnalyzer
+
+    # LFW photos are framed on the named person: 123 of the 1,200 images hold other faces too,
+    # and the centred face is the labelled one (with "largest", Julianna_Margulies_0001 is wrong).
+    analyzer = FaceAnalyzer(model_pack, dense=False, landmarks_106=False, selection="center")
+    photos = _lfw_photos()
+    cache_file = _lfw_cache_file(request.config)
+    matrix = None
+    if cache_file.is_file():
+        with np.load(cache_file) as stored:
+            if list(stored["photos"]) == photos:
+                matrix = stored["embeddings"]
+        probe = [0, len(photos) // 2, len(photos) - 1]
+        if matrix is not None and not np.allclose(matrix[probe], _embed_lfw(analyzer, [photos[i] for i in probe]),
+                                                  atol=1e-4):
+            matrix = None
+    if matrix is None:
+        matrix = _embed_lfw(analyzer, photos)
+        if cache_file.parent.is_dir():
+            for old in cache_file.parent.glob("*.npz"):
+                old.unlink()
+            partial = cache_file.with_suffix(".partial.npz")
+            np.savez(partial, photos=np.array(photos), embeddings=matrix)
+            os.replace(partial, cache_file)
+    return LfwFold(pairs=read_lfw_pairs(), embeddings=dict(zip(photos, matrix, strict=True)))
+
+
+def copy_pack(pack_dir: Path, folder: Path) -> Path:
+    """Another "model pack" holding the same ONNX files (symlinked) under the folder's name: its
+    fingerprint (pack name : recognition file : sha256) differs, so it is another embedding space
+    whose embeddings equal buffalo_s_lite's."""
+    folder.mkdir(parents=True)
+    for onnx in pack_dir.glob("*.onnx"):
+        (folder / onnx.name).symlink_to(onnx)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def second_pack(tmp_path_factory) -> Path:
+    return copy_pack(PACK_DIR, tmp_path_factory.mktemp("packs") / "buffalo_s_copy")

@@ -105,7 +105,7 @@ def test_store_round_trip(tmp_path, faces_dir, fast_analyzer):
 # ---------------------------------------------------------------------------------- generation
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, Path]:
-    from castkeep.generation.testing import save_tiny_faceid, save_tiny_pipeline
+    from tiny_pipelines import save_tiny_faceid, save_tiny_pipeline  # tests/generation (pytest pythonpath)
 
     root = tmp_path_factory.mktemp("tiny-api")
     pipeline = save_tiny_pipeline(root / "sd15")

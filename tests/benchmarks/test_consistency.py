@@ -1,11 +1,13 @@
-"""`castkeep bench consistency` on a run folder built from real photos: five of one person, one
-impostor, one faceless frame. The impostor must come out as the (only) outlier."""
+"""`castkeep bench consistency` on a run folder built from real photos: four of one person, one
+impostor, one faceless frame. The impostor must come out as the (only) outlier, and every score must be
+what the test computes itself from the same faces."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -37,8 +39,12 @@ def run_dir(faces_dir, tmp_path) -> Path:
     return run
 
 
-def test_consistency_without_store_uses_the_run_centroid(cli, run_dir, tmp_path):
-    result = cli("bench", "consistency", str(run_dir), "--store", str(tmp_path / "no-store"), "--json")
+def _faces(run: Path, analyzer) -> dict[str, np.ndarray]:
+    return {f"out_{i:02d}.png": analyzer.embed(run / f"out_{i:02d}.png").embedding for i in range(5)}
+
+
+def test_consistency_without_store_uses_the_run_centroid(invoke, run_dir, fast_analyzer, tmp_path):
+    result = invoke("bench", "consistency", str(run_dir), "--store", str(tmp_path / "no-store"), "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["reference"].startswith("run centroid")
@@ -46,50 +52,59 @@ def test_consistency_without_store_uses_the_run_centroid(cli, run_dir, tmp_path)
     assert data["outputs"] == 6 and data["with_face"] == 5
     assert [r["image"] for r in data["no_face"]] == ["out_05.png"]
     assert data["outliers"] == ["out_04.png"]
-    assert data["consistency_rate"] <= 4 / 6  # the impostor and the faceless frame both fail
-    assert len(data["pairwise"]["matrix"]) == 5
+    # Leave-one-out: each face against the normalised sum of the other four, computed here.
+    faces = _faces(run_dir, fast_analyzer)
+    total = sum(faces.values())
+    for row in data["images"]:
+        others = total - faces[row["image"]]
+        assert row["score"] == pytest.approx(float(others @ faces[row["image"]]) / np.linalg.norm(others), abs=1e-4)
+    # The impostor and the faceless frame both fail; the four photos of one person pass.
+    assert data["below_threshold"] == ["out_04.png"] and data["consistency_rate"] == pytest.approx(4 / 6)
+    names = list(faces)
+    assert data["pairwise"]["labels"] == names
+    expected = np.array([[faces[a] @ faces[b] for b in names] for a in names])
+    np.testing.assert_allclose(data["pairwise"]["matrix"], expected, atol=1e-4)
     for plot in data["plots"].values():
         assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Path(data["result_json"]).parent == run_dir / "consistency"
 
 
-def test_consistency_against_a_stored_character(cli, run_dir, faces_dir, tmp_path):
-    store = tmp_path / "store"
-    refs = sorted((faces_dir / "lfw_gallery" / PERSON).glob("*.jpg"))[:2]
-    from castkeep.identity.analyzer import FaceAnalyzer
+def test_consistency_against_a_stored_character(invoke, run_dir, faces_dir, fast_analyzer, tmp_path):
     from castkeep.identity.store import Store
 
-    with FaceAnalyzer.from_pretrained(None, dense=False, landmarks_106=False) as analyzer:
-        with Store.open(store, analyzer=analyzer, create=True) as opened:
-            opened.register("toledo", refs)
-    result = cli("bench", "consistency", str(run_dir), "--store", str(store), "--json")
+    store = tmp_path / "store"
+    refs = sorted((faces_dir / "lfw_gallery" / PERSON).glob("*.jpg"))[:2]
+    with Store.open(store, analyzer=fast_analyzer, create=True) as opened:
+        vector = opened.register("toledo", refs).vector
+    result = invoke("bench", "consistency", str(run_dir), "--store", str(store), "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["reference"] == "character 'toledo'"
-    scores = {r["image"]: r for r in data["images"]}
-    assert scores["out_04.png"]["score"] < data["threshold"] < min(
-        scores[f"out_{i:02d}.png"]["score"] for i in range(4))
+    faces = _faces(run_dir, fast_analyzer)
+    scores = {r["image"]: r["score"] for r in data["images"]}
+    assert scores == pytest.approx({name: float(face @ vector) / np.linalg.norm(vector)
+                                    for name, face in faces.items()}, abs=1e-4)
+    assert scores["out_04.png"] < data["threshold"] < min(scores[f"out_{i:02d}.png"] for i in range(4))
     assert data["consistency_rate"] == pytest.approx(4 / 6)
     assert data["below_threshold"] == ["out_04.png"]
     # A re-run does not embed its own plots (they live under RUN_DIR/consistency).
-    again = cli("bench", "consistency", str(run_dir), "--store", str(store), "--json")
+    again = invoke("bench", "consistency", str(run_dir), "--store", str(store), "--json")
     assert json.loads(again.stdout)["outputs"] == 6
 
 
-def test_unknown_character_is_an_error(cli, run_dir, tmp_path):
+def test_unknown_character_is_an_error(invoke, run_dir, tmp_path):
     store = tmp_path / "store"
-    result = cli("bench", "consistency", str(run_dir), "--character", "nobody", "--store", str(store))
-    assert result.returncode != 0 and result.stderr.startswith("error:")
+    result = invoke("bench", "consistency", str(run_dir), "--character", "nobody", "--store", str(store))
+    assert result.returncode not in (0, 1, 70) and result.stderr.startswith("error:")
+    assert len(result.stderr.splitlines()) == 1
 
 
-def test_empty_run_dir_is_an_error(cli, tmp_path):
-    result = cli("bench", "consistency", str(tmp_path))
+def test_empty_run_dir_is_an_error(invoke, tmp_path):
+    result = invoke("bench", "consistency", str(tmp_path))
     assert result.returncode == BenchmarkInputError.exit_code and "no images" in result.stderr
 
 
 def test_a_generation_run_counts_only_outputs_with_sidecars(tmp_path):
-    from PIL import Image
-
     from castkeep.benchmarks.consistency import run_images
 
     for name in ("Mara_01_s1.png", "Mara_02_s2.png", "contact_sheet.png"):

@@ -7,8 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from castkeep.benchmarks.metrics import (accuracy_at, best_threshold, equal_error_rate, fold_indices,
-                                         kfold_accuracy, roc_curve, tar_at_far, verification_metrics)
+from castkeep.benchmarks.metrics import (
+    accuracy_at,
+    best_threshold,
+    equal_error_rate,
+    fold_indices,
+    kfold_accuracy,
+    roc_curve,
+    tar_at_far,
+    verification_metrics,
+)
 
 
 def _phi(x: float) -> float:
@@ -36,7 +44,8 @@ def test_auc_is_mann_whitney():
     scores = np.round(rng.normal(size=300), 1)  # rounding makes ties, which count one half
     labels = rng.random(300) < 0.4
     pos, neg = scores[labels], scores[~labels]
-    expected = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (pos.size * neg.size)
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    expected = wins / (pos.size * neg.size)
     assert roc_curve(scores, labels).auc == pytest.approx(expected)
 
 

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from castkeep.errors import BenchmarkInputError
 from castkeep.benchmarks.store_scale import make_queries, numpy_search, parse_sizes, unit_vectors
+from castkeep.errors import BenchmarkInputError
 
 
-def test_store_cli_small(cli, tmp_path):
-    result = cli("bench", "store", "--sizes", "1e3", "--queries", "20", "--out", str(tmp_path), "--json")
+def test_store_cli_small(invoke, tmp_path):
+    result = invoke("bench", "store", "--sizes", "1e3", "--queries", "20", "--out", str(tmp_path), "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     (row,) = data["sizes"]

@@ -14,6 +14,7 @@ from castkeep.benchmarks.pairs import read_pairs
 from castkeep.benchmarks.pipelines import CastkeepPipeline
 from castkeep.benchmarks.verification import run_verification
 from castkeep.errors import BenchmarkInputError
+from castkeep.identity.similarity import SAME_PERSON_THRESHOLD
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 METRIC_KEYS = {"accuracy", "accuracy_std", "threshold", "auc", "eer", "tar_at_far", "failures_to_detect",
@@ -29,20 +30,32 @@ def assert_png(path: str | Path) -> None:
 
 def _lfw_slice(faces_dir: Path, n: int) -> list[str]:
     lines = (faces_dir / "lfw_pairs_fold1" / "pairs.txt").read_text().splitlines()
-    same = [l for l in lines if l.endswith(" 1")][: n // 2]
-    different = [l for l in lines if l.endswith(" 0")][: n // 2]
+    same = [line for line in lines if line.endswith(" 1")][: n // 2]
+    different = [line for line in lines if line.endswith(" 0")][: n // 2]
     return same + different
 
 
-def test_verify_cli_on_lfw_slice(cli, faces_dir, tmp_path):
-    result = cli("bench", "verify", "--pairs", str(faces_dir / "lfw_pairs_fold1" / "pairs.txt"),
-                 "--limit", "20", "--out", str(tmp_path), "--json")
+@pytest.mark.slow
+def test_verify_cli_on_lfw_slice(invoke, faces_dir, lfw_fold, tmp_path):
+    pairs_file = faces_dir / "lfw_pairs_fold1" / "pairs.txt"
+    result = invoke("bench", "verify", "--pairs", str(pairs_file), "--limit", "20", "--no-flip",
+                    "--out", str(tmp_path), "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["bench"] == "verify" and data["pairs"] == 20
     assert data["genuine_pairs"] == data["impostor_pairs"] == 10
     assert METRIC_KEYS <= set(data["castkeep"]) and METRIC_KEYS <= set(data["baseline"])
     assert data["accuracy"] == data["castkeep"]["accuracy"]
+    # Every pair's score is the cosine of the two photos' centre-face embeddings, computed apart from
+    # the bench by the session's LFW fixture; the fixed-threshold accuracy follows from those.
+    lines = pairs_file.read_text().splitlines()
+    chosen = [lines[number - 1].split() for number in data["scores"]["pair_lines"]]
+    expected = lfw_fold.scores([(a, b, flag == "1") for a, b, flag in chosen])
+    np.testing.assert_allclose(data["scores"]["castkeep"], expected, atol=2e-6)
+    assert data["scores"]["same"] == [int(flag == "1") for _, _, flag in chosen]
+    labels = np.array(data["scores"]["same"], dtype=bool)
+    assert data["castkeep"]["fixed_threshold"]["accuracy"] == pytest.approx(
+        float(((expected >= SAME_PERSON_THRESHOLD) == labels).mean()))
     # These LFW pairs are easy for any working ArcFace pipeline.
     assert data["accuracy"] >= 0.9 and data["castkeep"]["auc"] >= 0.95
     assert data["baseline"]["accuracy"] >= 0.9
@@ -57,14 +70,16 @@ def test_verify_cli_on_lfw_slice(cli, faces_dir, tmp_path):
     assert json.loads(Path(data["result_json"]).read_text())["accuracy"] == data["accuracy"]
 
 
-def test_shuffled_labels_score_near_chance(cli, faces_dir, tmp_path):
+@pytest.mark.slow
+def test_shuffled_labels_score_near_chance(invoke, faces_dir, tmp_path):
     lines = _lfw_slice(faces_dir, 40)
     rng = np.random.default_rng(7)
     labels = rng.permutation([line.split()[2] for line in lines])
     shuffled = tmp_path / "shuffled.txt"
-    shuffled.write_text("".join(f"{' '.join(l.split()[:2])} {lab}\n" for l, lab in zip(lines, labels)))
-    result = cli("bench", "verify", "--pairs", str(shuffled), "--root", str(faces_dir), "--no-baseline",
-                 "--out", str(tmp_path), "--json")
+    shuffled.write_text("".join(f"{' '.join(line.split()[:2])} {label}\n"
+                                for line, label in zip(lines, labels, strict=True)))
+    result = invoke("bench", "verify", "--pairs", str(shuffled), "--root", str(faces_dir), "--no-baseline",
+                    "--no-flip", "--out", str(tmp_path), "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["baseline"] is None
@@ -105,10 +120,10 @@ def test_variants_equal_the_analyzer(model_pack, faces_dir, selection, flip):
     np.testing.assert_allclose(variants.embeddings[key], expected, atol=1e-6)
 
 
-def test_bad_pairs_file_is_one_line_error(cli, tmp_path):
+def test_bad_pairs_file_is_one_line_error(invoke, tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("not a pairs file\n")
-    result = cli("bench", "verify", "--pairs", str(bad), "--out", str(tmp_path))
+    result = invoke("bench", "verify", "--pairs", str(bad), "--out", str(tmp_path))
     assert result.returncode == BenchmarkInputError.exit_code
     assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1
 

@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 
 def photos(faces_dir: Path, index: int) -> list[Path]:
@@ -22,6 +23,7 @@ def assert_one_line_error(result, code: int) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_store_commands_end_to_end(tmp_path, faces_dir, cli):
     store = str(tmp_path / "store")
     mara, other = photos(faces_dir, 10), photos(faces_dir, 11)
@@ -65,6 +67,7 @@ def test_store_commands_end_to_end(tmp_path, faces_dir, cli):
     assert [c["name"] for c in json.loads(cli("list", "--store", store, "--json").stdout)] == ["Mara Ç"]
 
 
+@pytest.mark.slow
 def test_store_errors_are_one_line_and_lose_nothing(tmp_path, faces_dir, cli):
     from PIL import Image
 
@@ -184,11 +187,13 @@ def test_verify_catches_a_vector_that_no_longer_matches_its_references(tmp_path,
     succeeded(run("register", "Biden", *fr_photos(faces_dir, "joe_biden"), "--store", store, "--json"))
     assert succeeded(run("verify", "--store", store, "--json"))["ok"]
 
-    # Give Obama Biden's vector behind the store's back: still a unit vector, but not his.
+    # Give Obama Biden's vector behind the store's back (in both copies of the primary space, the
+    # version-1 column and character_vectors): still a unit vector, but not his.
     connection = sqlite3.connect(store / "castkeep.sqlite3")
     with connection:
-        connection.execute("UPDATE characters SET vector = (SELECT vector FROM characters WHERE name = "
-                           "'Biden') WHERE name = 'Obama'")
+        for table, key in (("characters", "id"), ("character_vectors", "character_id")):
+            connection.execute(f"UPDATE {table} SET vector = (SELECT vector FROM characters WHERE name = 'Biden') "
+                               f"WHERE {key} = (SELECT id FROM characters WHERE name = 'Obama')")
     connection.close()
     result = run("verify", "--store", store, "--json")
     assert "store integrity check failed: 1 problem(s)" in failed(result, 7)
@@ -196,13 +201,99 @@ def test_verify_catches_a_vector_that_no_longer_matches_its_references(tmp_path,
     assert not report["ok"] and report["characters"] == 2
     assert report["problems"] == ["character 'Obama': vector does not match its references"]
 
+    # Only one copy changed: the two disagree.
+    connection = sqlite3.connect(store / "castkeep.sqlite3")
+    with connection:
+        connection.execute("UPDATE character_vectors SET vector = (SELECT r.embedding FROM refs r WHERE "
+                           "r.character_id = character_vectors.character_id LIMIT 1) WHERE character_id = "
+                           "(SELECT id FROM characters WHERE name = 'Biden')")
+    connection.close()
+    problems = json.loads(run("verify", "--store", store, "--json").stdout)["problems"]
+    assert "character 'Biden': vector differs from its copy in character_vectors" in problems
+
 
 def test_read_commands_never_create_a_store(tmp_path, faces_dir):
     missing = tmp_path / "typo"
     photo = fr_photos(faces_dir, "barack_obama")[0]
     for command in (["list"], ["show", "Obama"], ["identify", photo], ["score", photo, "-c", "Obama"],
                     ["verify"], ["remove", "Obama"], ["export", "Obama", tmp_path],
-                    ["add-refs", "Obama", photo]):
+                    ["add-refs", "Obama", photo], ["reembed", "Obama", "--models", "buffalo_l"]):
         line = failed(run(*command, "--store", missing), 17)
         assert line == f"error: no character store at {missing} (register a character to create one)"
     assert not missing.exists()
+
+
+def test_reembed_adds_a_space_that_show_lists(tmp_path, faces_dir, second_pack):
+    store = tmp_path / "store"
+    obama, biden = fr_photos(faces_dir, "barack_obama"), fr_photos(faces_dir, "joe_biden")
+    succeeded(run("register", "Obama", *obama[:3], "--store", store, "--json"))
+    succeeded(run("register", "Biden", *biden, "--store", store, "--json"))
+    [space] = succeeded(run("show", "Obama", "--store", store, "--json"))["spaces"]
+    assert (space["pack"], space["dim"], space["references"], space["primary"]) == ("buffalo_s_lite", 512, 3, True)
+
+    report = succeeded(run("reembed", "obama", "--models", second_pack, "--store", store, "--json"))
+    assert report["pack"] == "buffalo_s_copy" and report["complete"]
+    assert [(c["name"], c["embedded"], c["from_crops"]) for c in report["characters"]] == [("Obama", 3, 3)]
+    shown = succeeded(run("show", "Obama", "--store", store, "--json"))
+    assert [(s["pack"], s["dim"], s["references"], s["primary"]) for s in shown["spaces"]] == [
+        ("buffalo_s_lite", 512, 3, True), ("buffalo_s_copy", 512, 3, False)]
+    assert shown["spaces"][1]["fingerprint"] == report["fingerprint"]
+    assert all(r["crop"] for r in shown["reference_details"])
+    text = run("show", "Obama", "--store", store).stdout
+    assert "buffalo_s_copy" in text and "3/3 reference(s)" in text
+
+    result = run("reembed", "--all", "--models", second_pack, "--store", store)
+    assert result.exit_code == 0, result.stderr
+    assert "Biden: 2/2 reference(s) embedded (2 from crops, 0 from photos)" in result.stdout
+    assert "Obama: 3/3 reference(s) embedded (nothing new)" in result.stdout
+    assert succeeded(run("verify", "--store", store, "--json"))["ok"]
+
+    assert run("reembed", "--models", second_pack, "--store", store).exit_code == 2       # NAME or --all
+    assert run("reembed", "Obama", "--all", "--models", second_pack, "--store", store).exit_code == 2
+    assert run("reembed", "Obama", "--store", store).exit_code == 2                         # --models is required
+    failed(run("reembed", "Nobody", "--models", second_pack, "--store", store), 8)
+    failed(run("reembed", "Obama", "--models", tmp_path / "no_such_pack", "--store", store), 6)
+
+
+def test_reembed_reports_references_it_cannot_embed(tmp_path, faces_dir, second_pack):
+    # A reference without a crop (as migrated from a version-1 store) whose photo is gone.
+    store = tmp_path / "store"
+    photo = tmp_path / "gone.jpg"
+    photo.write_bytes(fr_photos(faces_dir, "barack_obama")[0].read_bytes())
+    succeeded(run("register", "Obama", photo, "--store", store, "--json"))
+    photo.unlink()
+    connection = sqlite3.connect(store / "castkeep.sqlite3")
+    with connection:
+        connection.execute("UPDATE refs SET crop = NULL, crop_kps = NULL")
+    connection.close()
+    result = run("reembed", "Obama", "--models", second_pack, "--store", store, "--json")
+    assert result.exit_code == 7, result.stderr
+    warning, error = result.stderr.strip().splitlines()  # what is missing, then why it failed
+    assert warning == (f"warning: Obama: {photo} not embedded: no stored face crop, and the original photo "
+                       f"is not there any more")
+    assert error.startswith("error: no reference of Obama could be embedded with buffalo_s_copy")
+    assert json.loads(result.stdout)["characters"][0]["missing"][0]["source_path"] == str(photo)
+    [space] = succeeded(run("show", "Obama", "--store", store, "--json"))["spaces"]  # kept its own space
+    assert space["pack"] == "buffalo_s_lite"
+
+
+def test_export_never_writes_over_the_store_or_a_foreign_file(tmp_path, faces_dir):
+    store = tmp_path / "store"
+    succeeded(run("register", "Obama", *fr_photos(faces_dir, "barack_obama")[:2], "--store", store, "--json"))
+    database = store / "castkeep.sqlite3"
+    before = database.read_bytes()
+    for target in (database, store / "index.faiss", store, store / "Obama.castkeep.json"):
+        line = failed(run("export", "Obama", target, "--store", store), 7)
+        assert "inside the store's own folder" in line
+    assert database.read_bytes() == before
+    assert succeeded(run("list", "--store", store, "--json"))[0]["name"] == "Obama"
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    assert "not a castkeep export; pass --overwrite" in failed(run("export", "Obama", notes, "--store", store), 7)
+    assert notes.read_text() == "my notes\n"
+    exported = tmp_path / "obama.castkeep.json"
+    for _ in range(2):  # an earlier export of it is replaced without asking
+        assert succeeded(run("export", "Obama", exported, "--store", store, "--json"))["file"] == str(exported)
+    succeeded(run("export", "Obama", notes, "--overwrite", "--store", store, "--json"))
+    assert notes.read_text().lstrip().startswith('{\n "format": "castkeep-character"')

@@ -1,5 +1,6 @@
-"""Scoring against a real character store on real photos, and `castkeep generate` end to end in a
-subprocess (tiny pipeline on disk, real store, real face models)."""
+"""Scoring against a real character store on real photos, and `castkeep generate` end to end (tiny
+pipeline on disk, real store, real face models): in-process through the console entry point, and once
+in a real process for what only a fresh interpreter shows (torch is not imported by other commands)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from castkeep.generation.metadata import parse_a1111_parameters, read_png_text, schema_errors
+from castkeep.generation.metadata import parse_a1111_parameters, read_png_text, sidecar_errors, summary_errors
 from castkeep.generation.scoring import IdentityScorer
-from castkeep.generation.testing import save_tiny_faceid, save_tiny_pipeline
 from castkeep.identity.store import Store
 
 PEOPLE = ("Abdullah_Gul", "Adrien_Brody")
@@ -45,48 +45,54 @@ def test_real_photos_score_against_the_store(store_dir, faces_dir, fast_analyzer
     assert other.leakage is True and other.closest_other["name"] == PEOPLE[1]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("tiny-cli")
-    pipeline = save_tiny_pipeline(root / "sd15")
-    return pipeline, save_tiny_faceid(root / "ip-adapter-faceid_tiny.safetensors", pipeline)
-
-
-def test_generate_command_end_to_end(cli, tiny, store_dir, tmp_path):
-    pipeline, adapter = tiny
+@pytest.mark.generation
+def test_generate_command_end_to_end(invoke, tiny_models, store_dir, tmp_path):
     out = tmp_path / "out"
-    result = cli("generate", PEOPLE[0], "portrait, studio light", "--base-model", str(pipeline),
-                 "--ip-adapter", str(adapter), "--store", str(store_dir), "--out", str(out), "--steps", "2",
-                 "--num-images", "2", "--best-of", "3", "--seed", "9", "--aspect", "3:2", "--device", "cpu",
-                 "--json")
+    result = invoke("generate", PEOPLE[0], "portrait, studio light", "--negative", "blurry, lowres",
+                    "--base-model", str(tiny_models["pipeline"]), "--ip-adapter", str(tiny_models["faceid"]),
+                    "--store", str(store_dir), "--out", str(out), "--steps", "2", "--num-images", "2",
+                    "--best-of", "3", "--seed", "9", "--aspect", "3:2", "--id-scale", "0.45", "--device", "cpu",
+                    "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
+    assert summary_errors(json.loads((out / "summary.json").read_text())) == []
     assert summary["character"]["name"] == PEOPLE[0] and summary["character"]["source"] == "store"
     assert [a["seed"] for a in summary["attempts"]] == [9, 10, 11]
     assert len(summary["outputs"]) == 2 and summary["width"] > summary["height"]
+    # Every option reached the run: what the sidecar records is what was asked for.
+    assert summary["settings"]["id_scale"] == 0.45 and summary["settings"]["steps"] == 2
+    assert summary["negative_prompt"] == "blurry, lowres" and summary["settings"]["best_of"] == 3
     for output in summary["outputs"]:
         sidecar = json.loads((out / output["sidecar"]).read_text())
-        assert schema_errors(sidecar) == [] and sidecar["score"]["face_found"] is False
+        assert sidecar_errors(sidecar) == [] and sidecar["score"]["face_found"] is False
         assert sidecar["models"]["face_analyzer"] == sidecar["character"]["fingerprint"]
         params = parse_a1111_parameters(read_png_text(out / output["file"])["parameters"])
         assert params["Character"] == PEOPLE[0] and params["Seed"] == str(output["seed"])
+        assert params["negative_prompt"] == "blurry, lowres" and params["IP-Adapter weight"] == "0.45"
     assert (out / "contact_sheet.png").is_file() and (out / "summary.json").is_file()
 
 
-def test_generate_bad_input_is_one_line(cli, tiny, store_dir, tmp_path):
-    pipeline, adapter = tiny
-    unknown = cli("generate", "Nobody", "x", "--base-model", str(pipeline), "--ip-adapter", str(adapter),
-                  "--store", str(store_dir), "--out", str(tmp_path / "a"))
+@pytest.mark.generation
+def test_generate_bad_input_is_one_line(invoke, tiny_models, store_dir, tmp_path):
+    adapter = str(tiny_models["faceid"])
+    unknown = invoke("generate", "Nobody", "x", "--base-model", str(tiny_models["pipeline"]), "--ip-adapter",
+                     adapter, "--store", str(store_dir), "--out", str(tmp_path / "a"))
     assert unknown.returncode == 8 and unknown.stderr.startswith("error:") and len(unknown.stderr.splitlines()) == 1
-    offline = cli("generate", PEOPLE[0], "x", "--base-model", "castkeep-test/not-cached", "--ip-adapter",
-                  str(adapter), "--store", str(store_dir), "--out", str(tmp_path / "b"), env={"HF_HUB_OFFLINE": "1"})
+    offline = invoke("generate", PEOPLE[0], "x", "--base-model", "castkeep-test/not-cached", "--ip-adapter",
+                     adapter, "--store", str(store_dir), "--out", str(tmp_path / "b"), env={"HF_HUB_OFFLINE": "1"})
     assert offline.returncode == 6, offline.stderr
-    last = offline.stderr.strip().splitlines()[-1]
-    assert last.startswith("error:") and "huggingface-cli download castkeep-test/not-cached" in last
-    assert "Traceback" not in offline.stderr
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # A "loading ..." progress line comes first; the error is the one last line.
+    *progress_lines, line = offline.stderr.strip().splitlines()
+    assert [text.startswith("loading ") for text in progress_lines] == [True]
+    assert line.startswith("error:") and "huggingface-cli download castkeep-test/not-cached" in line
+    bad_setting = invoke("generate", PEOPLE[0], "x", "--base-model", str(tiny_models["pipeline"]), "--ip-adapter",
+                         adapter, "--store", str(store_dir), "--out", str(tmp_path / "c"), "--width", "500")
+    assert bad_setting.returncode not in (0, 1, 70) and bad_setting.stderr.startswith("error:")
+    assert "multiple of 8" in bad_setting.stderr
+    assert not any((tmp_path / name).exists() for name in "abc")
 
 
+@pytest.mark.subprocess
 def test_torch_is_imported_only_by_generation_commands(cli):
     code = ("import sys, castkeep.cli.main as m; from click.testing import CliRunner; "
             "r = CliRunner().invoke(m.cli, ['analyze', '--help']); assert r.exit_code == 0, r.output; "

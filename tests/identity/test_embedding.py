@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from castkeep.errors import MultipleFacesError, NoFaceError, FaceIndexError
+from castkeep.errors import FaceIndexError, MultipleFacesError, NoFaceError
 from castkeep.identity.similarity import SAME_PERSON_THRESHOLD, cosine
 
 

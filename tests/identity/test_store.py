@@ -73,6 +73,7 @@ def identify_all(store: Store, split) -> list[dict]:
     return results
 
 
+@pytest.mark.slow
 def test_twenty_identities_rank1(gallery_store, fast_analyzer, split):
     with Store.open(gallery_store, analyzer=fast_analyzer) as store:
         assert len(store) == N_IDENTITIES
@@ -87,6 +88,8 @@ def test_twenty_identities_rank1(gallery_store, fast_analyzer, split):
     assert all(r["top"][0][1] >= r["top"][-1][1] for r in results)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_store_reopens_in_new_process_with_identical_results(gallery_store, fast_analyzer, split):
     with Store.open(gallery_store, analyzer=fast_analyzer) as store:
         here = identify_all(store, split)
@@ -386,3 +389,145 @@ def test_approximate_index_kinds_serve_the_store(store_copy, kind):
         report = store.verify()
         assert report["ok"] and report["index"]["kind"] == kind and report["index"]["state"] == "current"
         assert VectorIndex.load(store.index_path)[0].kind == kind
+
+
+# -- face crops and embedding spaces ------------------------------------------------------------------
+
+def test_registration_keeps_crops_that_re_embed_to_the_stored_embeddings(tmp_path, faces_dir, fast_analyzer, split):
+    from castkeep.identity.crops import ARCFACE_BOX, CROP_SIZE
+
+    photos = {"Paul": sorted((faces_dir / "fr_examples" / "paul_allen").glob("paul_allen*.jpg")),  # large faces
+              "Guido": sorted((faces_dir / "fr_examples" / "guido_van_rossum").glob("guido*.jpg")),
+              "Lfw": split[list(split)[9]][0]}                                                      # ~100 px faces
+    cosines = []
+    with Store.open(tmp_path / "s", analyzer=fast_analyzer, create=True) as store:
+        for name, refs in photos.items():
+            store.register(name, refs)
+        assert all(r.has_crop and r.crop is None for c in store.characters() for r in c.references)
+        for name in photos:
+            for reference in store.get(name, crops=True).references:
+                pixels = reference.crop.pixels()
+                assert pixels.shape == (CROP_SIZE, CROP_SIZE, 3) and reference.crop.png.startswith(b"\x89PNG")
+                # the eyes sit where the ArcFace template puts them, scaled into the crop's box
+                x0, y0, x1, y1 = ARCFACE_BOX
+                eyes = (reference.crop.kps[:2] - [x0, y0]) / (x1 - x0) * 112
+                assert np.abs(eyes - [[38.29, 51.70], [73.53, 51.50]]).max() < 6
+                again = fast_analyzer.embedder.embed_aligned([reference.crop.aligned(112)])[0]
+                cosines.append(float(np.dot(again, reference.embedding)))
+        assert store.verify()["ok"]
+    print(f"re-embedded stored crops: {len(cosines)} references, cosine min {min(cosines):.7f}, "
+          f"mean {np.mean(cosines):.7f}")
+    assert len(cosines) == 11 and min(cosines) >= 0.98
+
+
+def test_reembed_adds_a_space_and_vector_reads_it(tmp_path, fast_analyzer, second_pack, split):
+    from castkeep.errors import UnknownSpaceError
+    from castkeep.landmarks.model_pack import ModelPack
+
+    refs, held = split[list(split)[10]]
+    other_refs = split[list(split)[11]][0]
+    second = ModelPack.from_pretrained(second_pack)
+    with Store.open(tmp_path / "s", analyzer=fast_analyzer, create=True) as store:
+        primary = store.register("Mara", refs[:2]).fingerprint
+        store.register("Other", other_refs)
+        expected = [(m.name, m.score) for m in store.identify(held[0], k=2)]
+        generation = store.generation
+        with pytest.raises(UnknownSpaceError, match=r"'Mara' has no embeddings from model 'buffalo_s_copy' "
+                                                    r".*`castkeep reembed Mara --models buffalo_s_copy`"):
+            store.vector("Mara", "buffalo_s_copy")
+
+        report = store.reembed("mara", models=second_pack)
+        assert report.fingerprint == second.fingerprint != primary and report.complete
+        [outcome] = report.characters
+        assert (outcome.name, outcome.from_crops, outcome.from_photos, outcome.already) == ("Mara", 2, 0, 0)
+        mara = store.get("Mara")
+        assert list(mara.spaces) == [primary, second.fingerprint]
+        assert [s.references for s in mara.spaces.values()] == [2, 2]
+        # the same ONNX files under another pack name: the crops give back the same vector
+        for query in (second.fingerprint, "buffalo_s_copy", "buffalo_s_copy:w600k_mbf.onnx", second):
+            assert float(np.dot(store.vector("Mara", query), mara.vector)) > 0.9999
+        assert np.array_equal(store.vector("Mara"), mara.vector)
+        assert store.generation == generation  # identify's space and index are untouched
+        assert store.rebuild_index()["count"] == 2  # built from the primary space only
+        assert [(m.name, m.score) for m in store.identify(held[0], k=2)] == expected
+        with pytest.raises(UnknownSpaceError, match="castkeep reembed Other --models buffalo_s_copy"):
+            store.vector("Other", second.fingerprint)
+        with pytest.raises(UnknownSpaceError, match="--models buffalo_l`"):
+            store.vector("Mara", "buffalo_l:w600k_r50.onnx:0123456789abcdef")
+
+        # add-refs embeds new photos in the primary space only, and says how to complete the other
+        grown = store.add_refs("Mara", [refs[2]])
+        assert any("castkeep reembed Mara --models buffalo_s_copy" in w for w in grown.warnings)
+        assert [s.references for s in grown.spaces.values()] == [3, 2]
+        assert store.verify()["ok"]
+        again = store.reembed(None, models=second)
+        assert [(c.name, c.already, c.from_crops) for c in again.characters] == [("Mara", 2, 1), ("Other", 0, 3)]
+        assert [s.references for s in store.get("Mara").spaces.values()] == [3, 3]
+        assert store.verify()["ok"]
+        store.remove("Other")  # its spaces go with it
+    connection = sqlite3.connect(tmp_path / "s" / "castkeep.sqlite3")
+    assert connection.execute("SELECT COUNT(*) FROM character_vectors").fetchone() == (2,)
+    assert connection.execute("SELECT COUNT(*) FROM ref_embeddings").fetchone() == (6,)
+    connection.close()
+
+
+def test_verify_finds_a_damaged_crop_or_space(store_copy, second_pack, split):
+    name, other = list(split)[12:14]
+    with Store.open(store_copy) as store:
+        store.reembed(name, models=second_pack)
+        assert store.verify()["ok"]
+    connection = sqlite3.connect(store_copy / "castkeep.sqlite3")
+    with connection:
+        ref_id, crop = connection.execute("SELECT id, crop FROM refs ORDER BY id LIMIT 1").fetchone()
+        connection.execute("UPDATE refs SET crop = ? WHERE id = ?",
+                           (crop[:16] + (16).to_bytes(4, "big") + crop[20:], ref_id))  # now "16 px wide"
+        # the second space of `name` gets another character's vector: unit length, but not hers
+        connection.execute("UPDATE character_vectors SET vector = (SELECT vector FROM characters WHERE name = ?) "
+                           "WHERE fingerprint LIKE 'buffalo_s_copy:%' AND character_id = "
+                           "(SELECT id FROM characters WHERE name = ?)", (other, name))
+    connection.close()
+    with Store.open(store_copy) as store:
+        report = store.verify()
+    assert not report["ok"] and len(report["problems"]) == 2, report["problems"]
+    assert f"reference {ref_id}: a reference's face crop is 16x320, expected 320x320" in report["problems"]
+    assert any(p.startswith(f"character '{name}': vector in space buffalo_s_copy:")
+               and p.endswith("does not match its references") for p in report["problems"])
+
+
+def test_export_import_carries_crops_and_every_space(store_copy, tmp_path, second_pack, split):
+    import base64
+
+    from castkeep.identity.analyzer import FaceAnalyzer
+
+    name = list(split)[14]
+    with Store.open(store_copy) as store:
+        store.reembed(name, models=second_pack)
+        original = store.get(name, crops=True)
+        exported = store.export(name, tmp_path)
+    document = json.loads(exported.read_text())
+    assert document["version"] == 2 and len(document["spaces"]) == 2
+    assert [base64.b64decode(r["crop"]) for r in document["references"]] == [r.crop.png for r in original.references]
+    with Store.open(tmp_path / "fresh", create=True) as fresh:
+        imported = fresh.get(fresh.import_file(exported).name, crops=True)
+        assert [r.crop.png for r in imported.references] == [r.crop.png for r in original.references]
+        assert np.array_equal(np.stack([r.crop.kps for r in imported.references]),
+                              np.stack([r.crop.kps for r in original.references]))
+        assert list(imported.spaces) == list(original.spaces)
+        for fingerprint, space in original.spaces.items():
+            assert np.allclose(imported.spaces[fingerprint].vector, space.vector, atol=1e-6)
+        assert fresh.verify()["ok"]
+    # A store made with the second pack takes the character in its own (there: primary) space.
+    copy_analyzer = FaceAnalyzer.from_pretrained(second_pack, dense=False, landmarks_106=False)
+    with Store.open(tmp_path / "copy_store", analyzer=copy_analyzer, create=True) as other:
+        other.register("Local", split[list(split)[15]][0])
+        moved = other.import_file(exported)
+        assert moved.fingerprint == copy_analyzer.fingerprint and set(moved.spaces) == set(original.spaces)
+        assert other.identify(split[name][1][0], k=1)[0].name == name
+        assert other.verify()["ok"]
+    # A crop edited in the file is caught by the checksum.
+    document["references"][0]["crop"] = document["references"][1]["crop"]
+    tampered = tmp_path / "tampered.castkeep.json"
+    tampered.write_text(json.dumps(document))
+    with Store.open(tmp_path / "third", create=True) as third:
+        with pytest.raises(StoreError, match="checksum"):
+            third.import_file(tampered)

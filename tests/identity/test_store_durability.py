@@ -17,7 +17,11 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from castkeep.identity.store import Store
+
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 CHILD = textwrap.dedent("""
     import itertools, json, os, sys, time

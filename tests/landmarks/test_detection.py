@@ -34,6 +34,7 @@ def test_group_photo_finds_everyone_largest_first(detector, faces_dir):
     assert areas == sorted(areas, reverse=True)
 
 
+@pytest.mark.slow
 def test_retry_schedule_recovers_faces_the_first_pass_misses(detector, faces_dir):
     # Tight 150px crops (the face fills the frame): count what one pass finds vs the schedule.
     paths = sorted((faces_dir / "bbt_faceapi").glob("*/*.png"))

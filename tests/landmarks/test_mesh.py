@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from castkeep.landmarks.images import load_image
 
@@ -50,14 +51,20 @@ def test_yaw_and_roll_flip_sign_on_a_mirrored_photo(analyzer, faces_dir):
     assert abs(original.pitch - mirrored.pitch) < 5
 
 
+@pytest.mark.slow
 def test_yaw_sign_matches_where_the_nose_points(analyzer, faces_dir):
     # Nose right of the eye midpoint in the image = face turned toward the image's right = yaw > 0.
+    offsets, yaws = [], []
     for path in sorted((faces_dir / "lfw_gallery").glob("*/*_0001.jpg"))[:12]:
         face = analyzer.analyze(path).face()
-        nose_offset = face.kps[2, 0] - face.kps[:2, 0].mean()
-        eye_distance = face.kps[1, 0] - face.kps[0, 0]
-        if abs(nose_offset) > 0.15 * eye_distance:
-            assert np.sign(face.pose.yaw) == np.sign(nose_offset), path.name
+        offsets.append((face.kps[2, 0] - face.kps[:2, 0].mean()) / (face.kps[1, 0] - face.kps[0, 0]))
+        yaws.append(face.pose.yaw)
+    offsets, yaws = np.array(offsets), np.array(yaws)
+    turned = np.abs(offsets) > 0.1
+    # These 12 photos hold heads visibly turned both ways (4 each), and the mesh's yaw follows the nose.
+    assert (offsets[turned] > 0).sum() >= 3 and (offsets[turned] < 0).sum() >= 3
+    assert np.array_equal(np.sign(yaws[turned]), np.sign(offsets[turned]))
+    assert np.corrcoef(offsets, yaws)[0, 1] > 0.9
 
 
 def test_roll_follows_an_in_plane_rotation(analyzer, faces_dir):

@@ -1,35 +1,51 @@
-"""Tiny randomly initialised components for tests and demos.
+"""Tiny randomly initialised diffusers components, for the generation tests.
 
 `save_tiny_pipeline` writes an SD1.5-shaped diffusers folder (UNet, VAE, CLIP text encoder,
 tokenizer, scheduler) a few hundred kB in size, and `save_tiny_faceid` an IP-Adapter FaceID
 checkpoint with the real key layout (`image_proj.proj.0/proj.2/norm.*`,
 `ip_adapter.{i}.to_k_ip/to_v_ip.weight`, optionally the FaceID LoRA keys the real checkpoints
 carry). Both are loaded exactly like real weights: `from_pretrained(folder)` and
-`load_ip_adapter(...)`. Nothing here downloads anything.
+`load_ip_adapter(...)`. Nothing here downloads anything. (pyproject's pytest `pythonpath` makes
+this importable as `tiny_pipelines`.)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 ARCFACE_DIM = 512  # the real FaceID input: one L2-normalised ArcFace vector
 CROSS_ATTENTION_DIM = 32
 FACEID_TOKENS = 4  # what diffusers assumes for every FaceID checkpoint
 FACEID_MULT = 2  # proj.0 is (512 * 2, 512) in the real sd15 checkpoint
 LORA_RANK = 4  # the real sd15 checkpoint uses 128
+STEPS = 2  # denoising steps the tests run: enough for every code path, fast on a CPU
 
 
 def _tiny_tokenizer():
+    """A byte-level CLIP tokenizer without merges: every prompt tokenises, one token per character.
+
+    Written as vocab.json + merges.txt and read back through `CLIPTokenizer(vocab_file, merges_file)`,
+    the constructor transformers 4.x (slow tokenizer) and 5.x (tokenizers-backed) both take.
+    """
+    import json
+    import tempfile
+
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import CLIPTokenizer
 
-    # Byte-level alphabet with and without CLIP's end-of-word marker: every prompt tokenises.
-    alphabet = sorted(ByteLevel.alphabet())
+    # Byte-level alphabet with and without CLIP's end-of-word marker.
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in alphabet:
+    for char in sorted(ByteLevel.alphabet()):
         vocab.setdefault(char, len(vocab))
         vocab.setdefault(char + "</w>", len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    with tempfile.TemporaryDirectory(prefix="castkeep-tiny-tokenizer-") as folder:
+        vocab_file, merges_file = Path(folder) / "vocab.json", Path(folder) / "merges.txt"
+        vocab_file.write_text(json.dumps(vocab), encoding="utf-8")
+        merges_file.write_text("#version: 0.2\n", encoding="utf-8")
+        return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
 
 
 def build_tiny_pipeline(seed: int = 0):
@@ -109,7 +125,7 @@ def faceid_state_dict(unet, *, seed: int = 0, lora: bool = True, scale: float = 
 
     generator = torch.Generator().manual_seed(seed)
 
-    def randn(*shape: int) -> "torch.Tensor":
+    def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=generator) * scale
 
     cross = unet.config.cross_attention_dim
@@ -153,3 +169,21 @@ def save_tiny_faceid(path: str | Path, pipeline_folder: str | Path, *, seed: int
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(faceid_state_dict(unet, seed=seed, lora=lora), str(path))
     return path
+
+
+# ---------------------------------------------------------------------------------- stand-ins
+def unit(seed: int) -> np.ndarray:
+    """A random unit 512-d vector: an ArcFace-shaped identity."""
+    vector = np.random.default_rng(seed).standard_normal(ARCFACE_DIM).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+class PixelScorer:
+    """Stands in for a face scorer on tiny-model noise (which has no face): the output's mean
+    brightness, so ranking and retry decisions depend on the real generated pixels."""
+
+    def score(self, image: Image.Image):
+        from castkeep.generation.scoring import OutputScore
+
+        value = float(np.asarray(image, dtype=np.float32).mean() / 255.0)
+        return OutputScore(face_found=True, faces=1, cosine=value, probability=value, same=value > 0.5)

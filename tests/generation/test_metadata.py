@@ -1,0 +1,140 @@
+"""The files a generation run writes, without generating: the shipped JSON Schemas of the sidecar and
+summary.json (and what they refuse), and the A1111 `parameters` text other tools read."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from castkeep.generation.metadata import (
+    SCHEMA_DIR,
+    SCHEMA_FILES,
+    SIDECAR_SCHEMA_ID,
+    a1111_parameters,
+    parse_a1111_parameters,
+    sidecar_errors,
+    summary_errors,
+)
+from castkeep.generation.runner import SUMMARY_SCHEMA_ID
+
+ROOT = SCHEMA_DIR.parent.parent
+SCORE = {"face_found": True, "faces": 1, "cosine": 0.61, "probability": 0.93, "same": True, "threshold": 0.27,
+         "leakage": False, "closest_other": None, "pose": {"yaw": 3.1, "pitch": -2.0, "roll": 0.4},
+         "det_score": 0.81, "bbox": [10.0, 12.5, 50.0, 61.0], "quality": {"usable": True}, "error": None}
+ATTEMPT = {"attempt": 0, "seed": 7, "face_found": True, "cosine": 0.61, "probability": 0.93, "leakage": False,
+           "passed": True, "kept": True, "rank": 1, "file": "Ada_01_s7.png", "seconds": 1.5}
+SIDECAR = {
+    "schema": SIDECAR_SCHEMA_ID, "castkeep_version": "0.1.0", "image": "Ada_01_s7.png", "width": 512, "height": 768,
+    "prompt": "portrait", "negative_prompt": "blurry", "seed": 7,
+    "settings": {"seed": 7, "steps": 30, "guidance": 7.5, "id_scale": 0.8, "width": 512, "height": 768,
+                 "aspect": "2:3", "num_images": 1, "scheduler": "default", "sampler": "DDIM", "device": "cuda",
+                 "requested_device": "auto", "dtype": "float16", "best_of": 1, "min_score": None, "max_tries": None,
+                 "batch_size": 1},
+    "models": {"base_model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "base_model_kind": "sd15",
+               "base_model_hash": "a" * 64, "ip_adapter": "h94/IP-Adapter-FaceID",
+               "ip_adapter_file": "ip-adapter-faceid_sd15.bin", "ip_adapter_hash": "b" * 64,
+               "ip_adapter_variant": "faceid", "faceid_lora": False, "face_analyzer": "buffalo_l:w600k_r50.onnx:0123"},
+    "character": {"name": "Ada", "fingerprint": "buffalo_l:w600k_r50.onnx:0123", "source": "store",
+                  "vector_sha256": "0123456789abcdef"},
+    "score": SCORE, "nsfw": None,
+    "selection": {"rank": 1, "kept": True, "passed": True, "attempt": 0, "min_score": None, "best_of": 1,
+                  "rule": "passing outputs first, then highest cosine to the character"},
+    "attempts": [ATTEMPT], "created_at": "2025-11-24T16:53:09+00:00",
+}
+SUMMARY = {
+    "schema": SUMMARY_SCHEMA_ID, "castkeep_version": "0.1.0", "created_at": "2025-11-24T16:53:09+00:00",
+    "character": SIDECAR["character"], "prompt": "portrait", "negative_prompt": "blurry", "seed": 7, "width": 512,
+    "height": 768, "settings": SIDECAR["settings"], "models": SIDECAR["models"],
+    "outputs": [{"file": "Ada_01_s7.png", "sidecar": "Ada_01_s7.json", "rank": 1, "attempt": 0, "seed": 7,
+                 "score": SCORE}],
+    "attempts": [ATTEMPT], "target_met": True, "min_score": None, "face_found": 1, "mean_cosine": 0.61,
+    "consistency": {"labels": ["Ada_01_s7.png"], "matrix": [[1.0]], "mean_pairwise_cosine": None},
+    "contact_sheet": "contact_sheet.png",
+    "timing": {"images_generated": 1, "generate_s": 1.5, "s_per_image": 1.5, "s_per_step": 0.05}, "warnings": [],
+}
+
+
+def test_the_schemas_are_valid_draft_2020_12_and_name_the_ids_castkeep_writes():
+    from jsonschema import Draft202012Validator
+
+    schemas = {kind: json.loads((SCHEMA_DIR / name).read_text(encoding="utf-8")) for kind, name in SCHEMA_FILES.items()}
+    for schema in schemas.values():
+        Draft202012Validator.check_schema(schema)
+    assert schemas["sidecar"]["properties"]["schema"] == {"const": SIDECAR_SCHEMA_ID}
+    assert schemas["summary"]["properties"]["schema"] == {"const": SUMMARY_SCHEMA_ID}
+
+
+def test_the_schemas_ship_as_package_data():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = config["tool"]["setuptools"]["package-data"]["castkeep.generation"]
+    shipped = {path.name for pattern in patterns for path in SCHEMA_DIR.parent.glob(pattern)}
+    assert set(SCHEMA_FILES.values()) <= shipped
+
+
+def test_valid_examples_have_no_errors():
+    assert sidecar_errors(SIDECAR) == []
+    assert summary_errors(SUMMARY) == []
+
+
+def damaged(data: dict, path: str, value: object) -> dict:
+    """A deep copy of `data` with the value at dotted `path` replaced (or removed, for `...`)."""
+    copied = copy.deepcopy(data)
+    *parents, last = path.split(".")
+    target = copied
+    for key in parents:
+        target = target[int(key)] if isinstance(target, list) else target[key]
+    if value is ...:
+        del target[last]
+    else:
+        target[int(last) if isinstance(target, list) else last] = value
+    return copied
+
+
+@pytest.mark.parametrize("path, value, where", [
+    ("seed", -3, "$.seed"),
+    ("seed", 2**32, "$.seed"),
+    ("width", 500, "$.width"),  # not a multiple of 8
+    ("attempts", ..., "$"),
+    ("attempts", [], "$.attempts"),
+    ("schema", "castkeep.generation.sidecar/2", "$.schema"),
+    ("score.face_found", "yes", "$.score.face_found"),
+    ("score.cosine", 1.5, "$.score.cosine"),
+    ("score.face_found", False, "$.score"),  # no face, yet a cosine and a face count
+    ("settings.device", "auto", "$.settings.device"),  # the device it ran on, never "auto"
+    ("settings.id_scale", None, "$.settings.id_scale"),
+    ("models.ip_adapter_hash", "abc", "$.models.ip_adapter_hash"),
+    ("selection.rank", None, "$.selection"),  # kept, yet no rank
+    ("attempts.0.seed", "7", "$.attempts[0].seed"),
+    ("created_at", "yesterday", "$.created_at"),
+])
+def test_sidecar_errors_name_the_damage(path, value, where):
+    errors = sidecar_errors(damaged(SIDECAR, path, value))
+    assert errors and all(error.startswith(where) for error in errors), errors
+
+
+@pytest.mark.parametrize("path, value, where", [
+    ("outputs", [], "$.outputs"),
+    ("outputs.0.score.threshold", "0.27", "$.outputs[0].score.threshold"),
+    ("consistency.matrix", [[2.0]], "$.consistency.matrix[0][0]"),
+    ("timing.images_generated", 0, "$.timing.images_generated"),
+    ("target_met", None, "$.target_met"),
+])
+def test_summary_errors_name_the_damage(path, value, where):
+    errors = summary_errors(damaged(SUMMARY, path, value))
+    assert errors and all(error.startswith(where) for error in errors), errors
+
+
+def test_a1111_parameters_round_trip_quoting_commas_and_colons():
+    fields = {"Steps": 30, "Sampler": "DPM++ 2M Karras", "CFG scale": 7.5, "Seed": 42, "Size": "512x768",
+              "Model": "v1-5, pruned", "Character": "Dr: Ada", "Empty": "", "Missing": None}
+    text = a1111_parameters("portrait, soft light", "blurry,  lowres", fields)
+    assert text.splitlines()[1] == "Negative prompt: blurry,  lowres"
+    parsed = parse_a1111_parameters(text)
+    assert parsed["prompt"] == "portrait, soft light" and parsed["negative_prompt"] == "blurry,  lowres"
+    assert {key: parsed[key] for key in ("Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Character")} == {
+        "Steps": "30", "Sampler": "DPM++ 2M Karras", "CFG scale": "7.5", "Seed": "42", "Size": "512x768",
+        "Model": "v1-5, pruned", "Character": "Dr: Ada"}
+    assert "Empty" not in parsed and "Missing" not in parsed
