@@ -173,7 +173,7 @@ def remove(name: str, store_path: Path | None, models: str | None, device: str, 
 def identify(image: str, k: int, face_index: int | None, scorer: str, domain: str, store_path: Path | None,
              models: str | None, device: str, as_json: bool) -> None:
     """The stored characters closest to the face in IMAGE, best first (--json: a list of matches).
-    dlib and fused re-rank ArcFace's nearest characters (at least 5) and re-read their reference photos."""
+    dlib and fused re-rank ArcFace's nearest characters (at least 5), described from their stored face crops."""
     from ..identity.store_scoring import identify as identify_face
 
     with open_store(store_path, models, device) as store:
@@ -202,7 +202,8 @@ def identify(image: str, k: int, face_index: int | None, scorer: str, domain: st
 def score(image: str, name: str, face_index: int | None, scorer: str, domain: str, store_path: Path | None,
           models: str | None, device: str, as_json: bool) -> None:
     """Score the face in IMAGE against a character: the scorer's number, P(same person), verdict, leakage.
-    dlib and fused re-read the character's reference photos (sha256-checked)."""
+    dlib and fused describe the character's stored face crops (or its reference photos, sha256-checked,
+    for references stored before crops were kept)."""
     from ..identity.store_scoring import score as score_face
 
     with open_store(store_path, models, device) as store:

@@ -2,7 +2,7 @@
 
 ArcFace numbers come from the store as they are (the character vector, the index search); only their
 verdict and P(same) are read in the chosen domain. dlib needs faces, not stored vectors: the query image is
-described directly and each character through `ReferenceDescriptors` (its reference photos). So that a
+described directly and each character through `ReferenceDescriptors` (its stored face crops). So that a
 large store is never re-described in full, dlib and the fusion re-rank ArcFace's nearest characters
 (`SHORTLIST`, or k when larger): a character ArcFace puts below that is not considered.
 """
@@ -64,7 +64,7 @@ class CharacterJudgement:
 
 
 class _Judge:
-    """One query face against stored characters: ArcFace from the store, dlib from reference photos."""
+    """One query face against stored characters: ArcFace from the store, dlib from stored face crops."""
 
     def __init__(self, store: Any, source: Any, face: int | None, scorer: str, domain: str,
                  recogniser: Any = None) -> None:
@@ -89,14 +89,14 @@ class _Judge:
                                      recogniser=recogniser)
             self.query: Any = features.embedding  # the store searches by this vector: one detection only
             self.descriptor = features.descriptor
-            self.references = ReferenceDescriptors(recogniser)
+            self.references = ReferenceDescriptors(recogniser, analyzer.detector)
         else:
             self.query = source
 
     def judge(self, name: str, cosine: float) -> ScoredMatch:
         raw = {"arcface": cosine}
         if self.descriptor is not None:
-            raw["dlib"] = distance(self.descriptor, self.references.of_character(self.store.get(name)))
+            raw["dlib"] = distance(self.descriptor, self.references.of_character(self.store.get(name, crops=True)))
         results = judge_all(self.scorer, raw, self.domain)
         return ScoredMatch(name=name, cosine=cosine, result=results[self.scorer.name], scores=results)
 
