@@ -39,6 +39,7 @@ class ImageEmbeddings:
 
     path: Path
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    descriptors: dict[str, np.ndarray] = field(default_factory=dict)  # dlib, per face choice (with a recogniser)
     faces: int = 0
     attempt: int | None = None     # castkeep: which detection pass found the face (0 = first)
     error: str | None = None       # unreadable image
@@ -46,12 +47,15 @@ class ImageEmbeddings:
 
 
 class CastkeepPipeline:
+    """With a `DlibRecogniser`, each chosen face also gets its dlib descriptor (same detection)."""
+
     name = "castkeep"
 
-    def __init__(self, pack: Any) -> None:
+    def __init__(self, pack: Any, recogniser: Any = None) -> None:
         from ..identity.analyzer import FaceAnalyzer
 
         self.analyzer = FaceAnalyzer(pack, dense=False, landmarks_106=False)
+        self.recogniser = recogniser
 
     def analyze(self, path: Path) -> int:
         """The full fast-path analysis of one image (every face embedded); returns the face count."""
@@ -76,10 +80,14 @@ class CastkeepPipeline:
                 plain = embedder.embed_aligned([crop], flip=False)[0]
                 mirrored = embedder.embed_aligned([np.ascontiguousarray(crop[:, ::-1])], flip=False)[0]
                 flipped = l2_normalize(plain + mirrored)
+                descriptor = (None if self.recogniser is None
+                              else self.recogniser.describe(image, [detections[index].bbox])[0])
                 for selection, picked in chosen.items():
                     if picked == index:
                         result.embeddings[variant_name(selection, False)] = plain
                         result.embeddings[variant_name(selection, True)] = flipped
+                        if descriptor is not None:
+                            result.descriptors[selection] = descriptor
         result.seconds = time.perf_counter() - start
         return result
 

@@ -36,23 +36,28 @@ def _pack(models: PathLike | None, device: str) -> Any:
 def bench_verify(pairs_file: PathLike, *, root: PathLike | None = None, limit: int | None = None,
                  selection: str = "center", flip: bool = True, baseline: bool = True, name: str | None = None,
                  out_dir: PathLike = DEFAULT_OUT, models: PathLike | None = None, device: str = "cpu",
+                 scorer: str = "arcface", domain: str = "photo",
                  progress: Progress = terminal_progress) -> dict[str, Any]:
     """Face verification on a pairs file (LFW protocol), against insightface's FaceAnalysis in the
-    same run with `baseline`; ROC and score-histogram plots."""
+    same run with `baseline`; ROC and score-histogram plots. `scorer` (arcface, dlib, fused) judges;
+    `domain` (photo, generated) picks the default verdict reported as `castkeep.fixed_threshold`."""
     from .pairs import read_pairs
     from .verification import run_verification
 
     pairs_file, out_dir = Path(pairs_file), Path(out_dir)
     pairs = read_pairs(pairs_file, None if root is None else Path(root), limit=limit)
     result, curves = run_verification(pairs, _pack(models, device), selection=selection, flip=flip,
-                                      baseline=baseline, device=device, progress=progress)
-    name = name or _name(f"verify-{pairs_file.parent.name}-{pairs_file.stem}")
+                                      baseline=baseline, device=device, scorer=scorer, domain=domain,
+                                      progress=progress)
+    suffix = "".join(f"-{v}" for v, default in ((scorer, "arcface"), (domain, "photo")) if v != default)
+    name = name or _name(f"verify-{pairs_file.parent.name}-{pairs_file.stem}{suffix}")
     roc_path = plot_roc(curves, out_dir / f"{name}-roc.png", f"ROC: {pairs_file.parent.name}/{pairs_file.name}")
     scores = result["scores"]
     labels = np.asarray(scores["same"], dtype=bool)
     castkeep_scores = np.asarray(scores["castkeep"])
     hist_path = plot_histogram({"same person": castkeep_scores[labels], "different people": castkeep_scores[~labels]},
-                               out_dir / f"{name}-scores.png", "castkeep pair similarities",
+                               out_dir / f"{name}-scores.png",
+                               f"castkeep pair similarities ({result['castkeep']['scale']})",
                                threshold=result["castkeep"]["threshold"])
     result["plots"] = {"roc": str(roc_path), "score histogram": str(hist_path)}
     save_result(result, out_dir, name)

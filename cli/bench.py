@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .common import emit, json_option, model_options
+from .common import domain_option, emit, json_option, model_options, scorer_option
 
 out_option = click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
                           default=Path("bench-results"), show_default=True,
@@ -55,20 +55,24 @@ def bench() -> None:
 @flip_option
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also run insightface's own FaceAnalysis on the same pairs, as the reference.")
-@click.option("--name", default=None, help="Result file name (default: verify-<pairs file>).")
+@scorer_option
+@domain_option
+@click.option("--name", default=None, help="Result file name (default: verify-<pairs file>[-scorer][-domain]).")
 @out_option
 @model_options
 @json_option
 def verify(pairs_file: Path, root: Path | None, limit: int | None, selection: str, flip: bool,
-           baseline: bool, name: str | None, out_dir: Path, models: str | None, device: str,
-           as_json: bool) -> None:
-    """Face verification on a pairs file (LFW protocol): 10-fold accuracy, ROC AUC, TAR@FAR, EER,
-    failures-to-detect, and a ROC plot; against insightface's FaceAnalysis in the same run."""
+           baseline: bool, scorer: str, domain: str, name: str | None, out_dir: Path, models: str | None,
+           device: str, as_json: bool) -> None:
+    """Face verification on a pairs file (LFW protocol): 10-fold accuracy, the default verdict's accuracy
+    for --domain, ROC AUC, TAR@FAR, EER, failures-to-detect, and a ROC plot; against insightface's
+    FaceAnalysis in the same run. --scorer dlib or fused also describes every image with dlib and reports
+    arcface, dlib and fused side by side."""
     from ..benchmarks.runs import bench_verify
     from ..benchmarks.verification import summary_text
 
     result = bench_verify(pairs_file, root=root, limit=limit, selection=selection, flip=flip, baseline=baseline,
-                          name=name, out_dir=out_dir, models=models, device=device)
+                          name=name, out_dir=out_dir, models=models, device=device, scorer=scorer, domain=domain)
     _print(result, as_json, summary_text)
 
 

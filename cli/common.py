@@ -76,3 +76,20 @@ def log_to_stderr(logger_name: str, *, verbose: bool) -> Iterator[None]:
         logger.removeHandler(handler)
         logger.setLevel(saved_level)
         logger.propagate = saved_propagate
+
+
+scorer_option = click.option(
+    "--scorer", type=click.Choice(["arcface", "dlib", "fused"]), default="arcface", show_default=True,
+    help="Who judges: the model pack's ArcFace (cosine), dlib's ResNet descriptor (another model family, "
+         "Euclidean distance), or both fused.")
+domain_option = click.option(
+    "--domain", type=click.Choice(["photo", "generated"]), default="photo", show_default=True,
+    help="Which calibration the verdict and P(same) use: real photos, or images from a generator "
+         "(whose genuine pairs score lower).")
+
+
+def verdict_text(result: dict[str, Any]) -> str:
+    """One scorer's judgement as a line: `fused  log-odds 3.21 (threshold 0.00, generated)  P(same) 0.96  same person`."""
+    return (f"{result['scorer']:<8} {result['metric']} {result['score']:.4f} "
+            f"(threshold {result['threshold']:.2f}, {result['domain']})  P(same) {result['probability']:.2f}  "
+            f"{'same person' if result['same'] else 'different people'}")

@@ -12,7 +12,7 @@ import click
 
 from ..errors import StoreError
 from ..utils import progress
-from .common import device_option, emit, json_option, model_options
+from .common import device_option, domain_option, emit, json_option, model_options, scorer_option, verdict_text
 
 store_option = click.option(
     "--store", "store_path", type=click.Path(path_type=Path), default=None, envvar="CASTKEEP_STORE",
@@ -167,19 +167,25 @@ def remove(name: str, store_path: Path | None, models: str | None, device: str, 
 @click.option("-k", "--top", "k", type=click.IntRange(min=1), default=5, show_default=True,
               help="How many characters to list.")
 @face_option
+@scorer_option
+@domain_option
 @store_options
-def identify(image: str, k: int, face_index: int | None, store_path: Path | None, models: str | None,
-             device: str, as_json: bool) -> None:
-    """The stored characters closest to the face in IMAGE, best first (--json: a list of matches)."""
+def identify(image: str, k: int, face_index: int | None, scorer: str, domain: str, store_path: Path | None,
+             models: str | None, device: str, as_json: bool) -> None:
+    """The stored characters closest to the face in IMAGE, best first (--json: a list of matches).
+    dlib and fused re-rank ArcFace's nearest characters (at least 5), described from their stored face crops."""
+    from ..identity.store_scoring import identify as identify_face
+
     with open_store(store_path, models, device) as store:
-        matches = store.identify(image, k=k, face=face_index)
+        matches = identify_face(store, image, k=k, face=face_index, scorer=scorer, domain=domain)
     rows = [m.to_dict() for m in matches]
 
     def text(_: Any) -> str:
         if not rows:
             return "no characters stored"
         width = max(len(r["name"]) for r in rows)
-        return "\n".join(f"{i + 1}. {r['name']:<{width}}  cosine {r['score']:.3f}  P(same) "
+        metric = {"cosine": "cosine", "euclidean distance": "distance"}.get(rows[0]["metric"], rows[0]["metric"])
+        return "\n".join(f"{i + 1}. {r['name']:<{width}}  {metric} {r['score']:.3f}  P(same) "
                          f"{r['probability']:.2f}  {'same person' if r['same'] else '-'}"
                          for i, r in enumerate(rows))
 
@@ -190,22 +196,28 @@ def identify(image: str, k: int, face_index: int | None, store_path: Path | None
 @click.argument("image")
 @click.option("--character", "-c", "name", required=True, help="The character to score against.")
 @face_option
+@scorer_option
+@domain_option
 @store_options
-def score(image: str, name: str, face_index: int | None, store_path: Path | None, models: str | None,
-          device: str, as_json: bool) -> None:
-    """Score the face in IMAGE against a character: cosine, P(same person), verdict, leakage."""
+def score(image: str, name: str, face_index: int | None, scorer: str, domain: str, store_path: Path | None,
+          models: str | None, device: str, as_json: bool) -> None:
+    """Score the face in IMAGE against a character: the scorer's number, P(same person), verdict, leakage.
+    dlib and fused describe the character's stored face crops (or its reference photos, sha256-checked,
+    for references stored before crops were kept)."""
+    from ..identity.store_scoring import score as score_face
+
     with open_store(store_path, models, device) as store:
-        result = store.score(image, name, face=face_index)
+        result = score_face(store, image, name, face=face_index, scorer=scorer, domain=domain)
     data = {"image": image, **result.to_dict()}
 
     def text(_: Any) -> str:
-        lines = [f"{result.name}: cosine {result.cosine:.3f}  P(same) {result.probability:.2f}  "
-                 f"{'same person' if result.same else 'different person'} (threshold {result.threshold:.2f})"]
+        lines = [f"{data['name']}:"] + [f"  {verdict_text(s)}" for s in data["scores"].values()]
         if result.baseline_mean is not None:
-            lines.append(f"  character baseline (leave-one-out mean): {result.baseline_mean:.2f}")
+            lines.append(f"  character baseline (leave-one-out mean cosine): {result.baseline_mean:.2f}")
         if result.closest_other is not None:
             other = result.closest_other
-            lines.append(f"  closest other character: {other.name} ({other.score:.3f})"
+            lines.append(f"  closest other character: {other.name} ({other.result.metric} {other.result.score:.3f}, "
+                         f"P(same) {other.result.probability:.2f})"
                          + ("  <- identity leakage: closer to another character" if result.leakage else ""))
         return "\n".join(lines)
 

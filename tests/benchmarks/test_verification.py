@@ -126,3 +126,58 @@ def test_bad_pairs_file_is_one_line_error(invoke, tmp_path):
     result = invoke("bench", "verify", "--pairs", str(bad), "--out", str(tmp_path))
     assert result.returncode == BenchmarkInputError.exit_code
     assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1
+
+
+def _generated_slice(faces_dir: Path, tmp_path: Path, n: int) -> Path:
+    """The first n/2 genuine and n/2 impostor pairs of generated_dev, as their own pairs file."""
+    root = faces_dir / "generated_dev"
+    lines = (root / "pairs.txt").read_text().splitlines()
+    same = [line for line in lines if line.endswith(" 1")][: n // 2]
+    different = [line for line in lines if line.endswith(" 0")][: n // 2]
+    target = tmp_path / "generated.txt"
+    rows = [line.split() for line in same + different]
+    target.write_text("".join(f"{root / a} {root / b} {label}\n" for a, b, label in rows))
+    return target
+
+
+@pytest.mark.slow
+def test_verify_generated_domain_reports_each_scorer_and_the_default_verdict(cli, faces_dir, tmp_path):
+    from castkeep.identity import domains
+
+    pairs_file = _generated_slice(faces_dir, tmp_path, 24)
+    result = cli("bench", "verify", "--pairs", str(pairs_file), "--root", "/", "--domain", "generated",
+                 "--scorer", "fused", "--no-baseline", "--out", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["scorer"], data["domain"]) == ("fused", "generated")
+    assert set(data["scorers"]) == {"arcface", "dlib", "fused"}
+    for name, metrics in data["scorers"].items():
+        assert 0.5 <= metrics["auc"] <= 1.0 and [t["far"] for t in metrics["tar_at_far"]] == [1e-2, 1e-3]
+        assert metrics["fixed_threshold"]["scorer"] == name and metrics["fixed_threshold"]["domain"] == "generated"
+    assert data["castkeep"]["fixed_threshold"] == data["scorers"]["fused"]["fixed_threshold"]
+    # The default verdict is the product's generated-domain threshold, not one fitted on these pairs:
+    # recompute it from the per-pair raw numbers.
+    labels = np.array(data["scores"]["same"], dtype=bool)
+    cosines = np.array(data["scores"]["arcface_cosine"], dtype=float)
+    distances = np.array(data["scores"]["dlib_distance"], dtype=float)
+    arcface = data["scorers"]["arcface"]["fixed_threshold"]
+    assert arcface["threshold"] == pytest.approx(domains.ARCFACE["generated"].threshold)
+    assert arcface["accuracy"] == pytest.approx(np.mean((cosines >= domains.ARCFACE["generated"].threshold) == labels))
+    dlib = data["scorers"]["dlib"]["fixed_threshold"]
+    assert dlib["accuracy"] == pytest.approx(np.mean((distances <= domains.DLIB["generated"].threshold) == labels))
+    assert data["castkeep"]["fixed_threshold"]["accuracy"] >= 0.75
+    assert len(data["scores"]["castkeep"]) == 24
+
+
+def test_domain_picks_the_default_verdict(model_pack, faces_dir, tmp_path):
+    """Same pairs, same embeddings: only the fixed threshold (and so its accuracy) follows the domain."""
+    pairs = read_pairs(_generated_slice(faces_dir, tmp_path, 12), "/")
+    photo, _ = run_verification(pairs, model_pack, baseline=False)
+    generated, _ = run_verification(pairs, model_pack, baseline=False, domain="generated")
+    assert photo["castkeep"]["fixed_threshold"]["threshold"] == 0.27
+    assert generated["castkeep"]["fixed_threshold"]["threshold"] < 0.2
+    assert photo["scores"]["castkeep"] == generated["scores"]["castkeep"]
+    assert photo["castkeep"]["accuracy"] == generated["castkeep"]["accuracy"]
+    assert set(photo["scorers"]) == {"arcface"} and photo["dlib_model"] is None
+    # generated genuine pairs sit below 0.27: the generated verdict accepts more of them
+    assert generated["castkeep"]["fixed_threshold"]["accuracy"] >= photo["castkeep"]["fixed_threshold"]["accuracy"]

@@ -1,0 +1,129 @@
+"""Scoring a face against stored characters with any scorer and domain (`score`/`identify --scorer --domain`).
+
+ArcFace numbers come from the store as they are (the character vector, the index search); only their
+verdict and P(same) are read in the chosen domain. dlib needs faces, not stored vectors: the query image is
+described directly and each character through `ReferenceDescriptors` (its stored face crops). So that a
+large store is never re-described in full, dlib and the fusion re-rank ArcFace's nearest characters
+(`SHORTLIST`, or k when larger): a character ArcFace puts below that is not considered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import StoreError
+from .dlib_recogniser import distance
+from .scorers import ScoreResult, check_domain, describe_face, get_scorer, judge_all
+
+SHORTLIST = 5
+
+
+@dataclass
+class ScoredMatch:
+    """A stored character judged against a face by one scorer."""
+
+    name: str
+    cosine: float  # ArcFace cosine to the character vector
+    result: ScoreResult  # the chosen scorer's judgement
+    scores: dict[str, ScoreResult] = field(default_factory=dict)  # every scorer that could judge it
+
+    @property
+    def log_odds(self) -> float:
+        """The chosen scorer's calibrated log-odds of "same person" (orders matches across scorers' scales)."""
+        return float(get_scorer(self.result.scorer).calibration(self.result.domain).log_odds(self.result.score))
+
+    def to_dict(self) -> dict[str, Any]:
+        # `score`, `probability`, `same` are the chosen scorer's (for arcface, score = cosine as before).
+        return {"name": self.name, "score": round(self.result.score, 4), "probability": round(self.result.probability, 4),
+                "same": self.result.same, "cosine": round(self.cosine, 4), "scorer": self.result.scorer,
+                "metric": self.result.metric, "domain": self.result.domain,
+                "scores": {k: v.to_dict() for k, v in self.scores.items()}}
+
+
+@dataclass
+class CharacterJudgement:
+    """How well a face matches one character, by the chosen scorer, and whether another matches better."""
+
+    match: ScoredMatch
+    closest_other: ScoredMatch | None
+    leakage: bool  # another character is more likely the same person, by the chosen scorer
+    baseline_mean: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        result = self.match.result
+        return {"name": self.match.name, "cosine": round(self.match.cosine, 4),
+                "probability": round(result.probability, 4), "same": result.same, "threshold": round(result.threshold, 4),
+                "baseline_mean": self.baseline_mean, "scorer": result.scorer, "metric": result.metric,
+                "domain": result.domain, "score": round(result.score, 4),
+                "scores": {k: v.to_dict() for k, v in self.match.scores.items()},
+                "closest_other": None if self.closest_other is None else self.closest_other.to_dict(),
+                "leakage": self.leakage}
+
+
+class _Judge:
+    """One query face against stored characters: ArcFace from the store, dlib from stored face crops."""
+
+    def __init__(self, store: Any, source: Any, face: int | None, scorer: str, domain: str,
+                 recogniser: Any = None) -> None:
+        self.store, self.scorer, self.domain = store, get_scorer(scorer), check_domain(domain)
+        self.descriptor: np.ndarray | None = None
+        if self.scorer.needs_dlib:
+            from .enrolment import parse_image_spec
+            from .reference_faces import ReferenceDescriptors
+
+            if isinstance(source, (np.ndarray, list, tuple)) and np.ndim(source) == 1:
+                raise StoreError(f"--scorer {self.scorer.name} needs an image, not an embedding")
+            if recogniser is None:
+                from .dlib_recogniser import DlibRecogniser
+
+                recogniser = DlibRecogniser()
+            analyzer = store.analyzer
+            if store.fingerprint is not None and analyzer.fingerprint != store.fingerprint:
+                raise StoreError(f"this store holds embeddings of {store.fingerprint}; the face models loaded are "
+                                 f"{analyzer.fingerprint} (use the store's --models)")
+            image, spec_face = parse_image_spec(source)
+            features = describe_face(analyzer, image, face=spec_face if spec_face is not None else face,
+                                     recogniser=recogniser)
+            self.query: Any = features.embedding  # the store searches by this vector: one detection only
+            self.descriptor = features.descriptor
+            self.references = ReferenceDescriptors(recogniser, analyzer.detector)
+        else:
+            self.query = source
+
+    def judge(self, name: str, cosine: float) -> ScoredMatch:
+        raw = {"arcface": cosine}
+        if self.descriptor is not None:
+            raw["dlib"] = distance(self.descriptor, self.references.of_character(self.store.get(name, crops=True)))
+        results = judge_all(self.scorer, raw, self.domain)
+        return ScoredMatch(name=name, cosine=cosine, result=results[self.scorer.name], scores=results)
+
+
+def identify(store: Any, source: Any, *, k: int = 5, face: int | None = None, scorer: str = "arcface",
+             domain: str = "photo", recogniser: Any = None) -> list[ScoredMatch]:
+    """The k characters most likely to be the face in `source`, by `scorer` in `domain`, best first."""
+    judge = _Judge(store, source, face, scorer, domain, recogniser)
+    shortlist = k if judge.scorer.name == "arcface" else max(k, SHORTLIST)
+    matches = [judge.judge(m.name, m.score) for m in store.identify(judge.query, k=shortlist, face=face)]
+    matches.sort(key=lambda m: -m.log_odds)
+    return matches[:k]
+
+
+def score(store: Any, source: Any, name: str, *, face: int | None = None, scorer: str = "arcface",
+          domain: str = "photo", recogniser: Any = None) -> CharacterJudgement:
+    """How well the face in `source` matches character `name`, by `scorer` in `domain`; leakage when
+    another stored character (of ArcFace's nearest) is more likely the same person."""
+    judge = _Judge(store, source, face, scorer, domain, recogniser)
+    stored = store.score(judge.query, name, face=face)  # the ArcFace cosine, the nearest others
+    own = judge.judge(stored.name, stored.cosine)
+    if judge.scorer.name == "arcface":  # the store already found the nearest other character
+        others = [] if stored.closest_other is None else [stored.closest_other]
+    else:
+        others = [m for m in store.identify(judge.query, k=SHORTLIST + 1, face=face) if m.name != stored.name]
+    judged = sorted((judge.judge(m.name, m.score) for m in others), key=lambda m: -m.log_odds)
+    closest = judged[0] if judged else None
+    leakage = (stored.leakage if judge.scorer.name == "arcface"
+               else closest is not None and closest.log_odds > own.log_odds)
+    return CharacterJudgement(match=own, closest_other=closest, leakage=leakage, baseline_mean=stored.baseline_mean)
