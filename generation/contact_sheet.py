@@ -29,9 +29,11 @@ def _caption(item: dict[str, Any]) -> tuple[str, str, tuple[int, int, int]]:
     top = f"#{item['index']}  seed {item['seed']}"
     if not score.get("face_found"):
         return top, "no face", MISSING
-    line = f"cos {score['cosine']:+.3f}  p {score['probability']:.2f}"
+    line = f"p {score['probability']:.2f}  cos {score['cosine']:+.3f}"
     if score.get("leakage"):
         line += "  LEAK"
+    if (score.get("agreement") or {}).get("kind") == "conditioning-only":
+        line += "  DLIB?"  # ArcFace says same, dlib says different: look at this one
     return top, line, PASS if item.get("passed", score.get("same")) else FAIL
 
 
