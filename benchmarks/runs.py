@@ -147,6 +147,7 @@ def _image_reference(image: PathLike, analyzer: Any, recogniser: Any) -> Any:
     from .consistency import Reference
 
     features = describe_face(analyzer, image, recogniser=recogniser)
+    assert features.descriptor is not None  # given a recogniser, describe_face always describes
     return Reference(label=f"image '{Path(image).name}'", embedding=features.embedding, descriptor=features.descriptor)
 
 
