@@ -96,6 +96,23 @@ def run_conditioning(run_dir: Path, images: list[Path]) -> dict[str, Any] | None
     return _first_in_run(run_dir, images, _conditioning_of)
 
 
+def conditioning_record(conditioning: dict[str, Any] | None, arcface_fingerprint: str) -> dict[str, Any] | None:
+    """The run's conditioning space with `same_as_arcface_scorer`: whether the ArcFace judging here is the
+    space that steered generation (so not independent of it). Decided by the space's fingerprint, else by
+    its recogniser file (a fingerprint is `pack:recogniser-file:sha256-prefix`); None when the run says
+    neither."""
+    if conditioning is None:
+        return None
+    fingerprint, recogniser = conditioning.get("fingerprint"), conditioning.get("recogniser")
+    if isinstance(fingerprint, str) and fingerprint:
+        same: bool | None = fingerprint == arcface_fingerprint
+    elif isinstance(recogniser, str) and recogniser:
+        same = recogniser == arcface_fingerprint.split(":")[1] if arcface_fingerprint.count(":") >= 2 else None
+    else:
+        same = None
+    return {**conditioning, "same_as_arcface_scorer": same}
+
+
 @dataclass
 class Reference:
     """Who every output should be: an ArcFace vector and a dlib descriptor, and what to call it."""

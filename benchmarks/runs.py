@@ -166,7 +166,7 @@ def bench_consistency(run_dir: PathLike, *, character: str | None = None, refere
     from ..errors import BenchmarkInputError
     from ..identity.analyzer import FaceAnalyzer
     from ..identity.dlib_recogniser import DlibRecogniser
-    from .consistency import run_character, run_conditioning, run_consistency, run_images
+    from .consistency import conditioning_record, run_character, run_conditioning, run_consistency, run_images
 
     if character is not None and reference_image is not None:
         raise BenchmarkInputError("give a stored --character or a --reference image, not both")
@@ -185,12 +185,7 @@ def bench_consistency(run_dir: PathLike, *, character: str | None = None, refere
         result = run_consistency(images, analyzer, recogniser, reference=reference, scorer=scorer, domain=domain,
                                  threshold=threshold, progress=progress)
     result["run_dir"] = str(run_dir)
-    conditioning = run_conditioning(run_dir, images)
-    if conditioning is not None:
-        # Whether the ArcFace judging here is the very space that steered generation (not independent of it).
-        conditioning = {**conditioning,
-                        "same_as_arcface_scorer": conditioning.get("fingerprint") == result["models"]["arcface"]}
-    result["conditioning"] = conditioning
+    result["conditioning"] = conditioning_record(run_conditioning(run_dir, images), result["models"]["arcface"])
     result["notes"] = notes
     name = name or _name(f"consistency-{run_dir.resolve().name}")
     result["plots"] = {}

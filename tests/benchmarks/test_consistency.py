@@ -174,7 +174,8 @@ PLANTED = [
     ("out_05.jpg", "qianxi/photomaker_page__real3rdCol_r0c2.jpg", "conditioning-only"),
     ("out_06.jpg", "scarlett/photomaker_page__real2ndCol_r1c1.jpg", "independent-only"),
 ]
-CONDITIONING = {"fingerprint": "buffalo_l:glintr100.onnx:0123456789abcdef", "pack": "buffalo_l"}
+CONDITIONING = {"pack": "buffalo_l", "recogniser": "w600k_r50.onnx", "declared_by": "file name",
+                "fingerprint": "buffalo_l:w600k_r50.onnx:0123456789abcdef"}  # as `castkeep generate` writes it
 
 
 @pytest.fixture(scope="module")
@@ -291,3 +292,18 @@ def test_character_and_reference_image_together_is_an_error(invoke, run_dir, fac
     result = invoke("bench", "consistency", str(run_dir), "--character", "toledo",
                     "--reference", str(faces_dir / REFERENCE_PHOTO))
     assert result.returncode == BenchmarkInputError.exit_code and "not both" in result.stderr
+
+
+def test_conditioning_space_is_compared_with_the_judging_arcface():
+    from castkeep.benchmarks.consistency import conditioning_record
+
+    judging = "buffalo_s_lite:w600k_mbf.onnx:9cc6e4a75f0e2bf0"
+    space = {"pack": "buffalo_s", "recogniser": "w600k_mbf.onnx", "declared_by": "file name"}
+    assert conditioning_record(None, judging) is None
+    assert conditioning_record({**space, "fingerprint": judging}, judging)["same_as_arcface_scorer"] is True
+    other = "buffalo_s:w600k_mbf.onnx:0000000000000000"  # same recogniser file, another copy of the weights
+    assert conditioning_record({**space, "fingerprint": other}, judging)["same_as_arcface_scorer"] is False
+    # No fingerprint (a vector given without one): the recogniser file decides.
+    assert conditioning_record({**space, "fingerprint": None}, judging)["same_as_arcface_scorer"] is True
+    assert conditioning_record({**space, "recogniser": "w600k_r50.onnx"}, judging)["same_as_arcface_scorer"] is False
+    assert conditioning_record({"pack": "buffalo_l"}, judging) == {"pack": "buffalo_l", "same_as_arcface_scorer": None}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from castkeep.benchmarks.runs import bench_consistency, bench_store
 
 
@@ -17,6 +19,7 @@ def test_bench_store_returns_what_it_saved(tmp_path):
     assert set(row["indexes"]) == {"exact"} and row["indexes"]["exact"]["recall_at_10"] == 1.0
 
 
+@pytest.mark.slow  # ArcFace and dlib describe every image
 def test_bench_consistency_on_photos_of_one_person(faces_dir, pack_dir, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
