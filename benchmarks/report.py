@@ -113,12 +113,15 @@ def plot_roc(curves: dict[str, Any], path: str | os.PathLike, title: str) -> Pat
     return _save_figure(plt, fig, path)
 
 
-def plot_heatmap(matrix: np.ndarray, labels: Sequence[str], path: str | os.PathLike, title: str) -> Path:
+def plot_heatmap(matrix: np.ndarray, labels: Sequence[str], path: str | os.PathLike, title: str, *,
+                 scale: tuple[float, float] = (-0.2, 1.0), value_label: str = "cosine similarity",
+                 cmap: str = "viridis") -> Path:
+    """A labelled matrix of pair scores; `scale` is the colour range (default: cosine)."""
     plt = _pyplot()
     n = len(labels)
     size = min(4 + 0.35 * n, 20)
     fig, ax = plt.subplots(figsize=(size + 1, size), dpi=100)
-    image = ax.imshow(matrix, vmin=-0.2, vmax=1.0, cmap="viridis")
+    image = ax.imshow(matrix, vmin=scale[0], vmax=scale[1], cmap=cmap)
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))
     ax.set_xticklabels(labels, rotation=90, fontsize=7)
@@ -127,23 +130,25 @@ def plot_heatmap(matrix: np.ndarray, labels: Sequence[str], path: str | os.PathL
         for i in range(n):
             for j in range(n):
                 ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6, color="white")
-    fig.colorbar(image, ax=ax, label="cosine similarity")
+    fig.colorbar(image, ax=ax, label=value_label)
     ax.set_title(title)
     return _save_figure(plt, fig, path)
 
 
 def plot_histogram(series: dict[str, Iterable[float]], path: str | os.PathLike, title: str,
-                   threshold: float | None = None) -> Path:
+                   threshold: float | None = None, *, xlabel: str = "cosine similarity",
+                   bins: int | np.ndarray | None = None) -> Path:
+    """Overlaid histograms; `bins` defaults to a fixed cosine range (pass a count for other scales)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    bins = np.linspace(-0.3, 1.0, 40)
+    bins = np.linspace(-0.3, 1.0, 40) if bins is None else bins
     for label, values in series.items():
         values = np.asarray(list(values), dtype=float)
         if values.size:
             ax.hist(values, bins=bins, alpha=0.6, label=f"{label} (n={values.size})")
     if threshold is not None:
         ax.axvline(threshold, color="red", linestyle="--", label=f"threshold {threshold:.2f}")
-    ax.set_xlabel("cosine similarity")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
     ax.set_title(title)
     ax.legend(fontsize=8)

@@ -113,20 +113,24 @@ def bench_throughput(images_dir: PathLike, *, limit: int = 100, rounds: int = 3,
     return result
 
 
-def _stored_reference(named: str, explicit: bool, store: PathLike | None, analyzer: Any,
-                      notes: list[str]) -> tuple[np.ndarray | None, str | None]:
-    """The stored character's vector and name. A character the user named must exist (and match the
-    face models); one only read from the run falls back to the run centroid, with a note."""
+def _stored_reference(named: str, explicit: bool, store: PathLike | None, analyzer: Any, recogniser: Any,
+                      notes: list[str]) -> Any:
+    """The stored character as a consistency `Reference` (its vector, and its dlib descriptor from its stored
+    face crops). A character the user named must exist (and match the face models); one only read from the
+    run falls back to the run centroid, with a note."""
     from ..errors import CastkeepError, UnknownCharacterError
+    from ..identity.reference_faces import ReferenceDescriptors
     from ..identity.store import Store
+    from .consistency import Reference
 
     try:
         with Store.open(store, analyzer=analyzer, create=False) as opened:
-            stored = opened.get(named)
+            stored = opened.get(named, crops=True)
         if stored.fingerprint != analyzer.fingerprint:
             raise UnknownCharacterError(f"character '{named}' was registered with another model "
                                         f"({stored.fingerprint}); use its --models")
-        return stored.vector, stored.name
+        descriptor = ReferenceDescriptors(recogniser, analyzer.detector).of_character(stored)
+        return Reference(label=f"character '{stored.name}'", embedding=stored.vector, descriptor=descriptor)
     except UnknownCharacterError:
         if explicit:
             raise
@@ -135,41 +139,71 @@ def _stored_reference(named: str, explicit: bool, store: PathLike | None, analyz
         if explicit:
             raise
         notes.append(f"no usable store ({exc}); scored against the run centroid")
-    return None, None
+    return None
 
 
-def bench_consistency(run_dir: PathLike, *, character: str | None = None, store: PathLike | None = None,
+def _image_reference(image: PathLike, analyzer: Any, recogniser: Any) -> Any:
+    from ..identity.scorers import describe_face
+    from .consistency import Reference
+
+    features = describe_face(analyzer, image, recogniser=recogniser)
+    assert features.descriptor is not None  # given a recogniser, describe_face always describes
+    return Reference(label=f"image '{Path(image).name}'", embedding=features.embedding, descriptor=features.descriptor)
+
+
+def _marked(labels: list[str], flagged: list[str]) -> list[str]:
+    return [f"* {label}" if label in flagged else label for label in labels]
+
+
+def bench_consistency(run_dir: PathLike, *, character: str | None = None, reference_image: PathLike | None = None,
+                      store: PathLike | None = None, scorer: str = "fused", domain: str = "generated",
                       threshold: float | None = None, name: str | None = None, out_dir: PathLike | None = None,
                       models: PathLike | None = None, device: str = "cpu",
                       progress: Progress = terminal_progress) -> dict[str, Any]:
-    """Identity consistency of a generation run (every image re-embedded): score distribution,
-    consistency rate, pairwise matrix (heat map), outliers. Results go to RUN_DIR/consistency."""
+    """Identity consistency of a generation run, every image described again by ArcFace and dlib: each
+    scorer's verdicts, where the two recognisers disagree, score distribution, consistency rate, pairwise
+    matrices (heat maps), outliers; `scorer` drives the headline. Results go to RUN_DIR/consistency."""
+    from ..errors import BenchmarkInputError
     from ..identity.analyzer import FaceAnalyzer
-    from .consistency import run_character, run_consistency, run_images
+    from ..identity.dlib_recogniser import DlibRecogniser
+    from .consistency import conditioning_record, run_character, run_conditioning, run_consistency, run_images
 
+    if character is not None and reference_image is not None:
+        raise BenchmarkInputError("give a stored --character or a --reference image, not both")
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "consistency"
     images = run_images(run_dir, exclude=out_dir.resolve())
-    named = character or run_character(run_dir, images)
-    reference, label = None, None
+    named = None if reference_image is not None else character or run_character(run_dir, images)
+    reference = None
     notes: list[str] = []
+    recogniser = DlibRecogniser()
     with FaceAnalyzer(_pack(models, device), dense=False, landmarks_106=False) as analyzer:
-        if named is not None:
-            reference, label = _stored_reference(named, character is not None, store, analyzer, notes)
-        result = run_consistency(images, analyzer, reference=reference, reference_label=label,
-                                 threshold=SAME_PERSON_THRESHOLD if threshold is None else threshold,
-                                 progress=progress)
+        if reference_image is not None:
+            reference = _image_reference(reference_image, analyzer, recogniser)
+        elif named is not None:
+            reference = _stored_reference(named, character is not None, store, analyzer, recogniser, notes)
+        result = run_consistency(images, analyzer, recogniser, reference=reference, scorer=scorer, domain=domain,
+                                 threshold=threshold, progress=progress)
     result["run_dir"] = str(run_dir)
+    result["conditioning"] = conditioning_record(run_conditioning(run_dir, images), result["models"]["arcface"])
     result["notes"] = notes
     name = name or _name(f"consistency-{run_dir.resolve().name}")
     result["plots"] = {}
     if result["with_face"] >= 2:
-        matrix = np.asarray(result["pairwise"]["matrix"])
+        labels = _marked(result["pairwise"]["labels"], result["agreement"]["disagreeing"])
+        marker = " (* = arcface and dlib disagree)" if result["agreement"]["disagreeing"] else ""
         result["plots"]["pairwise heatmap"] = str(plot_heatmap(
-            matrix, result["pairwise"]["labels"], out_dir / f"{name}-pairwise.png", "pairwise identity similarity"))
+            np.asarray(result["pairwise"]["matrix"]), labels, out_dir / f"{name}-pairwise.png",
+            f"pairwise ArcFace similarity{marker}"))
+        result["plots"]["pairwise heatmap (dlib)"] = str(plot_heatmap(
+            np.asarray(result["pairwise"]["dlib"]), labels, out_dir / f"{name}-pairwise-dlib.png",
+            f"pairwise dlib distance{marker}", scale=(0.2, 1.2), value_label="dlib distance (lower = more alike)",
+            cmap="viridis_r"))
     if result["with_face"]:
+        cosine_scale = result["metric"] == "cosine"
         result["plots"]["score histogram"] = str(plot_histogram(
             {"outputs": [r["score"] for r in result["images"]]}, out_dir / f"{name}-scores.png",
-            f"identity score vs {result['reference']}", threshold=result["threshold"]))
+            f"{result['scorer']} score vs {result['reference']} ({result['domain']})", threshold=result["threshold"],
+            xlabel=result["metric"] if not cosine_scale else "cosine similarity", bins=None if cosine_scale else 30))
     save_result(result, out_dir, name)
     return result

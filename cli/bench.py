@@ -158,22 +158,34 @@ def throughput(images_dir: Path, limit: int, rounds: int, name: str, out_dir: Pa
 @click.option("--character", default=None,
               help="Stored character to score against (default: the one named in the run's "
                    "summary.json/sidecars, if the store has it; else the run's own centroid).")
+@click.option("--reference", "reference_image", type=click.Path(path_type=Path), default=None,
+              help="A photo of the person to score against instead of a stored character.")
 @click.option("--store", "store_path", type=click.Path(path_type=Path), default=None, envvar="CASTKEEP_STORE",
               show_envvar=True, help="Character store folder.")
+@click.option("--scorer", type=click.Choice(["arcface", "dlib", "fused"]), default="fused", show_default=True,
+              help="Which scorer drives the headline consistency rate, score distribution and outliers "
+                   "(every image is judged by all three either way).")
+@click.option("--domain", type=click.Choice(["photo", "generated"]), default="generated", show_default=True,
+              help="Which calibration the verdicts use: generated images (what a run holds) or real photos.")
 @click.option("--threshold", type=float, default=None,
-              help="Same-person threshold (default: castkeep's).")
+              help="Verdict threshold of --scorer on its own scale (cosine, dlib distance, fused log-odds) "
+                   "[default: its calibrated one for --domain].")
 @click.option("--name", default=None, help="Result file name (default: consistency-<run folder>).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the JSON result and plots [default: RUN_DIR/consistency].")
 @model_options
 @json_option
-def consistency(run_dir: Path, character: str | None, store_path: Path | None, threshold: float | None,
-                name: str | None, out_dir: Path | None, models: str | None, device: str, as_json: bool) -> None:
-    """Identity consistency of a generation run: score distribution, consistency rate, pairwise
-    similarity matrix (heatmap), outliers. Every image is re-embedded."""
+def consistency(run_dir: Path, character: str | None, reference_image: Path | None, store_path: Path | None,
+                scorer: str, domain: str, threshold: float | None, name: str | None, out_dir: Path | None,
+                models: str | None, device: str, as_json: bool) -> None:
+    """Identity consistency of a generation run: every image is described again by ArcFace (the model that
+    conditions generation) and dlib (an independent one) and judged by arcface, dlib and fused; flags the
+    images where the two disagree (ArcFace alone saying "same" is the dangerous case). Consistency rate,
+    score distribution, pairwise matrices (heat maps), outliers."""
     from ..benchmarks.consistency import summary_text
     from ..benchmarks.runs import bench_consistency
 
-    result = bench_consistency(run_dir, character=character, store=store_path, threshold=threshold, name=name,
-                               out_dir=out_dir, models=models, device=device)
+    result = bench_consistency(run_dir, character=character, reference_image=reference_image, store=store_path,
+                               scorer=scorer, domain=domain, threshold=threshold, name=name, out_dir=out_dir,
+                               models=models, device=device)
     _print(result, as_json, summary_text)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from castkeep.benchmarks.runs import bench_consistency, bench_store
 
 
@@ -17,6 +19,7 @@ def test_bench_store_returns_what_it_saved(tmp_path):
     assert set(row["indexes"]) == {"exact"} and row["indexes"]["exact"]["recall_at_10"] == 1.0
 
 
+@pytest.mark.slow  # ArcFace and dlib describe every image
 def test_bench_consistency_on_photos_of_one_person(faces_dir, pack_dir, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -24,7 +27,7 @@ def test_bench_consistency_on_photos_of_one_person(faces_dir, pack_dir, tmp_path
         (run_dir / photo.name).write_bytes(photo.read_bytes())
     result = bench_consistency(run_dir, store=tmp_path / "no-store", models=pack_dir)
     assert result["with_face"] == 3 and result["reference"] != "Abdullah_Gul"
-    assert set(result["plots"]) == {"pairwise heatmap", "score histogram"}
+    assert set(result["plots"]) == {"pairwise heatmap", "pairwise heatmap (dlib)", "score histogram"}
     for plot in result["plots"].values():
         assert plot.startswith(str(run_dir / "consistency")) and (run_dir / "consistency").is_dir()
     assert json.loads((run_dir / "consistency" / "consistency-run.json").read_text())["with_face"] == 3
