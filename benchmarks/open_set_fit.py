@@ -51,9 +51,10 @@ def _raw_matrices(described: Described, probes: list[str], characters: list[list
     embeddings = np.stack([described.embeddings[k] for k in probes]).astype(np.float64)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
     raw = {"arcface": embeddings @ np.stack([v for v, _ in built]).T}
-    if all(d is not None for _, d in built) and all(k in described.descriptors for k in probes):
+    descriptors = [d for _, d in built if d is not None]
+    if len(descriptors) == len(built) and all(k in described.descriptors for k in probes):
         probe_descriptors = np.stack([described.descriptors[k] for k in probes]).astype(np.float64)
-        character_descriptors = np.stack([d for _, d in built])
+        character_descriptors = np.stack(descriptors)
         raw["dlib"] = np.linalg.norm(probe_descriptors[:, None, :] - character_descriptors[None, :, :], axis=2)
     return raw
 
