@@ -11,6 +11,7 @@ import click
 
 from ..generation.config import DEVICES, DTYPES, GenerationConfig
 from ..generation.schedulers import SCHEDULER_NAMES
+from ..identity.scorers import SCORERS as GENERATION_SCORERS
 from ..utils import progress
 from .common import emit, json_option, log_to_stderr
 from .store_commands import store_option
@@ -28,8 +29,8 @@ class _AttemptBar:
             self.bar = progress(range(self.total), label=f"generating {self.name}", total=self.total)
         self.bar.update(1)
         score = attempt.score
-        self.bar.set_postfix_str(f"seed {attempt.seed} " + (f"cos {score.cosine:+.2f}" if score.face_found
-                                                             else "no face"))
+        self.bar.set_postfix_str(f"seed {attempt.seed} " + (f"p {score.probability:.2f}"
+                                                             if score.probability is not None else "no face"))
 
     def close(self) -> None:
         if self.bar is not None:
@@ -44,7 +45,11 @@ def _text(result: Any) -> str:
         if score["face_found"]:
             verdict = "same person" if score["same"] else "different person"
             leak = f", closer to '{score['closest_other']['name']}' (leakage)" if score["leakage"] else ""
-            detail = f"cosine {score['cosine']:+.3f}, p {score['probability']:.2f}, {verdict}{leak}"
+            agreement = score["agreement"] or {}
+            flag = {"conditioning-only": ", ArcFace says same but dlib different (check it)",
+                    "independent-only": ", dlib says same but ArcFace different"}.get(str(agreement.get("kind")), "")
+            detail = (f"{score['scorer']} p {score['probability']:.2f} ({verdict}), cosine {score['cosine']:+.3f}"
+                      f"{leak}{flag}")
         else:
             detail = "no face found"
         lines.append(f"#{output['rank']} seed {output['seed']}: {detail}  {result.out_dir / output['file']}")
@@ -53,6 +58,8 @@ def _text(result: Any) -> str:
     lines.append(f"{timing['images_generated']} image(s) generated in {timing['generate_s']:.1f} s "
                  f"({timing['s_per_step']:.3f} s/step), kept {len(summary['outputs'])}"
                  + (f", mean pairwise identity cosine {consistency:+.3f}" if consistency is not None else ""))
+    for warning in summary["warnings"]:
+        lines.append(f"warning: {warning}")
     lines.append(f"summary: {result.summary_path}  contact sheet: {result.contact_sheet_path}")
     return "\n".join(lines)
 
@@ -69,7 +76,11 @@ def _text(result: Any) -> str:
                    "repo[/file] [default: h94/IP-Adapter-FaceID, ip-adapter-faceid_sd15.bin or _sdxl.bin].")
 @store_option
 @click.option("--models", default=None, envvar="CASTKEEP_MODELS", show_envvar=True, metavar="PACK",
-              help="Face model pack used to score outputs (the one the character was registered with).")
+              help="Face model pack used to score outputs (the store's own, the one it was created with).")
+@click.option("--conditioning-models", default=None, metavar="PACK",
+              help="The face model pack (name, folder or stored fingerprint) whose embeddings the adapter was "
+                   "trained on. Known adapters need none (h94 FaceID: buffalo_l; InstantID, Kolors: antelopev2); "
+                   "any other adapter must say.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: ./castkeep-out/NAME-TIMESTAMP].")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None,
@@ -90,8 +101,13 @@ def _text(result: Any) -> str:
               help="Sampler (default: the one the base model ships).")
 @click.option("--best-of", type=click.IntRange(min=1), default=1, show_default=True,
               help="Generate N candidates and keep the top --num-images by identity score.")
-@click.option("--min-score", type=click.FloatRange(-1, 1), default=None,
-              help="Regenerate with new seeds until --num-images outputs reach this cosine...")
+@click.option("--scorer", type=click.Choice(GENERATION_SCORERS), default="fused", show_default=True,
+              help="Who judges and ranks outputs, in the generated-image calibration: fused (ArcFace + dlib), "
+                   "dlib (independent of the conditioning model), or arcface (only when its pack did not "
+                   "condition the images).")
+@click.option("--min-score", type=click.FloatRange(0, 1), default=None,
+              help="Regenerate with new seeds until --num-images outputs reach this P(same person) by "
+                   "--scorer...")
 @click.option("--max-tries", type=click.IntRange(min=1), default=None,
               help="...or this many images were generated in all [default: 4 x --num-images].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
@@ -103,12 +119,17 @@ def _text(result: Any) -> str:
 @click.option("--keep-rejected", is_flag=True, help="Also write the outputs best-of/retry dropped (rejected/).")
 @json_option
 def generate(name: str, prompt: str, negative_prompt: str, base_model: str | None, ip_adapter: str | None,
-             store_path: Path | None, models: str | None, out_dir: Path | None, seed: int | None, steps: int,
-             guidance: float, id_scale: float, aspect: str | None, width: int | None, height: int | None,
-             num_images: int, scheduler: str, best_of: int, min_score: float | None, max_tries: int | None,
+             store_path: Path | None, models: str | None, conditioning_models: str | None, out_dir: Path | None,
+             seed: int | None, steps: int, guidance: float, id_scale: float, aspect: str | None,
+             width: int | None, height: int | None, num_images: int, scheduler: str, best_of: int, scorer: str,
+             min_score: float | None, max_tries: int | None,
              batch_size: int, device: str, dtype: str, keep_rejected: bool, as_json: bool) -> None:
     """Generate images of character NAME from PROMPT, conditioned on its identity (IP-Adapter FaceID),
     and score every output against it.
+
+    The adapter is conditioned on NAME's vector in the embedding space it was trained on (h94 FaceID:
+    buffalo_l; add that space with `castkeep reembed NAME --models buffalo_l`). Outputs are judged as
+    generated images by ArcFace and dlib, ranked by --scorer, and flagged where the two disagree.
 
     Writes a PNG per output (A1111 `parameters` metadata) with a JSON sidecar, summary.json with the
     pairwise identity-consistency matrix, and contact_sheet.png.
@@ -119,13 +140,15 @@ def generate(name: str, prompt: str, negative_prompt: str, base_model: str | Non
     quiet_generation_libraries()
     config = GenerationConfig(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
                               guidance=guidance, id_scale=id_scale, width=width, height=height, aspect=aspect,
-                              num_images=num_images, scheduler=scheduler, best_of=best_of, min_score=min_score,
+                              num_images=num_images, scheduler=scheduler, best_of=best_of, scorer=scorer,
+                              min_score=min_score,
                               max_tries=max_tries, batch_size=batch_size)
     bar = _AttemptBar(name, config.budget)
     with log_to_stderr("castkeep.generation", verbose=not as_json):
         try:
             result = generate_run(name, config=config, base_model=base_model, ip_adapter=ip_adapter, device=device,
-                                  dtype=dtype, store=store_path, models=models, out_dir=out_dir,
+                                  dtype=dtype, store=store_path, models=models,
+                                  conditioning_models=conditioning_models, out_dir=out_dir,
                                   keep_rejected=keep_rejected, on_attempt=bar.advance)
         finally:
             bar.close()

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..identity.scorers import SCORERS
 from .aspect import resolve_size
 from .schedulers import SCHEDULER_NAMES
 
@@ -34,7 +35,8 @@ class GenerationConfig:
     num_images: int = 1
     scheduler: str = "default"
     best_of: int = 1  # candidates generated up front; the top `num_images` by identity score are kept
-    min_score: float | None = None  # regenerate until this many outputs reach this cosine...
+    scorer: str = "fused"  # who judges and ranks outputs: dlib or fused (ArcFace only when it did not condition)
+    min_score: float | None = None  # regenerate until this many outputs reach this P(same) by `scorer`...
     max_tries: int | None = None  # ...or this many images have been generated in all
     batch_size: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
@@ -50,8 +52,8 @@ class GenerationConfig:
             (self.best_of >= 1, f"--best-of {self.best_of} must be at least 1"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1"),
             (self.seed is None or 0 <= self.seed <= MAX_SEED, f"--seed {self.seed} must be in 0..{MAX_SEED}"),
-            (self.min_score is None or -1 <= self.min_score <= 1,
-             f"--min-score {self.min_score} must be a cosine between -1 and 1"),
+            (self.min_score is None or 0 <= self.min_score <= 1,
+             f"--min-score {self.min_score} must be a probability between 0 and 1 (P(same person) by --scorer)"),
             (self.max_tries is None or self.max_tries >= 1, f"--max-tries {self.max_tries} must be at least 1"),
         ]
         for ok, message in checks:
@@ -60,6 +62,8 @@ class GenerationConfig:
         if self.max_tries is not None and self.max_tries < self.candidates:
             raise ConfigError(f"--max-tries {self.max_tries} is below the {self.candidates} images "
                               f"--num-images/--best-of already ask for")
+        if self.scorer not in SCORERS:
+            raise ConfigError(f"unknown --scorer {self.scorer!r}: choose one of {', '.join(SCORERS)}")
         if self.scheduler not in SCHEDULER_NAMES:
             raise ConfigError(f"unknown --scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULER_NAMES)}")
         # Size mistakes surface now, not after a minute of model loading (512 stands in for the base).

@@ -16,14 +16,16 @@ import logging
 import os
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError, UnknownSpaceError
 from ..utils import slug
+from .conditioning import ConditioningSpace, conditioning_space
 from .config import GenerationConfig
-from .loading import DEFAULT_BASE_MODEL, DEFAULT_IP_ADAPTER, LoadedPipeline, build_pipeline
+from .loading import DEFAULT_BASE_MODEL, DEFAULT_IP_ADAPTER, LoadedPipeline, build_pipeline, resolve_weights
 from .runner import Attempt, GenerationRunner, Identity, RunResult, identity_from_store
 from .scoring import IdentityScorer
 
@@ -69,11 +71,51 @@ def load_scoring_analyzer(models: ModelsSpec) -> FaceAnalyzer:
     return FaceAnalyzer.from_pretrained(models, dense=False, landmarks_106=False)
 
 
-def check_scoring_model(identity: Identity, analyzer: FaceAnalyzer) -> None:
-    """Scores are only meaningful in the embedding space the character was registered in."""
-    if identity.fingerprint and identity.fingerprint != analyzer.fingerprint:
-        raise StoreError(f"'{identity.name}' was registered with face model {identity.fingerprint} but "
-                         f"scoring would use {analyzer.fingerprint}: pass --models with the same pack")
+def check_scoring_model(identity: Identity, analyzer: FaceAnalyzer, store: Store | None = None) -> None:
+    """Scores are only meaningful in the space they are compared in: the store's own (primary) space for
+    a stored character, the vector's for one given directly."""
+    expected = store.fingerprint if store is not None else identity.fingerprint
+    if expected and expected != analyzer.fingerprint:
+        raise StoreError(f"'{identity.name}' is stored with face model {expected} but scoring would use "
+                         f"{analyzer.fingerprint}: pass --models with the same pack")
+
+
+def checked_identity(identity: Identity, space: ConditioningSpace, adapter_name: str) -> Identity:
+    """A vector given directly, checked against the adapter's space when its model is known."""
+    if identity.conditioning is not None:  # resolved already (the one-call `generate`)
+        return identity
+    if identity.fingerprint is not None and not space.matches(identity.fingerprint):
+        raise UnknownSpaceError(f"the vector given for '{identity.name}' is from {identity.fingerprint}, but "
+                                f"{adapter_name} conditions on {space.label()} embeddings")
+    conditioning = {**space.to_dict(), "fingerprint": identity.fingerprint}
+    return replace(identity, conditioning=conditioning)
+
+
+def choose_judge(config: GenerationConfig, identity: Identity, analyzer: FaceAnalyzer,
+                 store: Store | None) -> tuple[GenerationConfig, list[str]]:
+    """The scorer that ranks outputs. ArcFace in the space that conditioned them would reward images
+    that fool it, so it is refused; dlib and the fusion need the character's stored face crops, so a
+    bare vector falls back to ArcFace with a warning."""
+    conditioned_by_scorer = identity.fingerprint == analyzer.fingerprint
+    if config.scorer == "arcface" and conditioned_by_scorer:
+        raise ConfigError(f"--scorer arcface would rank outputs by {analyzer.fingerprint.split(':')[0]}, the model "
+                          "whose vector conditioned them: use --scorer fused (default) or dlib")
+    if config.scorer != "arcface" and store is None:
+        note = " (the model that conditioned them)" if conditioned_by_scorer else ""
+        return replace(config, scorer="arcface"), [
+            f"'{identity.name}' is not a stored character, so dlib has no face crops to compare with: outputs "
+            f"are ranked by ArcFace alone{note}"]
+    return config, []
+
+
+def _weights_specs(base_model: PathSpec | None, ip_adapter: PathSpec | None) -> tuple[str, str]:
+    return (os.fspath(base_model) if base_model is not None else DEFAULT_BASE_MODEL,
+            os.fspath(ip_adapter) if ip_adapter is not None else DEFAULT_IP_ADAPTER)
+
+
+def _pack_option(models: ModelsSpec) -> str | os.PathLike[str] | None:
+    """A pack given as a name, a folder or a loaded ModelPack → a name or folder."""
+    return models if models is None or isinstance(models, (str, os.PathLike)) else models.path
 
 
 def _open_store(stack: ExitStack, store: Any) -> Store:
@@ -86,14 +128,18 @@ def _open_store(stack: ExitStack, store: Any) -> Store:
     return stack.enter_context(Store.open(store, create=False))
 
 
-def _resolve(stack: ExitStack, character: CharacterOrIdentity, store: Any) -> tuple[Identity, Store | None]:
-    """The identity to generate, and the store to score leakage against (if any)."""
+def _resolve(stack: ExitStack, character: CharacterOrIdentity, store: Any, space: ConditioningSpace,
+             adapter_name: str) -> tuple[Identity, Store | None]:
+    """The identity to generate (its vector in the adapter's space), and the store to score it against
+    (if any)."""
     if isinstance(character, Identity):
         opened = None if store is None else _open_store(stack, store)
-        # Leakage needs the character's own row; a vector from elsewhere is scored by cosine only.
-        return character, (opened if opened is not None and character.name in opened else None)
+        # Scoring by the store needs the character's own row; a vector from elsewhere is scored by
+        # ArcFace cosine only.
+        return (checked_identity(character, space, adapter_name),
+                opened if opened is not None and character.name in opened else None)
     opened = _open_store(stack, store)
-    return identity_from_store(opened, character), opened
+    return identity_from_store(opened, character, space, adapter_name), opened
 
 
 class Generator:
@@ -102,15 +148,19 @@ class Generator:
     def __init__(self, loaded: LoadedPipeline) -> None:
         self.loaded = loaded
         self._analyzers: dict[str, FaceAnalyzer] = {}
+        self._recogniser: Any = None
 
     @classmethod
     def from_pretrained(cls, base_model: PathSpec | None = None, ip_adapter: PathSpec | None = None, *,
                         device: str = "auto", dtype: str = "auto", hash_base_model: bool = True) -> Generator:
         """Load SD1.5/SDXL (a diffusers folder or Hub id) with FaceID weights (a file, a folder or a Hub
         `repo[/file]`) on `device` (auto: cuda, mps, cpu) in `dtype` (auto: float16 on GPUs)."""
-        base = os.fspath(base_model) if base_model is not None else DEFAULT_BASE_MODEL
-        adapter = os.fspath(ip_adapter) if ip_adapter is not None else DEFAULT_IP_ADAPTER
+        base, adapter = _weights_specs(base_model, ip_adapter)
         logger.info("loading %s + %s ...", base, adapter)
+        return cls._build(base, adapter, device, dtype, hash_base_model)
+
+    @classmethod
+    def _build(cls, base: str, adapter: str, device: str, dtype: str, hash_base_model: bool = True) -> Generator:
         loaded = build_pipeline(base, adapter, device=device, dtype=dtype, hash_base_model=hash_base_model)
         for message in loaded.warnings:
             logger.warning(message)
@@ -136,26 +186,45 @@ class Generator:
             self._analyzers[key] = load_scoring_analyzer(models)
         return self._analyzers[key]
 
+    def recogniser(self) -> Any:
+        """dlib's recogniser, the independent judge of outputs, loaded once."""
+        if self._recogniser is None:
+            from ..identity.dlib_recogniser import DlibRecogniser
+
+            self._recogniser = DlibRecogniser()
+        return self._recogniser
+
+    def conditioning_space(self, conditioning_models: ModelsSpec = None) -> ConditioningSpace:
+        """The embedding space the loaded adapter takes (see generation/conditioning.py)."""
+        return conditioning_space(self.loaded.checkpoint.path, _pack_option(conditioning_models))
+
     def generate(self, character: CharacterOrIdentity, prompt: str | None = None, *,
                  config: GenerationConfig | None = None, store: StoreSpec = None, models: ModelsSpec = None,
-                 analyzer: FaceAnalyzer | None = None, out_dir: PathSpec | None = None, keep_rejected: bool = False,
+                 analyzer: FaceAnalyzer | None = None, conditioning_models: ModelsSpec = None,
+                 out_dir: PathSpec | None = None, keep_rejected: bool = False,
                  on_attempt: Callable[[Attempt], None] | None = None, **settings: Any) -> RunResult:
         """Generate `character` (a stored name, or an `Identity`) from `prompt` and score every output.
 
         `settings` are `GenerationConfig` fields (negative_prompt, seed, steps, guidance, id_scale,
         aspect/width/height, num_images, scheduler, best_of, min_score, max_tries, batch_size), or pass
         `config=` instead. A name is looked up in `store` (a Store, a folder, or None for the default
-        store). Outputs are scored with `analyzer`, or the `models` pack (the one the character was
-        registered with). Files go to `out_dir` (default `castkeep-out/NAME-TIMESTAMP`).
+        store). The adapter is conditioned on the character's vector in the space it was trained on (known
+        checkpoints by file name; else `conditioning_models`, a pack name or folder). Outputs are scored
+        with `analyzer`, or the `models` pack (the store's own), and dlib, and ranked by `scorer`
+        (a config field: fused by default). Files go to `out_dir` (default `castkeep-out/NAME-TIMESTAMP`).
         """
         config = make_config(prompt, config, settings)
+        space = self.conditioning_space(conditioning_models)
         with ExitStack() as stack:
-            identity, opened = _resolve(stack, character, store)
+            identity, opened = _resolve(stack, character, store, space, self.loaded.checkpoint.path.name)
             scoring = analyzer if analyzer is not None else self.scoring_analyzer(models)
-            check_scoring_model(identity, scoring)
-            scorer = IdentityScorer(scoring, identity.vector, name=identity.name, store=opened)
+            check_scoring_model(identity, scoring, opened)
+            config, warnings = choose_judge(config, identity, scoring, opened)
+            recogniser = self.recogniser() if opened is not None else None
+            scorer = IdentityScorer(scoring, identity.vector, name=identity.name, store=opened, judge=config.scorer,
+                                    recogniser=recogniser)
             runner = GenerationRunner(self.loaded, scorer, analyzer_fingerprint=scoring.fingerprint,
-                                      on_attempt=on_attempt)
+                                      on_attempt=on_attempt, warnings=warnings)
             target = Path(out_dir) if out_dir is not None else default_out_dir(identity.name)
             return runner.run(config, identity, target, keep_rejected=keep_rejected)
 
@@ -163,18 +232,28 @@ class Generator:
 def generate(character: CharacterOrIdentity, prompt: str | None = None, *, base_model: PathSpec | None = None,
              ip_adapter: PathSpec | None = None, device: str = "auto", dtype: str = "auto",
              config: GenerationConfig | None = None, store: StoreSpec = None, models: ModelsSpec = None,
-             out_dir: PathSpec | None = None, keep_rejected: bool = False,
+             conditioning_models: ModelsSpec = None, out_dir: PathSpec | None = None, keep_rejected: bool = False,
              on_attempt: Callable[[Attempt], None] | None = None, **settings: Any) -> RunResult:
     """Load the pipeline and run one scored generation (see `Generator` to reuse the loaded weights).
 
-    Everything cheap is checked first: the settings, the character in the store, and that the scoring
-    models are the ones it was registered with; only then are the diffusion weights loaded.
+    Everything cheap is checked first: the settings, the character in the store and in the adapter's
+    embedding space, and that the scoring models are the store's; only then are the diffusion weights
+    loaded.
     """
     config = make_config(prompt, config, settings)
+    base, adapter = _weights_specs(base_model, ip_adapter)
     with ExitStack() as stack:
-        identity, opened = _resolve(stack, character, store)
+        if not isinstance(character, Identity):  # an unknown name fails before any weights are looked for
+            store = _open_store(stack, store)
+            store.get(character)
+        logger.info("loading %s + %s ...", base, adapter)
+        weights = resolve_weights(base, adapter)  # finds the files; loads nothing
+        space = conditioning_space(weights, _pack_option(conditioning_models))
+        identity, opened = _resolve(stack, character, store, space, weights.name)
         analyzer = load_scoring_analyzer(models)
-        check_scoring_model(identity, analyzer)
-        generator = Generator.from_pretrained(base_model, ip_adapter, device=device, dtype=dtype)
-        return generator.generate(identity, config=config, store=opened, analyzer=analyzer, out_dir=out_dir,
+        check_scoring_model(identity, analyzer, opened)
+        choose_judge(config, identity, analyzer, opened)
+        generator = Generator._build(base, adapter, device, dtype)
+        return generator.generate(identity, config=config, store=opened, analyzer=analyzer,
+                                  conditioning_models=conditioning_models, out_dir=out_dir,
                                   keep_rejected=keep_rejected, on_attempt=on_attempt)

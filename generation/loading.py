@@ -267,6 +267,26 @@ def check_load_options(device: str, dtype: str) -> None:
         raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
 
 
+def resolve_base(base_model: str) -> tuple[Path, str]:
+    """The base model's local folder and its architecture ("sd15" | "sdxl")."""
+    folder = resolve_base_model(base_model)
+    try:
+        with open(folder / "model_index.json", encoding="utf-8") as handle:
+            kind = PIPELINE_KINDS.get(json.load(handle).get("_class_name"), "sd15")
+    except (OSError, ValueError, AttributeError):
+        raise ModelNotFoundError("not a diffusers model folder (unreadable model_index.json)", path=folder) from None
+    return folder, kind
+
+
+def resolve_weights(base_model: str, ip_adapter: str) -> Path:
+    """The FaceID weights file `build_pipeline` would load, found without loading anything (so a run can
+    check the character's embedding space for it first). Only a folder or a Hub id needs the base
+    model's architecture to pick the file."""
+    if Path(ip_adapter).expanduser().is_file():
+        return Path(ip_adapter).expanduser()
+    return resolve_ip_adapter(ip_adapter, resolve_base(base_model)[1])
+
+
 def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAULT_IP_ADAPTER, *,
                    device: str = "auto", dtype: str = "auto", hash_base_model: bool = True) -> LoadedPipeline:
     """Base model + FaceID weights, on `device`, ready for `ip_adapter_image_embeds`.
@@ -275,9 +295,7 @@ def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAU
     applied by `generate_images` on every call."""
     check_load_options(device, dtype)
     requested_device = device
-    folder = resolve_base_model(base_model)
-    with open(folder / "model_index.json", encoding="utf-8") as handle:
-        kind = PIPELINE_KINDS.get(json.load(handle).get("_class_name"), "sd15")
+    folder, kind = resolve_base(base_model)
     weights = resolve_ip_adapter(ip_adapter, kind)
     checkpoint = inspect_faceid(weights)  # fail fast, before the (slow) base model load
     if checkpoint.variant == "faceid-plus":

@@ -19,7 +19,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from ..utils import write_bytes_atomic
 
-SIDECAR_SCHEMA_ID = "castkeep.generation.sidecar/1"
+SIDECAR_SCHEMA_ID = "castkeep.generation.sidecar/2"
 
 
 def _clean(text: str) -> str:

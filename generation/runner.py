@@ -18,15 +18,16 @@ from .. import __version__
 from ..errors import GenerationError, StoreError
 from ..utils import slug, write_json_atomic
 from .aspect import resolve_size
+from .conditioning import ConditioningSpace, space_vector
 from .config import GenerationConfig
 from .contact_sheet import contact_sheet
 from .identity_embeds import identity_embeds, normalised_identity, uses_guidance
 from .loading import LoadedPipeline
 from .metadata import SIDECAR_SCHEMA_ID, a1111_parameters, save_png
 from .schedulers import apply_scheduler
-from .scoring import OutputScore, Scorer, consistency_matrix, mean_off_diagonal
+from .scoring import DOMAIN, OutputScore, Scorer, consistency_matrix, mean_off_diagonal
 
-SUMMARY_SCHEMA_ID = "castkeep.generation.summary/1"
+SUMMARY_SCHEMA_ID = "castkeep.generation.summary/2"
 
 
 @dataclass
@@ -34,9 +35,10 @@ class Identity:
     """Who to generate: a name and its ArcFace vector (from the store, or given directly)."""
 
     name: str
-    vector: np.ndarray
-    fingerprint: str | None = None  # the face model the vector came from; checked against the scorer's
+    vector: np.ndarray  # what conditions the adapter: the character in the adapter's embedding space
+    fingerprint: str | None = None  # the face model the vector came from (None: not known)
     source: str = "vector"  # "store" when read from a character store
+    conditioning: dict[str, Any] | None = None  # the adapter's space and what declared it (sidecars)
 
     def to_dict(self) -> dict[str, Any]:
         vector = normalised_identity(self.vector)
@@ -61,6 +63,7 @@ class Attempt:
         return {"attempt": self.attempt, "seed": self.seed, "face_found": self.score.face_found,
                 "cosine": None if self.score.cosine is None else round(float(self.score.cosine), 4),
                 "probability": None if self.score.probability is None else round(float(self.score.probability), 4),
+                "disagree": self.score.disagree,
                 "leakage": self.score.leakage, "passed": self.passed, "kept": self.kept, "rank": self.rank,
                 "file": self.file, "seconds": round(self.seconds, 3)}
 
@@ -108,16 +111,17 @@ class GenerationRunner:
     """Runs one request against a loaded pipeline and writes everything to `out_dir`."""
 
     def __init__(self, loaded: LoadedPipeline, scorer: Scorer, *, analyzer_fingerprint: str | None = None,
-                 on_attempt: Callable[[Attempt], None] | None = None) -> None:
+                 on_attempt: Callable[[Attempt], None] | None = None, warnings: list[str] | None = None) -> None:
         self.loaded = loaded
         self.scorer = scorer
         self.analyzer_fingerprint = analyzer_fingerprint
         self.on_attempt = on_attempt
+        self.warnings = list(warnings or [])
 
     def _passes(self, score: OutputScore, config: GenerationConfig) -> bool:
         if config.min_score is None:
             return True
-        return score.face_found and score.cosine is not None and score.cosine >= config.min_score
+        return score.face_found and score.probability is not None and score.probability >= config.min_score
 
     def attempts(self, config: GenerationConfig, identity: Identity, width: int, height: int) -> list[Attempt]:
         """Generate and score until best-of-N is done and (with --min-score) enough outputs pass."""
@@ -157,7 +161,8 @@ class GenerationRunner:
         attempts = self.attempts(config, identity, width, height)
         generate_seconds = time.perf_counter() - started
 
-        # Passing outputs first, then by identity cosine (no face last), then the earlier attempt.
+        # Passing outputs first, then by the judge's log-odds of "same person" (no face last), then the
+        # earlier attempt.
         ranked = sorted(attempts, key=lambda a: (a.passed, a.score.value, -a.attempt), reverse=True)
         kept = ranked[:config.num_images]
         for rank, attempt in enumerate(kept, start=1):
@@ -178,7 +183,8 @@ class GenerationRunner:
                     "device": self.loaded.device, "dtype": self.loaded.dtype,
                     "requested_device": self.loaded.requested_device}
         settings.pop("prompt"), settings.pop("negative_prompt")
-        models = {**self.loaded.models_dict(), "face_analyzer": self.analyzer_fingerprint}
+        models = {**self.loaded.models_dict(), "face_analyzer": self.analyzer_fingerprint,
+                  "conditioning": identity.conditioning}
         attempt_log = [a.to_dict() for a in attempts]
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         for attempt in to_write:
@@ -202,13 +208,16 @@ class GenerationRunner:
             "min_score": config.min_score,
             "face_found": sum(a.score.face_found for a in kept),
             "mean_cosine": _mean([a.score.cosine for a in kept if a.score.face_found]),
+            "mean_probability": _mean([a.score.probability for a in kept if a.score.face_found]),
+            "scoring": {"scorer": config.scorer, "domain": DOMAIN, "rule": selection_rule(config)},
+            "agreement": agreement_summary(kept),
             "consistency": {"labels": [a.file for a in kept], "matrix": matrix,
                             "mean_pairwise_cosine": mean_off_diagonal(matrix)},
             "contact_sheet": sheet_path.name,
             "timing": {"images_generated": len(attempts), "generate_s": round(generate_seconds, 3),
                        "s_per_image": round(generate_seconds / max(1, len(attempts)), 3),
                        "s_per_step": round(generate_seconds / max(1, steps_done), 4)},
-            "warnings": list(self.loaded.warnings),
+            "warnings": list(self.loaded.warnings) + self.warnings,
         }
         summary_path = out_dir / "summary.json"
         write_json_atomic(summary_path, summary)
@@ -230,20 +239,40 @@ class GenerationRunner:
             "nsfw": attempt.nsfw,
             "selection": {"rank": attempt.rank, "kept": attempt.kept, "passed": attempt.passed,
                           "attempt": attempt.attempt, "min_score": config.min_score, "best_of": config.best_of,
-                          "rule": "passing outputs first, then highest cosine to the character"},
+                          "rule": selection_rule(config)},
             "attempts": attempt_log, "created_at": created,
         }
         cosine_text = "no face" if not attempt.score.face_found else f"{attempt.score.cosine:.4f}"
+        judged_text = ("no face" if attempt.score.probability is None
+                       else f"{attempt.score.probability:.3f} ({config.scorer}, {DOMAIN})")
         fields = {
             "Steps": config.steps, "Sampler": settings["sampler"], "CFG scale": config.guidance,
             "Seed": attempt.seed, "Size": f"{attempt.image.width}x{attempt.image.height}",
             "Model hash": (models["base_model_hash"] or "")[:10], "Model": Path(models["base_model"]).name,
             "IP-Adapter": models["ip_adapter_file"], "IP-Adapter hash": models["ip_adapter_hash"][:10],
             "IP-Adapter weight": config.id_scale, "Character": identity.name, "Identity cosine": cosine_text,
+            "Identity P(same)": judged_text,
             "Version": f"castkeep {__version__}",
         }
         save_png(attempt.image, path, a1111_parameters(config.prompt, config.negative_prompt, fields), sidecar)
         write_json_atomic(path.with_suffix(".json"), sidecar)
+
+
+def selection_rule(config: GenerationConfig) -> str:
+    return (f"passing outputs first, then highest P(same person) by the {config.scorer} scorer "
+            f"({DOMAIN} domain)")
+
+
+def agreement_summary(kept: list[Attempt]) -> dict[str, Any]:
+    """How many kept outputs the ArcFace family and dlib judged alike, and which they did not."""
+    judged = [a for a in kept if a.score.agreement is not None]
+    return {"judged": len(judged), "disagree": sum(a.score.disagree for a in judged),
+            "conditioning_only": [a.file for a in judged if _kind(a) == "conditioning-only"],
+            "independent_only": [a.file for a in judged if _kind(a) == "independent-only"]}
+
+
+def _kind(attempt: Attempt) -> str | None:
+    return (attempt.score.agreement or {}).get("kind")
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -251,10 +280,17 @@ def _mean(values: list[float | None]) -> float | None:
     return round(float(np.mean(numbers)), 4) if numbers else None
 
 
-def identity_from_store(store: Any, name: str) -> Identity:
-    """The character's stored vector; UnknownCharacterError (from the store) when missing."""
+def identity_from_store(store: Any, name: str, space: ConditioningSpace | None = None,
+                        adapter_name: str = "this adapter") -> Identity:
+    """The character's vector in the adapter's space (`space`; None: the store's primary space).
+    UnknownCharacterError (from the store) when missing, UnknownSpaceError when not in that space."""
     character = store.get(name)
-    if character.vector is None or np.asarray(character.vector).ndim != 1 or not np.asarray(character.vector).size:
+    if space is None:
+        vector, fingerprint, conditioning = character.vector, character.fingerprint, None
+    else:
+        vector, fingerprint = space_vector(character, space, adapter_name)
+        conditioning = {**space.to_dict(), "fingerprint": fingerprint}
+    if vector is None or np.asarray(vector).ndim != 1 or not np.asarray(vector).size:
         raise StoreError(f"character '{character.name}' has no identity vector")
-    return Identity(name=character.name, vector=np.asarray(character.vector, dtype=np.float32),
-                    fingerprint=character.fingerprint, source="store")
+    return Identity(name=character.name, vector=np.asarray(vector, dtype=np.float32),
+                    fingerprint=fingerprint, source="store", conditioning=conditioning)

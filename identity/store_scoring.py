@@ -10,14 +10,17 @@ large store is never re-described in full, dlib and the fusion re-rank ArcFace's
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import StoreError
 from .dlib_recogniser import distance
 from .open_set import DEFAULT_FPIR, OpenSetThreshold, open_set_threshold
-from .scorers import ScoreResult, check_domain, describe_face, get_scorer, judge_all
+from .scorers import FaceFeatures, ScoreResult, check_domain, describe_face, get_scorer, judge_all
+
+if TYPE_CHECKING:
+    from .reference_faces import ReferenceDescriptors
 
 SHORTLIST = 5
 
@@ -70,35 +73,43 @@ class _Judge:
     """One query face against stored characters: ArcFace from the store, dlib from stored face crops."""
 
     def __init__(self, store: Any, source: Any, face: int | None, scorer: str, domain: str,
-                 recogniser: Any = None) -> None:
+                 recogniser: Any = None, features: FaceFeatures | None = None,
+                 references: ReferenceDescriptors | None = None) -> None:
         self.store, self.scorer, self.domain = store, get_scorer(scorer), check_domain(domain)
         self.descriptor: np.ndarray | None = None
-        if self.scorer.needs_dlib:
+        if features is not None:  # the caller has detected and described the face already
+            self.query: Any = features.embedding
+            self.descriptor = features.descriptor
+            if self.scorer.needs_dlib and self.descriptor is None:
+                raise StoreError(f"--scorer {self.scorer.name} needs the face's dlib descriptor")
+        elif self.scorer.needs_dlib:
             from .enrolment import parse_image_spec
-            from .reference_faces import ReferenceDescriptors
 
             if isinstance(source, (np.ndarray, list, tuple)) and np.ndim(source) == 1:
                 raise StoreError(f"--scorer {self.scorer.name} needs an image, not an embedding")
-            if recogniser is None:
-                from .dlib_recogniser import DlibRecogniser
-
-                recogniser = DlibRecogniser()
+            recogniser = recogniser if recogniser is not None else _dlib()
             analyzer = store.analyzer
             if store.fingerprint is not None and analyzer.fingerprint != store.fingerprint:
                 raise StoreError(f"this store holds embeddings of {store.fingerprint}; the face models loaded are "
                                  f"{analyzer.fingerprint} (use the store's --models)")
             image, spec_face = parse_image_spec(source)
-            features = describe_face(analyzer, image, face=spec_face if spec_face is not None else face,
-                                     recogniser=recogniser)
-            self.query: Any = features.embedding  # the store searches by this vector: one detection only
-            self.descriptor = features.descriptor
-            self.references = ReferenceDescriptors(recogniser, analyzer.detector)
+            described = describe_face(analyzer, image, face=spec_face if spec_face is not None else face,
+                                      recogniser=recogniser)
+            self.query = described.embedding  # the store searches by this vector: one detection only
+            self.descriptor = described.descriptor
         else:
             self.query = source
+        if self.descriptor is not None and references is None:
+            from .reference_faces import ReferenceDescriptors
+
+            references = ReferenceDescriptors(recogniser if recogniser is not None else _dlib(),
+                                              store.analyzer.detector)
+        self.references = references
 
     def judge(self, name: str, cosine: float, open_set: OpenSetThreshold | None = None) -> ScoredMatch:
         raw = {"arcface": cosine}
         if self.descriptor is not None:
+            assert self.references is not None  # set with the descriptor
             raw["dlib"] = distance(self.descriptor, self.references.of_character(self.store.get(name, crops=True)))
         results = judge_all(self.scorer, raw, self.domain, None if open_set is None else open_set.threshold)
         return ScoredMatch(name=name, cosine=cosine, result=results[self.scorer.name], scores=results,
@@ -118,10 +129,14 @@ def identify(store: Any, source: Any, *, k: int = 5, face: int | None = None, sc
 
 
 def score(store: Any, source: Any, name: str, *, face: int | None = None, scorer: str = "arcface",
-          domain: str = "photo", recogniser: Any = None) -> CharacterJudgement:
+          domain: str = "photo", recogniser: Any = None, features: FaceFeatures | None = None,
+          references: ReferenceDescriptors | None = None) -> CharacterJudgement:
     """How well the face in `source` matches character `name`, by `scorer` in `domain`; leakage when
-    another stored character (of ArcFace's nearest) is more likely the same person."""
-    judge = _Judge(store, source, face, scorer, domain, recogniser)
+    another stored character (of ArcFace's nearest) is more likely the same person.
+
+    `features` (the face already detected, embedded and described) skips detection, and `references`
+    keeps characters' dlib descriptors across calls: what scoring many generated outputs needs."""
+    judge = _Judge(store, source, face, scorer, domain, recogniser, features, references)
     stored = store.score(judge.query, name, face=face)  # the ArcFace cosine, the nearest others
     own = judge.judge(stored.name, stored.cosine)
     if judge.scorer.name == "arcface":  # the store already found the nearest other character
@@ -133,3 +148,9 @@ def score(store: Any, source: Any, name: str, *, face: int | None = None, scorer
     leakage = (stored.leakage if judge.scorer.name == "arcface"
                else closest is not None and closest.log_odds > own.log_odds)
     return CharacterJudgement(match=own, closest_other=closest, leakage=leakage, baseline_mean=stored.baseline_mean)
+
+
+def _dlib() -> Any:
+    from .dlib_recogniser import DlibRecogniser
+
+    return DlibRecogniser()

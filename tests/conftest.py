@@ -128,6 +128,28 @@ def pack_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def buffalo_l_pack(tmp_path_factory) -> Path:
+    """A stand-in for insightface's buffalo_l (whose weights are not here), in another embedding space than
+    buffalo_s_lite: its recogniser, named `w600k_r50.onnx` like buffalo_l's (what h94's FaceID adapters were
+    trained on), is buffalo_s_lite's MobileFaceNet with the 512 outputs of its last layers permuted. Same
+    accuracy, yet a vector of one space is unrelated to the other's (cosine about 0), as between two real
+    recognisers. Its fingerprint is `buffalo_l:w600k_r50.onnx:...`."""
+    import onnx
+    from onnx import numpy_helper
+
+    folder = tmp_path_factory.mktemp("packs") / "buffalo_l"
+    folder.mkdir()
+    (folder / "det_10g.onnx").symlink_to(PACK_DIR / "det_500m.onnx")
+    model = onnx.load(str(PACK_DIR / "w600k_mbf.onnx"))
+    order = np.random.default_rng(0).permutation(512)
+    for tensor in model.graph.initializer:  # the final Gemm (fc) and BatchNorm (features) of MobileFaceNet
+        if tensor.name in ("fc.weight", "fc.bias") or tensor.name.startswith("features."):
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor)[order], tensor.name))
+    onnx.save(model, str(folder / "w600k_r50.onnx"))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def model_pack():
     from castkeep.landmarks.model_pack import ModelPack
 

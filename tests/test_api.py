@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import castkeep
-from castkeep.errors import StoreError, UnknownCharacterError
+from castkeep.errors import StoreError, UnknownCharacterError, UnknownSpaceError
 
 HEAVY = ("torch", "diffusers", "transformers", "onnxruntime", "faiss", "insightface", "mediapipe", "cv2")
 PEOPLE = ("Abdullah_Gul", "Adrien_Brody")
@@ -109,15 +109,16 @@ def tiny(tmp_path_factory) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("tiny-api")
     pipeline = save_tiny_pipeline(root / "sd15")
-    return pipeline, save_tiny_faceid(root / "ip-adapter-faceid_tiny.safetensors", pipeline)
+    return pipeline, save_tiny_faceid(root / "ip-adapter-faceid_sd15.bin", pipeline)  # h94's name: buffalo_l
 
 
 @pytest.fixture(scope="module")
-def store_dir(tmp_path_factory, faces_dir, fast_analyzer) -> Path:
+def store_dir(tmp_path_factory, faces_dir, fast_analyzer, buffalo_l_pack) -> Path:
     folder = tmp_path_factory.mktemp("api-store")
     with castkeep.Store.open(folder, analyzer=fast_analyzer, create=True) as store:
         for person in PEOPLE:
             store.register(person, photos(faces_dir, person)[:3])
+        store.reembed(None, models=buffalo_l_pack)  # the space h94's FaceID adapters take
     return folder
 
 
@@ -149,7 +150,11 @@ def test_generator_runs_a_stored_character(generator, store_dir, pack_dir, tmp_p
     settings = summary["settings"]
     assert settings["requested_device"] == "cpu" and settings["device"] == "cpu" and settings["dtype"] == "float32"
     assert settings["id_scale"] == 0.8 and generator.device == "cpu"
-    assert summary["models"]["face_analyzer"] == summary["character"]["fingerprint"]
+    # The adapter was conditioned on the buffalo_l vector; the store's own pack and dlib scored the outputs.
+    assert summary["character"]["fingerprint"].startswith("buffalo_l:w600k_r50.onnx:")
+    assert summary["models"]["conditioning"]["declared_by"] == "file name"
+    assert summary["models"]["face_analyzer"].startswith("buffalo_s_lite:")
+    assert summary["scoring"]["scorer"] == "fused" and summary["scoring"]["domain"] == "generated"
     for attempt in result.kept:
         assert (result.out_dir / attempt.file).is_file()
         assert (result.out_dir / attempt.file).with_suffix(".json").is_file()
@@ -183,8 +188,12 @@ def test_one_loaded_generator_serves_many_configs(generator, pack_dir, tmp_path)
 @pytest.mark.slow
 def test_scoring_models_must_match_the_character(generator, pack_dir, tmp_path):
     stranger = castkeep.Identity("Ada", unit(0), fingerprint="buffalo_l:w600k_r50.onnx:0123456789abcdef")
-    with pytest.raises(StoreError, match="registered with face model"):
+    with pytest.raises(StoreError, match="stored with face model"):
         generator.generate(stranger, "a face", models=pack_dir, out_dir=tmp_path / "x", steps=2)
+    # A vector from another space than the adapter's is refused before anything runs.
+    wrong_space = castkeep.Identity("Ada", unit(0), fingerprint="buffalo_s_lite:w600k_mbf.onnx:0123456789abcdef")
+    with pytest.raises(UnknownSpaceError, match="conditions on buffalo_l"):
+        generator.generate(wrong_space, "a face", models=pack_dir, out_dir=tmp_path / "x", steps=2)
     assert not (tmp_path / "x").exists()
 
 

@@ -17,7 +17,8 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     pipeline = save_tiny_pipeline(root / "tiny-sd15")
     return {
         "pipeline": pipeline,
-        "faceid": save_tiny_faceid(root / "adapters" / "ip-adapter-faceid_tiny.safetensors", pipeline, lora=True),
+        # Saved under h94's real file name: castkeep knows it conditions on buffalo_l embeddings.
+        "faceid": save_tiny_faceid(root / "adapters" / "ip-adapter-faceid_sd15.bin", pipeline, lora=True),
         "plain": save_tiny_faceid(root / "plain" / "faceid-nolora.safetensors", pipeline, lora=False),
     }
 

@@ -24,11 +24,14 @@ def photos(faces_dir: Path, person: str) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def store_dir(tmp_path_factory, faces_dir, fast_analyzer) -> Path:
+def store_dir(tmp_path_factory, faces_dir, fast_analyzer, buffalo_l_pack) -> Path:
+    """Both people registered with buffalo_s_lite; only the first also embedded in buffalo_l's space, the
+    one h94's FaceID adapters were trained on."""
     folder = tmp_path_factory.mktemp("store")
     with Store.open(folder, analyzer=fast_analyzer, create=True) as store:
         for person in PEOPLE:
             store.register(person, photos(faces_dir, person)[:3])
+        store.reembed(PEOPLE[0], models=buffalo_l_pack)
     return folder
 
 
@@ -39,10 +42,31 @@ def test_real_photos_score_against_the_store(store_dir, faces_dir, fast_analyzer
         own = scorer.score(Image.open(photos(faces_dir, PEOPLE[0])[4]))
         other = scorer.score(Image.open(photos(faces_dir, PEOPLE[1])[4]))
     assert own.face_found and own.same and own.leakage is False and own.probability > 0.5
+    assert own.scorer == "arcface" and own.domain == "generated" and own.agreement is None
     assert own.pose is not None and set(own.pose) >= {"yaw", "pitch", "roll"}
     # Another stored character's photo: low cosine, and the store names who it leaks to.
     assert other.face_found and not other.same and other.cosine < own.cosine
     assert other.leakage is True and other.closest_other["name"] == PEOPLE[1]
+
+
+def test_outputs_are_judged_by_dlib_and_the_fusion_as_generated_images(store_dir, faces_dir, fast_analyzer):
+    """Real photos stand in for outputs: every scorer judges them in the generated domain, the fused judge
+    decides, and ArcFace and dlib's agreement is recorded."""
+    from castkeep.identity import domains
+    from castkeep.identity.dlib_recogniser import DlibRecogniser
+
+    with Store.open(store_dir, analyzer=fast_analyzer, create=False) as store:
+        character = store.get(PEOPLE[0])
+        scorer = IdentityScorer(fast_analyzer, character.vector, name=character.name, store=store, judge="fused",
+                                recogniser=DlibRecogniser())
+        own = scorer.score(Image.open(photos(faces_dir, PEOPLE[0])[4]))
+        other = scorer.score(Image.open(photos(faces_dir, PEOPLE[1])[4]))
+    assert set(own.scores) == {"arcface", "dlib", "fused"} and own.scorer == "fused"
+    assert all(verdict["domain"] == "generated" for verdict in own.scores.values())
+    assert own.scores["arcface"]["threshold"] == pytest.approx(domains.ARCFACE["generated"].threshold, abs=1e-4)
+    assert own.same and round(own.probability, 4) == own.scores["fused"]["probability"] and own.value > other.value
+    assert own.agreement == {"conditioning": True, "independent": True, "disagree": False, "kind": None}
+    assert not other.same and other.leakage is True and other.closest_other["name"] == PEOPLE[1]
 
 
 @pytest.mark.generation
@@ -62,10 +86,16 @@ def test_generate_command_end_to_end(invoke, tiny_models, store_dir, tmp_path):
     # Every option reached the run: what the sidecar records is what was asked for.
     assert summary["settings"]["id_scale"] == 0.45 and summary["settings"]["steps"] == 2
     assert summary["negative_prompt"] == "blurry, lowres" and summary["settings"]["best_of"] == 3
+    # Conditioned in buffalo_l's space (h94's file name says so), scored by the store's own pack + dlib.
+    conditioning = summary["models"]["conditioning"]
+    assert conditioning["pack"] == "buffalo_l" and conditioning["declared_by"] == "file name"
+    assert conditioning["fingerprint"].startswith("buffalo_l:w600k_r50.onnx:")
+    assert summary["scoring"] == {"scorer": "fused", "domain": "generated", "rule": summary["scoring"]["rule"]}
     for output in summary["outputs"]:
         sidecar = json.loads((out / output["sidecar"]).read_text())
         assert sidecar_errors(sidecar) == [] and sidecar["score"]["face_found"] is False
-        assert sidecar["models"]["face_analyzer"] == sidecar["character"]["fingerprint"]
+        assert sidecar["character"]["fingerprint"] == conditioning["fingerprint"]
+        assert sidecar["models"]["face_analyzer"].startswith("buffalo_s_lite:")
         params = parse_a1111_parameters(read_png_text(out / output["file"])["parameters"])
         assert params["Character"] == PEOPLE[0] and params["Seed"] == str(output["seed"])
         assert params["negative_prompt"] == "blurry, lowres" and params["IP-Adapter weight"] == "0.45"
@@ -90,6 +120,34 @@ def test_generate_bad_input_is_one_line(invoke, tiny_models, store_dir, tmp_path
     assert bad_setting.returncode not in (0, 1, 70) and bad_setting.stderr.startswith("error:")
     assert "multiple of 8" in bad_setting.stderr
     assert not any((tmp_path / name).exists() for name in "abc")
+
+
+@pytest.mark.generation
+def test_the_adapter_gets_a_vector_of_its_own_space_or_one_line_naming_the_fix(invoke, tiny_models, store_dir,
+                                                                               pack_dir, tmp_path):
+    base = ("--base-model", str(tiny_models["pipeline"]), "--store", str(store_dir), "--steps", "1", "--json")
+    # h94's FaceID file and a character with only a buffalo_s vector: the fix, in one line, before loading.
+    wrong = invoke("generate", PEOPLE[1], "x", "--ip-adapter", str(tiny_models["faceid"]), "--out",
+                   str(tmp_path / "a"), *base)
+    assert wrong.returncode == 20 and len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
+    assert f"castkeep reembed {PEOPLE[1]} --models buffalo_l" in wrong.stderr and "buffalo_s_lite" in wrong.stderr
+    # An adapter castkeep does not know must say what it was trained on...
+    unknown = invoke("generate", PEOPLE[1], "x", "--ip-adapter", str(tiny_models["plain"]), "--out",
+                     str(tmp_path / "b"), *base)
+    assert unknown.returncode == 14 and "--conditioning-models" in unknown.stderr
+    # ...and ranking by the very model that conditioned the images is refused.
+    same_model = invoke("generate", PEOPLE[1], "x", "--ip-adapter", str(tiny_models["plain"]), "--conditioning-models",
+                        str(pack_dir), "--scorer", "arcface", "--out", str(tmp_path / "c"), *base)
+    assert same_model.returncode == 14 and "--scorer fused" in same_model.stderr
+    assert not any((tmp_path / name).exists() for name in "abc")
+    # Told the space, it runs: the store's primary space is the conditioning one, recorded as told.
+    told = invoke("generate", PEOPLE[1], "x", "--ip-adapter", str(tiny_models["plain"]), "--conditioning-models",
+                  "buffalo_s_lite", "--scorer", "dlib", "--out", str(tmp_path / "d"), *base)
+    assert told.returncode == 0, told.stderr
+    summary = json.loads(told.stdout)
+    assert summary["models"]["conditioning"]["declared_by"] == "--conditioning-models"
+    assert summary["character"]["fingerprint"] == summary["models"]["face_analyzer"]
+    assert summary["scoring"]["scorer"] == "dlib" and summary_errors(summary) == []
 
 
 @pytest.mark.subprocess

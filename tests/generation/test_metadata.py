@@ -20,27 +20,39 @@ from castkeep.generation.metadata import (
 from castkeep.generation.runner import SUMMARY_SCHEMA_ID
 
 ROOT = SCHEMA_DIR.parent.parent
-SCORE = {"face_found": True, "faces": 1, "cosine": 0.61, "probability": 0.93, "same": True, "threshold": 0.27,
+VERDICTS = {"arcface": {"scorer": "arcface", "domain": "generated", "score": 0.61, "metric": "cosine", "threshold": 0.1239,
+                        "same": True, "probability": 0.99},
+            "dlib": {"scorer": "dlib", "domain": "generated", "score": 0.74, "metric": "euclidean distance",
+                     "threshold": 0.7079, "same": False, "probability": 0.29},
+            "fused": {"scorer": "fused", "domain": "generated", "score": 1.9, "metric": "log-odds", "threshold": 0.0,
+                      "same": True, "probability": 0.87}}
+SCORE = {"face_found": True, "faces": 1, "cosine": 0.61, "probability": 0.87, "same": True, "threshold": 0.0,
+         "scorer": "fused", "metric": "log-odds", "score": 1.9, "domain": "generated", "scores": VERDICTS,
+         "agreement": {"conditioning": True, "independent": False, "disagree": True, "kind": "conditioning-only"},
          "leakage": False, "closest_other": None, "pose": {"yaw": 3.1, "pitch": -2.0, "roll": 0.4},
          "det_score": 0.81, "bbox": [10.0, 12.5, 50.0, 61.0], "quality": {"usable": True}, "error": None}
-ATTEMPT = {"attempt": 0, "seed": 7, "face_found": True, "cosine": 0.61, "probability": 0.93, "leakage": False,
+ATTEMPT = {"attempt": 0, "seed": 7, "face_found": True, "cosine": 0.61, "probability": 0.87, "disagree": True,
+           "leakage": False,
            "passed": True, "kept": True, "rank": 1, "file": "Ada_01_s7.png", "seconds": 1.5}
 SIDECAR = {
     "schema": SIDECAR_SCHEMA_ID, "castkeep_version": "0.1.0", "image": "Ada_01_s7.png", "width": 512, "height": 768,
     "prompt": "portrait", "negative_prompt": "blurry", "seed": 7,
     "settings": {"seed": 7, "steps": 30, "guidance": 7.5, "id_scale": 0.8, "width": 512, "height": 768,
                  "aspect": "2:3", "num_images": 1, "scheduler": "default", "sampler": "DDIM", "device": "cuda",
-                 "requested_device": "auto", "dtype": "float16", "best_of": 1, "min_score": None, "max_tries": None,
+                 "requested_device": "auto", "dtype": "float16", "best_of": 1, "scorer": "fused", "min_score": None,
+                 "max_tries": None,
                  "batch_size": 1},
     "models": {"base_model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "base_model_kind": "sd15",
                "base_model_hash": "a" * 64, "ip_adapter": "h94/IP-Adapter-FaceID",
                "ip_adapter_file": "ip-adapter-faceid_sd15.bin", "ip_adapter_hash": "b" * 64,
-               "ip_adapter_variant": "faceid", "faceid_lora": False, "face_analyzer": "buffalo_l:w600k_r50.onnx:0123"},
+               "ip_adapter_variant": "faceid", "faceid_lora": False, "face_analyzer": "buffalo_s:w600k_mbf.onnx:4567",
+               "conditioning": {"pack": "buffalo_l", "recogniser": "w600k_r50.onnx", "declared_by": "file name",
+                                "fingerprint": "buffalo_l:w600k_r50.onnx:0123"}},
     "character": {"name": "Ada", "fingerprint": "buffalo_l:w600k_r50.onnx:0123", "source": "store",
                   "vector_sha256": "0123456789abcdef"},
     "score": SCORE, "nsfw": None,
     "selection": {"rank": 1, "kept": True, "passed": True, "attempt": 0, "min_score": None, "best_of": 1,
-                  "rule": "passing outputs first, then highest cosine to the character"},
+                  "rule": "passing outputs first, then highest P(same person) by the fused scorer"},
     "attempts": [ATTEMPT], "created_at": "2025-11-24T16:53:09+00:00",
 }
 SUMMARY = {
@@ -50,6 +62,8 @@ SUMMARY = {
     "outputs": [{"file": "Ada_01_s7.png", "sidecar": "Ada_01_s7.json", "rank": 1, "attempt": 0, "seed": 7,
                  "score": SCORE}],
     "attempts": [ATTEMPT], "target_met": True, "min_score": None, "face_found": 1, "mean_cosine": 0.61,
+    "mean_probability": 0.87, "scoring": {"scorer": "fused", "domain": "generated", "rule": "passing outputs first"},
+    "agreement": {"judged": 1, "disagree": 1, "conditioning_only": ["Ada_01_s7.png"], "independent_only": []},
     "consistency": {"labels": ["Ada_01_s7.png"], "matrix": [[1.0]], "mean_pairwise_cosine": None},
     "contact_sheet": "contact_sheet.png",
     "timing": {"images_generated": 1, "generate_s": 1.5, "s_per_image": 1.5, "s_per_step": 0.05}, "warnings": [],
@@ -99,7 +113,10 @@ def damaged(data: dict, path: str, value: object) -> dict:
     ("width", 500, "$.width"),  # not a multiple of 8
     ("attempts", ..., "$"),
     ("attempts", [], "$.attempts"),
-    ("schema", "castkeep.generation.sidecar/2", "$.schema"),
+    ("schema", "castkeep.generation.sidecar/1", "$.schema"),  # the version before scorers and spaces
+    ("score.scorer", "clip", "$.score"),
+    ("score.scores.dlib.probability", 1.5, "$.score.scores.dlib.probability"),
+    ("models.conditioning.declared_by", "a guess", "$.models.conditioning.declared_by"),
     ("score.face_found", "yes", "$.score.face_found"),
     ("score.cosine", 1.5, "$.score.cosine"),
     ("score.face_found", False, "$.score"),  # no face, yet a cosine and a face count

@@ -113,6 +113,24 @@ def test_best_of_keeps_top_scores_and_records_every_attempt(loaded, tmp_path):
     assert np.array_equal(np.asarray(alone.kept[0].image), np.asarray(result.kept[0].image))
 
 
+class JudgeAgainstCosine(PixelScorer):
+    """The judge's verdict runs against ArcFace's cosine (as when dlib rejects what ArcFace likes)."""
+
+    def score(self, image: Image.Image):
+        result = super().score(image)
+        result.log_odds, result.probability = -result.log_odds, 1.0 - result.probability
+        return result
+
+
+def test_best_of_ranks_by_the_judge_never_by_the_conditioning_cosine(loaded, tmp_path):
+    config = GenerationConfig("a face", seed=10, steps=STEPS, num_images=2, best_of=5)
+    result = GenerationRunner(loaded, JudgeAgainstCosine()).run(config, Identity("Ada", unit(0)), tmp_path / "j")
+    cosines = {a.seed: a.score.cosine for a in result.attempts}
+    assert [a.seed for a in result.kept] == sorted(cosines, key=cosines.get)[:2]  # the lowest cosines win
+    assert result.summary["mean_probability"] == pytest.approx(np.mean([a.score.probability for a in result.kept]),
+                                                               abs=1e-4)
+
+
 def test_min_score_retries_with_new_seeds_until_the_mark_or_the_budget(loaded, tmp_path):
     runner = GenerationRunner(loaded, PixelScorer())
     impossible = GenerationConfig("a face", seed=20, steps=STEPS, min_score=1.0, max_tries=6)
@@ -129,7 +147,7 @@ def test_min_score_retries_with_new_seeds_until_the_mark_or_the_budget(loaded, t
     retried = runner.run(reachable, Identity("Ada", unit(0)), tmp_path / "reach")
     assert retried.target_met and [a.seed for a in retried.attempts] == [20 + start, 21 + start]
     assert [a.seed for a in retried.kept] == [21 + start] and retried.kept[0].passed
-    easy = runner.run(GenerationConfig("a face", seed=20, steps=STEPS, min_score=-1.0, max_tries=3),
+    easy = runner.run(GenerationConfig("a face", seed=20, steps=STEPS, min_score=0.0, max_tries=3),
                       Identity("Ada", unit(0)), tmp_path / "easy")
     assert len(easy.attempts) == 1 and easy.target_met
 

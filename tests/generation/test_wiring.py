@@ -77,6 +77,28 @@ def test_the_unet_gets_the_normalised_identity_as_cond_and_zeros_as_uncond(loade
         np.testing.assert_allclose(identity[1], unit(7), atol=1e-6)
 
 
+def test_a_stored_character_conditions_the_adapter_in_the_adapters_space(loaded, tmp_path, faces_dir,
+                                                                         fast_analyzer, pack_dir, buffalo_l_pack):
+    """The loaded adapter is h94's FaceID file (buffalo_l): the UNet gets the character's buffalo_l vector,
+    not the store's primary (buffalo_s_lite) one. Kills: conditioning on `character.vector`."""
+    from castkeep.generation.generator import Generator
+    from castkeep.identity.store import Store
+
+    photos = sorted((faces_dir / "lfw_gallery" / "Adrien_Brody").glob("*.jpg"))[:2]
+    with Store.open(tmp_path / "store", analyzer=fast_analyzer, create=True) as store:
+        store.register("Ada", photos)
+        store.reembed("Ada", models=buffalo_l_pack)
+        primary, conditioning = store.vector("Ada"), store.vector("Ada", "buffalo_l")
+        assert not np.allclose(primary, conditioning, atol=1e-4)  # the test tells the two apart
+        with unet_inputs(loaded.pipe) as calls:
+            result = Generator(loaded).generate("Ada", PROMPT, store=store, analyzer=fast_analyzer, seed=1,
+                                                steps=STEPS, out_dir=tmp_path / "run")
+    assert result.summary["models"]["conditioning"]["fingerprint"].startswith("buffalo_l:")
+    for call in calls:
+        np.testing.assert_allclose(call["identity"].reshape(2, -1).numpy()[1],
+                                   conditioning / np.linalg.norm(conditioning), atol=1e-6)
+
+
 def test_each_of_a_batch_gets_the_identity(loaded):
     """Two images in one call: [zeros, zeros, v, v] (diffusers repeats each half per image)."""
     config = GenerationConfig(PROMPT, seed=3, steps=STEPS, batch_size=2)
@@ -134,10 +156,10 @@ def lora_layers(unet) -> list:
 def test_the_faceid_lora_is_active_at_full_weight(loaded, tiny_models):
     """Every layer the checkpoint's LoRA touches (4 projections of every attention) carries it,
     switched on, at weight 1 (peft scaling = lora_alpha / r). Kills: LoRA weight 0, LoRA disabled."""
-    from safetensors import safe_open
+    import torch
 
-    with safe_open(str(tiny_models["faceid"]), framework="pt") as handle:
-        lora_keys = [key for key in handle.keys() if "_lora.down." in key]
+    state = torch.load(str(tiny_models["faceid"]), map_location="cpu", weights_only=True)  # h94's nested .bin
+    lora_keys = [key for key in state["ip_adapter"] if "_lora.down." in key]
     layers = lora_layers(loaded.pipe.unet)
     assert len(layers) == len(lora_keys) > 0
     for layer in layers:

@@ -160,14 +160,24 @@ def faceid_state_dict(unet, *, seed: int = 0, lora: bool = True, scale: float = 
 
 def save_tiny_faceid(path: str | Path, pipeline_folder: str | Path, *, seed: int = 0,
                      lora: bool = True) -> Path:
-    """Write a FaceID checkpoint matching the UNet in `pipeline_folder`, as safetensors."""
+    """Write a FaceID checkpoint matching the UNet in `pipeline_folder`: safetensors (flat keys), or for a
+    `.bin` name the nested `{"image_proj": ..., "ip_adapter": ...}` torch file h94 publishes."""
+    import torch
     from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file
 
     unet = UNet2DConditionModel.from_pretrained(Path(pipeline_folder) / "unet")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(faceid_state_dict(unet, seed=seed, lora=lora), str(path))
+    state = faceid_state_dict(unet, seed=seed, lora=lora)
+    if path.suffix == ".bin":
+        nested: dict[str, dict] = {"image_proj": {}, "ip_adapter": {}}
+        for key, value in state.items():
+            group, _, rest = key.partition(".")
+            nested[group][rest] = value
+        torch.save(nested, str(path))
+    else:
+        save_file(state, str(path))
     return path
 
 
@@ -186,4 +196,10 @@ class PixelScorer:
         from castkeep.generation.scoring import OutputScore
 
         value = float(np.asarray(image, dtype=np.float32).mean() / 255.0)
-        return OutputScore(face_found=True, faces=1, cosine=value, probability=value, same=value > 0.5)
+        clipped = min(max(value, 1e-6), 1 - 1e-6)
+        log_odds = float(np.log(clipped / (1 - clipped)))
+        verdict = {"scorer": "fused", "domain": "generated", "score": log_odds, "metric": "log-odds",
+                   "threshold": 0.0, "same": value > 0.5, "probability": value}
+        return OutputScore(face_found=True, faces=1, cosine=value, probability=value, same=value > 0.5,
+                           threshold=0.0, scorer="fused", metric="log-odds", score=log_odds, log_odds=log_odds,
+                           scores={"fused": verdict})
