@@ -66,7 +66,7 @@ def bench_verify(pairs_file: PathLike, *, root: PathLike | None = None, limit: i
 
 def bench_identify(gallery: PathLike, *, k: int = 2, unknown_fraction: float = 0.2,
                    limit_identities: int | None = None, threshold: float | None = None, seed: int = 0,
-                   selection: str = "center", flip: bool = True, name: str | None = None,
+                   target_fpir: float = 0.01, selection: str = "center", flip: bool = True, name: str | None = None,
                    out_dir: PathLike = DEFAULT_OUT, models: PathLike | None = None, device: str = "cpu",
                    progress: Progress = terminal_progress) -> dict[str, Any]:
     """1:N identification through a fresh character store, with open-set rejection of held-out people."""
@@ -79,7 +79,7 @@ def bench_identify(gallery: PathLike, *, k: int = 2, unknown_fraction: float = 0
                       flip=flip) as analyzer:
         result = run_identification(images, analyzer, k=k, unknown_fraction=unknown_fraction, seed=seed,
                                     threshold=SAME_PERSON_THRESHOLD if threshold is None else threshold,
-                                    progress=progress)
+                                    target_fpir=target_fpir, progress=progress)
     result["config"] = {"selection": selection, "flip": flip}
     result["plots"] = {}
     save_result(result, out_dir, name or _name(f"identify-{gallery.name}"))

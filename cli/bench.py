@@ -87,6 +87,8 @@ def verify(pairs_file: Path, root: Path | None, limit: int | None, selection: st
               help="Use only the first N identity folders (a quick run).")
 @click.option("--threshold", type=float, default=None,
               help="Open-set acceptance threshold (default: castkeep's same-person threshold).")
+@click.option("--fpir", "target_fpir", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+              show_default=True, help="Target FPIR of the product's open-set threshold, reported beside the 1:1 one.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing the held-out identities.")
 @selection_option
 @flip_option
@@ -95,15 +97,16 @@ def verify(pairs_file: Path, root: Path | None, limit: int | None, selection: st
 @model_options
 @json_option
 def identify(gallery: Path, k: int, unknown_fraction: float, limit_identities: int | None,
-             threshold: float | None, seed: int, selection: str, flip: bool, name: str | None,
+             threshold: float | None, target_fpir: float, seed: int, selection: str, flip: bool, name: str | None,
              out_dir: Path, models: str | None, device: str, as_json: bool) -> None:
     """1:N identification through a fresh character store: rank-1/rank-5, open-set rejection of
-    people who are not enrolled, per-probe latency."""
+    people who are not enrolled (at the 1:1 threshold and at identify's own open-set threshold for
+    the gallery's size), per-probe latency."""
     from ..benchmarks.identification import summary_text
     from ..benchmarks.runs import bench_identify
 
     result = bench_identify(gallery, k=k, unknown_fraction=unknown_fraction, limit_identities=limit_identities,
-                            threshold=threshold, seed=seed, selection=selection, flip=flip, name=name,
+                            threshold=threshold, target_fpir=target_fpir, seed=seed, selection=selection, flip=flip, name=name,
                             out_dir=out_dir, models=models, device=device)
     _print(result, as_json, summary_text)
 

@@ -166,18 +166,22 @@ def remove(name: str, store_path: Path | None, models: str | None, device: str, 
 @click.argument("image")
 @click.option("-k", "--top", "k", type=click.IntRange(min=1), default=5, show_default=True,
               help="How many characters to list.")
+@click.option("--fpir", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01, show_default=True,
+              help="Target false-positive identification rate: the share of faces of people not stored that "
+                   "may still be called someone. The verdict threshold rises with the number of characters.")
 @face_option
 @scorer_option
 @domain_option
 @store_options
-def identify(image: str, k: int, face_index: int | None, scorer: str, domain: str, store_path: Path | None,
-             models: str | None, device: str, as_json: bool) -> None:
-    """The stored characters closest to the face in IMAGE, best first (--json: a list of matches).
+def identify(image: str, k: int, fpir: float, face_index: int | None, scorer: str, domain: str,
+             store_path: Path | None, models: str | None, device: str, as_json: bool) -> None:
+    """The stored characters closest to the face in IMAGE, best first (--json: a list of matches, each with
+    its `open_set` threshold). "same person" is judged at the open-set threshold for the store's size.
     dlib and fused re-rank ArcFace's nearest characters (at least 5), described from their stored face crops."""
     from ..identity.store_scoring import identify as identify_face
 
     with open_store(store_path, models, device) as store:
-        matches = identify_face(store, image, k=k, face=face_index, scorer=scorer, domain=domain)
+        matches = identify_face(store, image, k=k, face=face_index, scorer=scorer, domain=domain, fpir=fpir)
     rows = [m.to_dict() for m in matches]
 
     def text(_: Any) -> str:
@@ -185,9 +189,13 @@ def identify(image: str, k: int, face_index: int | None, scorer: str, domain: st
             return "no characters stored"
         width = max(len(r["name"]) for r in rows)
         metric = {"cosine": "cosine", "euclidean distance": "distance"}.get(rows[0]["metric"], rows[0]["metric"])
-        return "\n".join(f"{i + 1}. {r['name']:<{width}}  {metric} {r['score']:.3f}  P(same) "
-                         f"{r['probability']:.2f}  {'same person' if r['same'] else '-'}"
-                         for i, r in enumerate(rows))
+        lines = [f"{i + 1}. {r['name']:<{width}}  {metric} {r['score']:.3f}  P(same) "
+                 f"{r['probability']:.2f}  {'same person' if r['same'] else '-'}" for i, r in enumerate(rows)]
+        rule = rows[0]["open_set"]
+        how = (f"for {rule['characters']} character(s) at FPIR {rule['target_fpir']:.2%}" if rule["fitted"]
+               else f"= 1:1: no impostor tail fitted for {rows[0]['scorer']} in {domain}")
+        return "\n".join(lines + [f"verdict at the open-set {metric} threshold {rule['threshold']:.3f} ({how}; "
+                                  f"1:1 threshold {rule['one_to_one_threshold']:.3f})"])
 
     emit(rows, as_json, text)
 

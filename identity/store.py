@@ -48,6 +48,7 @@ from .database import DB_NAME, Database
 from .enrolment import MAX_REFERENCES, MAX_REFERENCES_PER_CALL, embed_references, gate_impostors, parse_image_spec
 from .index_cache import INDEX_NAME, IndexCache
 from .names import clean_tags, name_key, normalize_name
+from .open_set import DEFAULT_FPIR, open_set_threshold
 from .reembedding import ReembedReport, embed_character
 from .references import baseline_of, combine
 from .vectors import normalise
@@ -404,12 +405,17 @@ class Store:
         threshold = similarity.SAME_PERSON_THRESHOLD
         return [_Hit(i, names[i][0], s, s >= threshold) for i, s in found if i in names]
 
-    def identify(self, source: Any, *, k: int = 5, face: int | None = None) -> list[Match]:
-        """The k stored characters closest to a face (image, `path:N`, or a 1-D embedding), best first."""
+    def identify(self, source: Any, *, k: int = 5, face: int | None = None,
+                 fpir: float = DEFAULT_FPIR) -> list[Match]:
+        """The k stored characters closest to a face (image, `path:N`, or a 1-D embedding), best first.
+        `same` is judged at the open-set threshold for this store's size (identity/open_set.py): about
+        `fpir` of searches by faces not enrolled name someone, however many characters are stored."""
         if self.fingerprint is None and not isinstance(source, np.ndarray):
             return []
         vector = self._query_vector(source, face)
-        return [Match(h.name, h.score, float(probability(h.score)), h.same) for h in self._search(vector, k)]
+        hits = self._search(vector, k)
+        threshold = open_set_threshold("arcface", "photo", len(self), fpir).threshold
+        return [Match(h.name, h.score, float(probability(h.score)), h.score >= threshold) for h in hits]
 
     def score(self, source: Any, name: str, *, face: int | None = None) -> CharacterScore:
         """How well a face matches character `name`, and whether another character matches better."""

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import StoreError
 from .dlib_recogniser import distance
+from .open_set import DEFAULT_FPIR, OpenSetThreshold, open_set_threshold
 from .scorers import FaceFeatures, ScoreResult, check_domain, describe_face, get_scorer, judge_all
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ class ScoredMatch:
     cosine: float  # ArcFace cosine to the character vector
     result: ScoreResult  # the chosen scorer's judgement
     scores: dict[str, ScoreResult] = field(default_factory=dict)  # every scorer that could judge it
+    open_set: OpenSetThreshold | None = None  # set by `identify`: `result.same` is judged at its threshold
 
     @property
     def log_odds(self) -> float:
@@ -43,7 +45,8 @@ class ScoredMatch:
         return {"name": self.name, "score": round(self.result.score, 4), "probability": round(self.result.probability, 4),
                 "same": self.result.same, "cosine": round(self.cosine, 4), "scorer": self.result.scorer,
                 "metric": self.result.metric, "domain": self.result.domain,
-                "scores": {k: v.to_dict() for k, v in self.scores.items()}}
+                "scores": {k: v.to_dict() for k, v in self.scores.items()},
+                **({} if self.open_set is None else {"open_set": self.open_set.to_dict()})}
 
 
 @dataclass
@@ -103,21 +106,24 @@ class _Judge:
                                               store.analyzer.detector)
         self.references = references
 
-    def judge(self, name: str, cosine: float) -> ScoredMatch:
+    def judge(self, name: str, cosine: float, open_set: OpenSetThreshold | None = None) -> ScoredMatch:
         raw = {"arcface": cosine}
         if self.descriptor is not None:
             assert self.references is not None  # set with the descriptor
             raw["dlib"] = distance(self.descriptor, self.references.of_character(self.store.get(name, crops=True)))
-        results = judge_all(self.scorer, raw, self.domain)
-        return ScoredMatch(name=name, cosine=cosine, result=results[self.scorer.name], scores=results)
+        results = judge_all(self.scorer, raw, self.domain, None if open_set is None else open_set.threshold)
+        return ScoredMatch(name=name, cosine=cosine, result=results[self.scorer.name], scores=results,
+                           open_set=open_set)
 
 
 def identify(store: Any, source: Any, *, k: int = 5, face: int | None = None, scorer: str = "arcface",
-             domain: str = "photo", recogniser: Any = None) -> list[ScoredMatch]:
-    """The k characters most likely to be the face in `source`, by `scorer` in `domain`, best first."""
+             domain: str = "photo", recogniser: Any = None, fpir: float = DEFAULT_FPIR) -> list[ScoredMatch]:
+    """The k characters most likely to be the face in `source`, by `scorer` in `domain`, best first; each
+    verdict at the open-set threshold that accepts about `fpir` of faces not enrolled (identity/open_set.py)."""
+    open_set = open_set_threshold(scorer, domain, len(store), fpir)  # a bad fpir fails before any model loads
     judge = _Judge(store, source, face, scorer, domain, recogniser)
     shortlist = k if judge.scorer.name == "arcface" else max(k, SHORTLIST)
-    matches = [judge.judge(m.name, m.score) for m in store.identify(judge.query, k=shortlist, face=face)]
+    matches = [judge.judge(m.name, m.score, open_set) for m in store.identify(judge.query, k=shortlist, face=face)]
     matches.sort(key=lambda m: -m.log_odds)
     return matches[:k]
 

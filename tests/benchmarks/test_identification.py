@@ -10,6 +10,8 @@ import pytest
 
 from castkeep.benchmarks.identification import read_gallery, run_identification, split_gallery
 from castkeep.errors import BenchmarkInputError
+from castkeep.identity.open_set import open_set_threshold
+from castkeep.identity.similarity import SAME_PERSON_THRESHOLD
 
 
 def test_split_holds_out_whole_identities(faces_dir):
@@ -33,6 +35,10 @@ def test_identify_cli_on_gallery_slice(invoke, faces_dir, tmp_path):
     assert data["known_probes"] == 16 and data["unknown_probes"] == 6
     assert 0.8 <= data["rank1"] <= data["rank5"] <= 1.0
     assert data["open_set"]["dir"] <= data["rank1"]
+    product, one_to_one = data["open_set"]["product"], data["open_set"]["one_to_one"]
+    assert product["characters"] == 4 and product["target_fpir"] == 0.01 and product["fitted"]
+    assert product["threshold"] == open_set_threshold("arcface", "photo", 4).threshold  # the product's, not fitted here
+    assert one_to_one["threshold"] == SAME_PERSON_THRESHOLD and one_to_one["fpir"] == data["open_set"]["fpir"]
     for part in ("embed", "search", "total"):
         assert data["latency"][part]["p50_ms"] > 0
     assert (tmp_path / "identify-lfw_gallery.json").is_file()
@@ -41,7 +47,8 @@ def test_identify_cli_on_gallery_slice(invoke, faces_dir, tmp_path):
 def test_open_set_rates_on_a_gallery_with_a_known_answer(fast_analyzer, faces_dir, tmp_path):
     """Two enrolled people and two held-out "unknown" identities: a stranger (6 photos, never accepted)
     and 4 photos of an enrolled person filed under another name (always accepted). So FPIR is 4/10,
-    the rejection rate 6/10, and every enrolled person's probe is found first and above the threshold."""
+    the rejection rate 6/10, and every enrolled person's probe is found first and above the threshold.
+    A very strict target FPIR puts the product's open-set threshold above some of those same-person scores."""
     lfw = faces_dir / "lfw_gallery"
     for person in ("Alejandro_Toledo", "Adrien_Brody", "Abdullah_Gul"):
         shutil.copytree(lfw / person, tmp_path / "gallery" / person)
@@ -52,12 +59,16 @@ def test_open_set_rates_on_a_gallery_with_a_known_answer(fast_analyzer, faces_di
     seed = next(seed for seed in range(100) if {name for name, _ in split_gallery(gallery, 2, 0.5, seed)[2]}
                 == {"Abdullah_Gul", "Toledo_again"})
     result = run_identification(gallery, fast_analyzer, k=2, unknown_fraction=0.5, seed=seed,
-                                store_dir=str(tmp_path))
+                                target_fpir=1e-7, store_dir=str(tmp_path))
     assert result["enrolled"] == 2 and result["known_probes"] == 8 and result["unknown_probes"] == 10
     open_set = result["open_set"]
     assert open_set["fpir"] == pytest.approx(4 / 10)
     assert open_set["rejection_rate"] == pytest.approx(6 / 10)
     assert result["rank1"] == 1.0 and open_set["dir"] == 1.0 and open_set["fnir"] == 0.0
+    assert open_set["one_to_one"]["fpir"] == open_set["fpir"] and open_set["one_to_one"]["dir"] == 1.0
+    product = open_set["product"]
+    assert product["threshold"] == open_set_threshold("arcface", "photo", 2, 1e-7).threshold > 0.5
+    assert product["fpir"] < open_set["fpir"] and product["dir"] < 1.0  # fewer "Toledo_again" accepted, at a cost
 
 
 def test_refused_enrolment_is_retried_and_reported(model_pack, faces_dir, tmp_path):

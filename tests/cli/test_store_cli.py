@@ -297,3 +297,19 @@ def test_export_never_writes_over_the_store_or_a_foreign_file(tmp_path, faces_di
         assert succeeded(run("export", "Obama", exported, "--store", store, "--json"))["file"] == str(exported)
     succeeded(run("export", "Obama", notes, "--overwrite", "--store", store, "--json"))
     assert notes.read_text().lstrip().startswith('{\n "format": "castkeep-character"')
+
+
+@pytest.mark.slow
+def test_identify_judges_at_the_open_set_threshold_for_the_store_size(tmp_path, faces_dir, invoke):
+    store = str(tmp_path / "store")
+    mara = photos(faces_dir, 10)
+    assert invoke("register", "Mara", *map(str, mara[:2]), "--store", store).returncode == 0
+    [match] = json.loads(invoke("identify", str(mara[4]), "--store", store, "--json").stdout)
+    assert match["same"] and match["open_set"] == {"threshold": 0.27, "target_fpir": 0.01, "characters": 1,
+                                                   "one_to_one_threshold": 0.27, "fitted": True}
+    [strict] = json.loads(invoke("identify", str(mara[4]), "--store", store, "--fpir", "1e-12", "--json").stdout)
+    assert not strict["same"] and strict["open_set"]["threshold"] > 1.0 and strict["score"] == match["score"]
+    assert strict["scores"]["arcface"]["threshold"] == strict["open_set"]["threshold"]
+    text = invoke("identify", str(mara[4]), "--store", store, "--fpir", "0.001").stdout
+    assert "open-set cosine threshold 0.270 (for 1 character(s) at FPIR 0.10%; 1:1 threshold 0.270)" in text
+    assert invoke("identify", str(mara[4]), "--store", store, "--fpir", "0").returncode == 2  # not a rate
