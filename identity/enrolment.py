@@ -20,7 +20,7 @@ from ..errors import ImpostorReferenceError, MultipleFacesError, ReferenceQualit
 from . import similarity
 from .characters import Reference
 from .crops import FaceCrop
-from .references import combine, find_impostors
+from .references import combine, identity_groups
 from .vectors import normalise
 
 MAX_REFERENCES_PER_CALL = 13
@@ -138,25 +138,56 @@ def disambiguate(candidates: list[Reference], settled: list[Reference]) -> Refer
     return candidates[int(order[0])]
 
 
+def _file(reference: Reference) -> str:
+    return Path(reference.source_path).name
+
+
 def gate_impostors(references: list[Reference], new: set[int], force: bool, warnings: list[str]) -> None:
     """Refuse (or with `force`, flag) newly given references that are not the same person as the
-    others; `new` holds their positions in `references` (stored ones were accepted before)."""
-    embeddings = np.stack([r.embedding for r in references])
-    weights = np.array([r.quality for r in references])
-    flagged = find_impostors(embeddings, weights)
+    character; `new` holds their positions in `references` (the others are stored already).
+
+    Stored references define who the character is: a new photo must match them (the character's
+    stored vector), so new photos can never outvote stored ones (register A, then add two photos of B:
+    both refused). A registration has no stored references: its photos are grouped by who they show
+    (`identity_groups`); the largest group is the character and must be a clear majority, or nothing
+    is registered, --force or not (three photos of A and three of B). The rest are refused, named."""
     threshold = similarity.SAME_PERSON_THRESHOLD
-    new_flags = {i: s for i, s in flagged.items() if i in new}
-    if not new_flags:
+    stored = [i for i in range(len(references)) if i not in new]
+    embeddings = np.stack([normalise(r.embedding) for r in references])
+    weights = np.array([r.quality for r in references])
+    if stored:  # references once kept with --force despite a flag do not speak for the character
+        trusted = [i for i in stored if not references[i].flagged] or stored
+        anchor = combine(embeddings[trusted], weights[trusted])
+        scores = {i: float(np.dot(anchor, embeddings[i])) for i in sorted(new)}
+        outliers = {i: v for i, v in scores.items() if v < threshold}
+        what = "does not look like the same person as this character's stored references"
+    elif len(references) == 2:
+        pair = float(np.dot(embeddings[0], embeddings[1]))
+        outliers = {0: pair, 1: pair} if pair < threshold else {}
+        what = "the two reference photos do not match each other"
+    else:
+        groups = identity_groups(embeddings, threshold)
+        if len(groups) > 1 and len(groups[1]) == len(groups[0]):
+            shown = "; ".join(", ".join(_file(references[i]) for i in g[:3]) + (" ..." if len(g) > 3 else "")
+                              for g in groups[:3])
+            raise ImpostorReferenceError(f"these photos show more than one person and none is a clear majority "
+                                         f"({shown}): register each person separately")
+        anchor = combine(embeddings[groups[0]], weights[groups[0]])
+        # Outside the largest group yet close enough to it (a hard pose of the same person) is kept.
+        scores = {i: float(np.dot(anchor, embeddings[i])) for g in groups[1:] for i in g}
+        outliers = {i: v for i, v in scores.items() if v < threshold}
+        what = "does not look like the same person as the other references"
+    if not outliers:
         return
-    worst = min(new_flags, key=new_flags.__getitem__)
-    what = ("the two reference photos do not match each other" if len(references) == 2
-            else "does not look like the same person as the other references")
+    worst = min(outliers, key=outliers.__getitem__)
     if not force:
-        path = references[worst].source_path if len(references) != 2 else None
+        others = [_file(references[i]) for i in sorted(outliers) if i != worst]
+        also = f" (also: {', '.join(others[:5])}{' ...' if len(others) > 5 else ''})" if others else ""
+        path = references[worst].source_path if len(references) != 2 or stored else None
         raise ImpostorReferenceError(
-            f"{what} (similarity {new_flags[worst]:.2f} < {threshold:.2f}); remove it or pass "
+            f"{what} (similarity {outliers[worst]:.2f} < {threshold:.2f}){also}; remove it or pass "
             f"--force to keep it", path=path)
-    for i, score in new_flags.items():
+    for i, score in outliers.items():
         references[i].flagged = True
         warnings.append(f"{references[i].source_path}: kept with --force although flagged as "
                         f"another person (similarity {score:.2f})")

@@ -1,5 +1,5 @@
 """Statistics over a character's reference embeddings: the combined vector, the leave-one-out
-genuine distribution (the per-character baseline) and impostor references."""
+genuine distribution (the per-character baseline) and the groups of who the references show (the impostor gate)."""
 
 from __future__ import annotations
 
@@ -42,28 +42,23 @@ def baseline_of(embeddings: np.ndarray, weights: np.ndarray) -> dict[str, Any]:
             "min": round(float(loo.min()), 4), "max": round(float(loo.max()), 4)}
 
 
-def find_impostors(embeddings: np.ndarray, weights: np.ndarray,
-                   threshold: float | None = None) -> dict[int, float]:
-    """References that do not look like the same person as the others: {index: similarity}.
+def identity_groups(embeddings: np.ndarray, threshold: float | None = None) -> list[list[int]]:
+    """The references grouped by who they show: average-linkage clustering of their cosines, two groups
+    merging while the mean cosine between them reaches the same-person threshold. Largest group first.
 
-    With ≥ 3 references the worst leave-one-out reference is flagged while it is below the
-    threshold, then set aside and the rest re-checked (so one impostor cannot drag the genuine ones
-    under). With 2 references both are flagged when they do not match each other.
-    """
+    Average linkage, not single links: one chance match between two people (about 1 pair in 200 at
+    the threshold) does not join their groups, and one hard-pose photo of a person (a pair below the
+    threshold) still joins its own person's group through the others."""
     threshold = similarity.SAME_PERSON_THRESHOLD if threshold is None else threshold
-    embeddings = np.asarray(embeddings, dtype=np.float32)
-    weights = np.asarray(weights, dtype=np.float64)
-    active = list(range(len(embeddings)))
-    flagged: dict[int, float] = {}
-    while len(active) >= 3:
-        loo = leave_one_out(embeddings[active], weights[active])
-        worst = int(np.argmin(loo))
-        if loo[worst] >= threshold:
+    unit = np.asarray(embeddings, dtype=np.float64)
+    unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
+    cosines = unit @ unit.T
+    groups = [[i] for i in range(len(unit))]
+    while len(groups) > 1:
+        links = [(float(cosines[np.ix_(groups[a], groups[b])].mean()), a, b)
+                 for a in range(len(groups)) for b in range(a + 1, len(groups))]
+        link, a, b = max(links)
+        if link < threshold:
             break
-        flagged[active[worst]] = float(loo[worst])
-        active.pop(worst)
-    if len(embeddings) == 2:
-        pair = float(np.dot(normalise(embeddings[0]), normalise(embeddings[1])))
-        if pair < threshold:
-            flagged = {0: pair, 1: pair}
-    return flagged
+        groups[a] += groups.pop(b)
+    return sorted((sorted(g) for g in groups), key=lambda g: (-len(g), g[0]))

@@ -135,6 +135,39 @@ def test_impostor_reference_is_flagged(tmp_path, fast_analyzer, split):
             store.register("Pair", [a1, b1])
 
 
+def test_new_photos_never_outvote_the_stored_references(tmp_path, fast_analyzer, split):
+    """Identity take-over (issue 13): one stored photo of A, then two photos of B given to add-refs. The
+    old gate compared each photo with the mean of the others, so the two B photos outvoted A's."""
+    names = list(split)
+    (a1, _, _), _ = split[names[0]]
+    (b1, b2, _), _ = split[names[1]]
+    with Store.open(tmp_path / "s", analyzer=fast_analyzer, create=True) as store:
+        store.register("TB", [a1])
+        with pytest.raises(ImpostorReferenceError) as caught:
+            store.add_refs("TB", [b1, b2])
+        assert b1.name in str(caught.value) and b2.name in str(caught.value)
+        assert [Path(r.source_path).name for r in store.get("TB").references] == [a1.name]
+
+
+def test_a_registration_needs_a_clear_majority(tmp_path, fast_analyzer, split):
+    """Three photos of A and three of B: nobody is registered, not even with --force, and both groups
+    are named. Three of A and two of B: A is registered only when B's photos go (or are forced)."""
+    names = list(split)
+    a, _ = split[names[0]]
+    b, _ = split[names[5]]
+    with Store.open(tmp_path / "s", analyzer=fast_analyzer, create=True) as store:
+        with pytest.raises(ImpostorReferenceError, match="more than one person") as caught:
+            store.register("Mixed", [*a, *b], force=True)
+        assert all(photo.name in str(caught.value) for photo in (a[0], b[0]))
+        assert len(store) == 0
+        with pytest.raises(ImpostorReferenceError) as caught:
+            store.register("Mostly A", [b[0], *a, b[1]])
+        assert b[0].name in str(caught.value) and b[1].name in str(caught.value)
+        assert not any(photo.name in str(caught.value) for photo in a)
+        kept = store.register("Mostly A", [b[0], *a, b[1]], force=True)
+        assert [Path(r.source_path).name for r in kept.references if r.flagged] == [b[0].name, b[1].name]
+
+
 def test_add_refs_refits_and_gates(tmp_path, fast_analyzer, split):
     names = list(split)
     refs, held = split[names[2]]
