@@ -82,7 +82,9 @@ class FaceDetector:
     def _run(self, image: np.ndarray, size: int, threshold: float, pad: float) -> list[Detection]:
         offset = 0
         if pad > 0:
-            offset = int(round(max(image.shape[:2]) * pad))
+            # A fraction of the long side, at most twice the short one: the same for photos up to 4:1, and a
+            # 20000x20 strip gets a 40-pixel border, not a 2.4 GB canvas.
+            offset = int(round(min(max(image.shape[:2]) * pad, 2 * min(image.shape[:2]))))
             image = np.pad(image, ((offset, offset), (offset, offset), (0, 0)), mode="edge")
         image = pad_to_aspect(image, size)
         # An attribute, not detect(det_thresh=...), so insightface 0.7.x works too.
