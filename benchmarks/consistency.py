@@ -5,8 +5,9 @@ sidecars, so a generation run's contact sheet is not counted as an output) is de
 numbers never depend on scores a generator wrote itself: by ArcFace (the model pack's recogniser, the space
 that conditions generation) and by dlib's ResNet descriptor (another model family, an independent judge).
 The reference is a photo (`--reference`), the stored character (`--character`, or the `character` named in
-the run's summary.json / sidecars when the store has it), or else, for each image, the mean of the *other*
-outputs (leave-one-out).
+the run's summary.json / sidecars when the store has it), or else, for each image, the *other* outputs
+(leave-one-out: their mean vector; for dlib, as a character, on the photo-pair scale the calibrations use:
+identity/reference_faces.py).
 
 Every output with a face is judged by each scorer (arcface, dlib, fused) in a domain (`generated` by default:
 a run holds generated images) and the two recognisers' verdicts are compared: `conditioning-only` (ArcFace
@@ -31,6 +32,7 @@ import numpy as np
 
 from ..errors import BenchmarkInputError, CastkeepError, NoFaceError
 from ..identity.embedder import l2_normalize
+from ..identity.reference_faces import CharacterDescriptors
 from ..identity.scorers import SCORERS, check_domain, describe_face, get_scorer, judge_all
 from ..utils import IMAGE_SUFFIXES, Progress, no_progress
 
@@ -115,11 +117,12 @@ def conditioning_record(conditioning: dict[str, Any] | None, arcface_fingerprint
 
 @dataclass
 class Reference:
-    """Who every output should be: an ArcFace vector and a dlib descriptor, and what to call it."""
+    """Who every output should be: an ArcFace vector and dlib descriptors (one photo's, or a stored character's
+    references), and what to call it."""
 
     label: str
     embedding: np.ndarray
-    descriptor: np.ndarray
+    descriptors: CharacterDescriptors
 
 
 def outlier_mask(values: np.ndarray, floor: float = OUTLIER_FLOOR["arcface"]) -> tuple[np.ndarray, float]:
@@ -139,17 +142,20 @@ def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _reference_raw(vectors: np.ndarray, descriptors: np.ndarray,
                    reference: Reference | None) -> dict[str, np.ndarray]:
-    """Each output's ArcFace cosine and dlib distance to the reference, or to the mean of the other outputs."""
+    """Each output's ArcFace cosine and dlib distance to the reference, or to the other outputs (their mean
+    vector; for dlib the others as a character of equal weights, on the pair scale: `CharacterDescriptors`)."""
     if reference is not None:
         return {"arcface": vectors @ l2_normalize(reference.embedding),
-                "dlib": _distances(descriptors, reference.descriptor[None, :])[:, 0]}
+                "dlib": reference.descriptors.distances(descriptors)}
     n = len(vectors)
     if n < 2:
         return {"arcface": np.full(n, np.nan), "dlib": np.full(n, np.nan)}
-    # Leave-one-out: output i against the mean of the others, so it cannot match itself.
-    total, total_descriptor = vectors.sum(axis=0), descriptors.astype(np.float64).sum(axis=0)
+    # Leave-one-out: output i against the others, so it cannot match itself.
+    total = vectors.sum(axis=0)
+    others = [CharacterDescriptors(np.delete(descriptors, i, axis=0).astype(np.float64), np.ones(n - 1))
+              for i in range(n)]
     return {"arcface": np.array([float(l2_normalize(total - v) @ v) for v in vectors]),
-            "dlib": np.array([float(np.linalg.norm((total_descriptor - d) / (n - 1) - d)) for d in descriptors])}
+            "dlib": np.array([other.distance(d) for other, d in zip(others, descriptors, strict=True)])}
 
 
 def _agreement(conditioning: bool, independent: bool) -> dict[str, Any]:

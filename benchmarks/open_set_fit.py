@@ -6,7 +6,8 @@ them on people the fit never saw.
 
 FOLDER holds one sub-folder of photos per person. Every photo is compared with the character of every
 *other* person, each character built as the store builds it (the renormalised mean of 1-5 reference
-ArcFace embeddings, `draws` random reference sets per size; for dlib the mean descriptor), and the top 1 %
+ArcFace embeddings, `draws` random reference sets per size; for dlib the pair-scaled distance to the references,
+`CharacterDescriptors`), and the top 1 %
 of those impostor similarities gets a generalised Pareto fit (`open_set.fit_tail`). It prints the table
 to paste into identity/open_set.py. `--held-out` (another gallery, with no person in common) then
 measures FPIR at the fitted and at the 1:1 threshold for galleries of several sizes: random sets of N
@@ -24,6 +25,7 @@ import click
 import numpy as np
 
 from ..identity import open_set
+from ..identity.reference_faces import CharacterDescriptors
 from ..identity.scorers import get_scorer
 from .calibrate import Described, describe_images, folder_pairs
 
@@ -36,13 +38,14 @@ def _photos(described: Described, images: list[Path], labels: list[str], dlib: b
     return [k for k, _ in keep], np.array([label for _, label in keep])
 
 
-def _character(described: Described, keys: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+def _character(described: Described, keys: list[str]) -> tuple[np.ndarray, CharacterDescriptors | None]:
     vectors = np.stack([described.embeddings[k] for k in keys]).astype(np.float64)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     vector = vectors.sum(axis=0)
-    descriptor = (np.stack([described.descriptors[k] for k in keys]).astype(np.float64).mean(axis=0)
-                  if keys[0] in described.descriptors else None)
-    return vector / np.linalg.norm(vector), descriptor
+    descriptors = (CharacterDescriptors(np.stack([described.descriptors[k] for k in keys]).astype(np.float64),
+                                        np.ones(len(keys)))
+                   if keys[0] in described.descriptors else None)
+    return vector / np.linalg.norm(vector), descriptors
 
 
 def _raw_matrices(described: Described, probes: list[str], characters: list[list[str]]) -> dict[str, np.ndarray]:
@@ -51,11 +54,10 @@ def _raw_matrices(described: Described, probes: list[str], characters: list[list
     embeddings = np.stack([described.embeddings[k] for k in probes]).astype(np.float64)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
     raw = {"arcface": embeddings @ np.stack([v for v, _ in built]).T}
-    descriptors = [d for _, d in built if d is not None]
-    if len(descriptors) == len(built) and all(k in described.descriptors for k in probes):
+    references = [d for _, d in built if d is not None]
+    if len(references) == len(built) and all(k in described.descriptors for k in probes):
         probe_descriptors = np.stack([described.descriptors[k] for k in probes]).astype(np.float64)
-        character_descriptors = np.stack(descriptors)
-        raw["dlib"] = np.linalg.norm(probe_descriptors[:, None, :] - character_descriptors[None, :, :], axis=2)
+        raw["dlib"] = np.stack([character.distances(probe_descriptors) for character in references], axis=1)
     return raw
 
 

@@ -130,8 +130,8 @@ def bench_throughput(images_dir: PathLike, *, limit: int = 100, rounds: int = 3,
 
 def _stored_reference(named: str, explicit: bool, store: PathLike | None, analyzer: Any, recogniser: Any,
                       notes: list[str]) -> Any:
-    """The stored character as a consistency `Reference` (its vector, and its dlib descriptor from its stored
-    face crops). A character the user named must exist (and match the face models); one only read from the
+    """The stored character as a consistency `Reference` (its vector, and its references' dlib descriptors from
+    its stored face crops). A character the user named must exist (and match the face models); one only read from the
     run falls back to the run centroid, with a note."""
     from ..errors import CastkeepError, UnknownCharacterError
     from ..identity.reference_faces import ReferenceDescriptors
@@ -144,8 +144,8 @@ def _stored_reference(named: str, explicit: bool, store: PathLike | None, analyz
         if stored.fingerprint != analyzer.fingerprint:
             raise UnknownCharacterError(f"character '{named}' was registered with another model "
                                         f"({stored.fingerprint}); use its --models")
-        descriptor = ReferenceDescriptors(recogniser, analyzer.detector).of_character(stored)
-        return Reference(label=f"character '{stored.name}'", embedding=stored.vector, descriptor=descriptor)
+        descriptors = ReferenceDescriptors(recogniser, analyzer.detector).of_character(stored)
+        return Reference(label=f"character '{stored.name}'", embedding=stored.vector, descriptors=descriptors)
     except UnknownCharacterError:
         if explicit:
             raise
@@ -158,12 +158,14 @@ def _stored_reference(named: str, explicit: bool, store: PathLike | None, analyz
 
 
 def _image_reference(image: PathLike, analyzer: Any, recogniser: Any) -> Any:
+    from ..identity.reference_faces import CharacterDescriptors
     from ..identity.scorers import describe_face
     from .consistency import Reference
 
     features = describe_face(analyzer, image, recogniser=recogniser)
     assert features.descriptor is not None  # given a recogniser, describe_face always describes
-    return Reference(label=f"image '{Path(image).name}'", embedding=features.embedding, descriptor=features.descriptor)
+    return Reference(label=f"image '{Path(image).name}'", embedding=features.embedding,
+                     descriptors=CharacterDescriptors.single(features.descriptor))
 
 
 def _marked(labels: list[str], flagged: list[str]) -> list[str]:

@@ -125,9 +125,10 @@ scorer_option = click.option(
     help="Who judges: the model pack's ArcFace (cosine), dlib's ResNet descriptor (another model family, "
          "Euclidean distance), or both fused.")
 domain_option = click.option(
-    "--domain", type=click.Choice(["photo", "generated"]), default="photo", show_default=True,
-    help="Which calibration the verdict and P(same) use: real photos, or images from a generator "
-         "(whose genuine pairs score lower).")
+    "--domain", type=click.Choice(["auto", "photo", "generated"]), default="auto", show_default=True,
+    help="Which calibration the verdict and P(same) use: real photos, or images from a generator (whose "
+         "genuine pairs score lower). auto: generated when an image carries generator metadata (castkeep, "
+         "A1111, ComfyUI or InvokeAI PNG chunks), else photo.")
 
 
 def verdict_text(result: dict[str, Any]) -> str:

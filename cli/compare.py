@@ -31,9 +31,11 @@ def compare(image_a: Path, image_b: Path, face_a: int | None, face_b: int | None
     """Whether the faces in IMAGE_A and IMAGE_B are the same person: the chosen scorer's number,
     threshold, P(same) and verdict (with --scorer fused, each scorer's)."""
     from ..identity.comparison import compare as compare_faces
+    from ..identity.domains import resolve_domain
 
     result = compare_faces(image_a, image_b, models=models, device=device, face_a=face_a, face_b=face_b,
-                           threshold=threshold, flip=flip, scorer=scorer, domain=domain)
+                           threshold=threshold, flip=flip, scorer=scorer,
+                           domain=resolve_domain(domain, image_a, image_b))
     data = {"image_a": str(image_a), "image_b": str(image_b), **result.to_dict()}
 
     def text(d: dict[str, Any]) -> str:

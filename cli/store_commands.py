@@ -194,9 +194,11 @@ def identify(image: str, k: int, fpir: float, face_index: int | None, scorer: st
     """The stored characters closest to the face in IMAGE, best first (--json: a list of matches, each with
     its `open_set` threshold). "same person" is judged at the open-set threshold for the store's size.
     dlib and fused re-rank ArcFace's nearest characters (at least 5), described from their stored face crops."""
+    from ..identity.domains import resolve_domain
     from ..identity.store_scoring import identify as identify_face
 
     with open_store(store_path, models, device) as store:
+        domain = resolve_domain(domain, image)
         matches = identify_face(store, image, k=k, face=face_index, scorer=scorer, domain=domain, fpir=fpir)
     rows = [m.to_dict() for m in matches]
 
@@ -228,10 +230,12 @@ def score(image: str, name: str, face_index: int | None, scorer: str, domain: st
     """Score the face in IMAGE against a character: the scorer's number, P(same person), verdict, leakage.
     dlib and fused describe the character's stored face crops (or its reference photos, sha256-checked,
     for references stored before crops were kept)."""
+    from ..identity.domains import resolve_domain
     from ..identity.store_scoring import score as score_face
 
     with open_store(store_path, models, device) as store:
-        result = score_face(store, image, name, face=face_index, scorer=scorer, domain=domain)
+        result = score_face(store, image, name, face=face_index, scorer=scorer,
+                            domain=resolve_domain(domain, image))
     data = {"image": image, **result.to_dict()}
 
     def text(_: Any) -> str:

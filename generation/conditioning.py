@@ -35,6 +35,11 @@ KNOWN_ADAPTERS = {
     # Kolors-IP-Adapter-FaceID-Plus: antelopev2.
     "instantid-ip-adapter": "antelopev2", "ipa-faceid-plus": "antelopev2",
 }
+# Known adapters castkeep cannot condition correctly, and why.
+UNSUPPORTED_ADAPTERS = {
+    "ip-adapter-faceid-portrait_sdxl_unnorm": "was trained on buffalo_l's *unnormalised* embeddings, and castkeep "
+                                              "stores unit vectors: use ip-adapter-faceid-portrait_sdxl.bin",
+}
 # InstantID ships its adapter as plain `ip-adapter.bin`: known only inside a folder named for it.
 _FOLDER_RULES = {"instantid": "antelopev2"}
 
@@ -65,12 +70,17 @@ class ConditioningSpace:
         return {"pack": self.pack, "recogniser": self.recogniser, "declared_by": self.declared_by}
 
 
-def known_space(adapter: str | os.PathLike[str]) -> ConditioningSpace | None:
-    """The space of a known adapter file, from its name (or its folder's, for InstantID)."""
-    path = Path(adapter)
+def _stem(path: Path) -> str:
     stem = path.name.lower()
     for suffix in (".safetensors", ".bin", ".pth", ".pt"):
         stem = stem.removesuffix(suffix)
+    return stem
+
+
+def known_space(adapter: str | os.PathLike[str]) -> ConditioningSpace | None:
+    """The space of a known adapter file, from its name (or its folder's, for InstantID)."""
+    path = Path(adapter)
+    stem = _stem(path)
     pack = KNOWN_ADAPTERS.get(stem)
     if pack is None and stem == "ip-adapter":
         pack = next((p for key, p in _FOLDER_RULES.items() if key in path.parent.name.lower()), None)
@@ -96,6 +106,9 @@ def conditioning_space(adapter: str | os.PathLike[str], option: str | os.PathLik
                        ) -> ConditioningSpace:
     """The space `adapter` conditions on: `option` when given (it overrides the file name), else the
     known checkpoint's; an unknown adapter without `option` is a ConfigError."""
+    why = UNSUPPORTED_ADAPTERS.get(_stem(Path(adapter)))
+    if why is not None:
+        raise ConfigError(f"{Path(adapter).name} {why}")
     if option is not None:
         return space_from_option(option)
     known = known_space(adapter)

@@ -2,7 +2,8 @@
 
 ArcFace numbers come from the store as they are (the character vector, the index search); only their
 verdict and P(same) are read in the chosen domain. dlib needs faces, not stored vectors: the query image is
-described directly and each character through `ReferenceDescriptors` (its stored face crops). So that a
+described directly and each character through `ReferenceDescriptors` (its stored face crops; the
+distance to a character is on the photo-pair scale, `CharacterDescriptors.distance`). So that a
 large store is never re-described in full, dlib and the fusion re-rank ArcFace's nearest characters
 (`SHORTLIST`, or k when larger): a character ArcFace puts below that is not considered.
 """
@@ -15,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import StoreError
-from .dlib_recogniser import distance
 from .open_set import DEFAULT_FPIR, OpenSetThreshold, open_set_threshold
 from .scorers import FaceFeatures, ScoreResult, check_domain, describe_face, get_scorer, judge_all
 
@@ -110,7 +110,8 @@ class _Judge:
         raw = {"arcface": cosine}
         if self.descriptor is not None:
             assert self.references is not None  # set with the descriptor
-            raw["dlib"] = distance(self.descriptor, self.references.of_character(self.store.get(name, crops=True)))
+            character = self.references.of_character(self.store.get(name, crops=True))
+            raw["dlib"] = character.distance(self.descriptor)  # on the pair scale the calibrations use
         results = judge_all(self.scorer, raw, self.domain, None if open_set is None else open_set.threshold)
         return ScoredMatch(name=name, cosine=cosine, result=results[self.scorer.name], scores=results,
                            open_set=open_set)

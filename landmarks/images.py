@@ -128,3 +128,23 @@ def describe_source(source: ImageInput) -> str:
     if isinstance(source, np.ndarray):
         return f"<array {source.shape[1]}x{source.shape[0]}>"
     return f"<image {source.size[0]}x{source.size[1]}>"
+
+
+# PNG text chunks that generators write: castkeep's sidecar, A1111/Forge/Fooocus `parameters`, ComfyUI's
+# `prompt`/`workflow`, InvokeAI's metadata.
+GENERATOR_CHUNKS = ("castkeep", "parameters", "prompt", "workflow", "invokeai_metadata", "sd-metadata")
+
+
+def generator_chunk(source: ImageInput) -> str | None:
+    """The generator metadata chunk an image file carries (see GENERATOR_CHUNKS), or None: no such chunk,
+    not a file, or unreadable (loading it later reports why). Reads the header only."""
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a bomb's warning is for load_pil to turn into its error
+            with Image.open(source) as image:
+                info = dict(image.info)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return next((key for key in GENERATOR_CHUNKS if key in info), None)

@@ -74,8 +74,10 @@ def test_consistency_without_store_uses_the_run_centroid(invoke, run_dir, fast_a
     assert data["outputs"] == 6 and data["with_face"] == 5
     assert [r["image"] for r in data["no_face"]] == ["out_05.png"]
     assert data["outliers"] == ["out_04.png"]
-    # Leave-one-out: each face against the normalised sum of the other four (ArcFace) and against the mean
-    # of their descriptors (dlib), computed here.
+    # Leave-one-out: each face against the normalised sum of the other four (ArcFace) and against the other
+    # four as a character (dlib: the distance to their mean with the averaged-out spread added back), computed here.
+    from castkeep.identity.reference_faces import WITHIN_PERSON_VARIANCE
+
     faces = _faces(run_dir, fast_analyzer)
     descriptors = _descriptors(run_dir, fast_analyzer, recogniser)
     total, total_descriptor = sum(faces.values()), sum(descriptors.values())
@@ -84,8 +86,9 @@ def test_consistency_without_store_uses_the_run_centroid(invoke, run_dir, fast_a
         assert row["cosine"] == pytest.approx(float(others @ faces[row["image"]]) / np.linalg.norm(others), abs=1e-4)
         assert row["scores"]["arcface"]["score"] == pytest.approx(row["cosine"], abs=1e-4)
         mean_others = (total_descriptor - descriptors[row["image"]]) / 4
+        to_mean = float(np.linalg.norm(mean_others - descriptors[row["image"]]))
         assert row["scores"]["dlib"]["score"] == pytest.approx(
-            float(np.linalg.norm(mean_others - descriptors[row["image"]])), abs=1e-4)
+            np.sqrt(to_mean ** 2 + WITHIN_PERSON_VARIANCE * (1 - 1 / 4)), abs=1e-4)
     # The impostor and the faceless frame both fail, by every scorer; the four photos of one person pass.
     assert data["below_threshold"] == ["out_04.png"] and data["consistency_rate"] == pytest.approx(4 / 6)
     for name in ("arcface", "dlib", "fused"):
@@ -125,12 +128,12 @@ def test_consistency_against_a_stored_character(invoke, run_dir, faces_dir, fast
     assert scores["out_04.png"] < data["threshold"] < min(scores[f"out_{i:02d}.png"] for i in range(4))
     assert data["consistency_rate"] == pytest.approx(4 / 6)
     assert data["below_threshold"] == ["out_04.png"]
-    # dlib judges against the character's descriptor from its stored face crops.
+    # dlib judges against the character's references, described from its stored face crops.
     stored = ReferenceDescriptors(recogniser, fast_analyzer.detector).of_character(character)
+    assert len(stored.descriptors) == 2
     descriptors = _descriptors(run_dir, fast_analyzer, recogniser)
     for row in data["images"]:
-        assert row["scores"]["dlib"]["score"] == pytest.approx(
-            float(np.linalg.norm(descriptors[row["image"]] - stored)), abs=1e-4)
+        assert row["scores"]["dlib"]["score"] == pytest.approx(stored.distance(descriptors[row["image"]]), abs=1e-4)
     # A re-run does not embed its own plots (they live under RUN_DIR/consistency).
     again = invoke("bench", "consistency", str(run_dir), "--store", str(store), "--json")
     assert json.loads(again.stdout)["outputs"] == 6

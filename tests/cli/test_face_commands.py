@@ -144,3 +144,24 @@ def test_bad_input_is_one_line_and_nonzero(invoke, portrait, bad_image, kind, ne
         result = invoke(*command)
         _one_line_error(result, target.name, needle)
         assert result.returncode == code
+
+
+def test_domain_auto_reads_generator_metadata(invoke, faces_dir, pack_dir, tmp_path):
+    """A PNG carrying a generator's chunk (A1111 `parameters`, castkeep's sidecar, ComfyUI's `prompt`) is
+    judged with the generated-image calibration; a plain photo with the photo one; --domain wins."""
+    from PIL.PngImagePlugin import PngInfo
+
+    photos = sorted((faces_dir / "lfw_gallery" / "Adrien_Brody").glob("*.jpg"))
+    metadata = PngInfo()
+    metadata.add_text("parameters", "portrait of a man\nSteps: 30, Sampler: DPM++ 2M, Seed: 1")
+    rendered, plain = tmp_path / "render.png", tmp_path / "plain.png"
+    Image.open(photos[1]).save(rendered, pnginfo=metadata)
+    Image.open(photos[1]).save(plain)
+
+    def domain(*args: str) -> str:
+        result = invoke("compare", str(photos[0]), *args, "--models", str(pack_dir), "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)["domain"]
+
+    assert domain(str(rendered)) == "generated" and domain(str(plain)) == "photo"
+    assert domain(str(rendered), "--domain", "photo") == "photo"

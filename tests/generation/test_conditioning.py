@@ -48,6 +48,11 @@ def test_an_unknown_adapter_needs_the_option_and_the_option_wins():
     assert told.pack == "antelopev2" and told.declared_by == "--conditioning-models"
 
 
+def test_the_unnormalised_portrait_adapter_is_refused_with_the_alternative():
+    with pytest.raises(ConfigError, match="portrait_sdxl.bin"):
+        conditioning_space("models/ip-adapter-faceid-portrait_sdxl_unnorm.bin", "buffalo_l")
+
+
 def test_spaces_match_by_recogniser_file_whatever_the_folder_is_called():
     adapter = "ip-adapter-faceid_sd15.bin"
     vector, fingerprint = space_vector(character(BUFFALO_S, RENAMED_L), known_space(adapter), adapter)

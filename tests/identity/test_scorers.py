@@ -139,6 +139,35 @@ def test_compare_with_each_scorer_and_domain(faces_dir, fast_analyzer, recognise
     assert data["scores"]["dlib"]["metric"] == "euclidean distance" and data["domain"] == "photo"
 
 
+def test_character_distance_keeps_the_pair_scale(faces_dir, fast_analyzer, recogniser):
+    """A face against a character scores on the photo-pair scale: exactly the pair distance for one reference;
+    for three, the distance to their weighted mean with the averaged-out spread added back, which keeps an
+    impostor among its pair distances where the plain distance to the mean pulls it below all of them."""
+    from castkeep.identity.reference_faces import WITHIN_PERSON_VARIANCE, CharacterDescriptors
+
+    gallery = faces_dir / "lfw_gallery"
+    person = sorted((gallery / "Alejandro_Toledo").glob("*.jpg"))
+    references = np.stack([_descriptor(fast_analyzer, recogniser, path) for path in person[:3]])
+    impostors = [_descriptor(fast_analyzer, recogniser, path)
+                 for path in sorted((gallery / "Adrien_Brody").glob("*.jpg"))[:3]]
+    genuine = _descriptor(fast_analyzer, recogniser, person[4])
+    for probe in [*impostors, genuine]:
+        assert CharacterDescriptors.single(references[0]).distance(probe) == distance(probe, references[0])
+    weights = np.array([1.0, 0.6, 0.3])
+    character = CharacterDescriptors(references.astype(np.float64), weights)
+    assert character.averaged_out == pytest.approx(WITHIN_PERSON_VARIANCE * (1 - 1.45 / 1.9 ** 2), rel=1e-12)
+    mean = (weights[:, None] * references).sum(axis=0) / weights.sum()
+    probes = np.stack([*impostors, genuine])
+    np.testing.assert_allclose(character.distances(probes), [character.distance(p) for p in probes], rtol=1e-12)
+    for probe in impostors:
+        pairs = [distance(probe, reference) for reference in references]
+        to_mean = float(np.linalg.norm(probe - mean))
+        assert character.distance(probe) ** 2 == pytest.approx(to_mean ** 2 + character.averaged_out, rel=1e-9)
+        assert to_mean < min(pairs) <= character.distance(probe) <= max(pairs)  # the mean pulls it in; not here
+        assert character.distance(probe) > domains.DLIB["photo"].threshold
+    assert character.distance(genuine) < domains.DLIB["photo"].threshold
+
+
 @pytest.mark.subprocess
 def test_cli_scorer_and_domain(cli, faces_dir):
     celebs = faces_dir / CELEBS
@@ -169,6 +198,13 @@ def test_store_score_and_identify_with_dlib(tmp_path, faces_dir, fast_analyzer, 
         probe = celebs / "angelina_jolie" / "img4.jpg"
         judged = store_scoring.score(store, probe, "Angelina", scorer="dlib", recogniser=recogniser)
         assert judged.match.result.same and judged.match.result.metric == "euclidean distance"
+        # Jennifer has one reference: her dlib score is exactly the distance to its stored crop's descriptor.
+        from castkeep.identity.reference_faces import ReferenceDescriptors
+
+        query = _descriptor(fast_analyzer, recogniser, probe)
+        [only] = store.get("Jennifer", crops=True).references
+        crop = ReferenceDescriptors(recogniser, fast_analyzer.detector).of_reference("Jennifer", only)
+        assert judged.closest_other.scores["dlib"].score == distance(query, crop)
         assert judged.closest_other.name == "Jennifer" and not judged.leakage
         wrong = store_scoring.score(store, probe, "Jennifer", scorer="fused", domain="generated", recogniser=recogniser)
         assert not wrong.match.result.same and wrong.leakage and wrong.closest_other.name == "Angelina"
@@ -184,15 +220,13 @@ def test_store_score_and_identify_with_dlib(tmp_path, faces_dir, fast_analyzer, 
         assert again.match.result.score == pytest.approx(judged.match.result.score)
         # A reference without a crop (stored before crops were kept) falls back to its photo, sha256-checked:
         # the original photo gives the crop's verdict; an edited or missing one is one clear error.
-        from castkeep.identity.reference_faces import ReferenceDescriptors
-
         descriptors = ReferenceDescriptors(recogniser, fast_analyzer.detector)
         jennifer = store.get("Jennifer")  # crops not read: as for an old store
         assert jennifer.references[0].crop is None
         from_photo = descriptors.of_character(jennifer)
         from_crop = ReferenceDescriptors(recogniser, fast_analyzer.detector).of_character(
             store.get("Jennifer", crops=True))
-        assert distance(from_photo, from_crop) < 0.15
+        assert distance(from_photo.mean, from_crop.mean) < 0.15
         angelina = store.get("Angelina")
         with pytest.raises(StoreError, match="changed since it was registered.*--scorer arcface"):
             descriptors.of_character(angelina)
