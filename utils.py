@@ -100,6 +100,12 @@ def file_sha256(path: str | os.PathLike, *, chunk_size: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def text_path(path: str | os.PathLike) -> str:
+    """A path as valid Unicode text for storing and printing: the bytes of a file name that is not UTF-8
+    (which Python carries as lone surrogates, unwritable to SQLite or JSON) become `\\xff` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def slug(text: str, *, max_length: int = 40, fallback: str = "run") -> str:
     """A file-name-safe ASCII form of `text` (letters, digits, `_`, `-`, `.`)."""
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.-")[:max_length].strip("_.-")

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BenchmarkInputError, CastkeepError
+from ..errors import BenchmarkInputError, CastkeepError, NoFaceError
 from ..identity.embedder import l2_normalize
 from ..identity.reference_faces import CharacterDescriptors
 from ..identity.scorers import SCORERS, check_domain, describe_face, get_scorer, judge_all
@@ -208,11 +208,14 @@ def run_consistency(images: list[Path], analyzer: Any, recogniser: Any, *, refer
     check_domain(domain)
     described: list[tuple[str, Any]] = []
     no_face: list[dict[str, str]] = []
+    unreadable: list[dict[str, str]] = []  # a corrupt or truncated file is not "no face": say which
     for path in progress(images, label="describe", total=len(images)):
         try:
             described.append((path.name, describe_face(analyzer, path, recogniser=recogniser)))
-        except CastkeepError as exc:  # no face or unreadable: a failed output, counted
+        except NoFaceError as exc:  # a failed output, counted
             no_face.append({"image": path.name, "reason": str(exc)})
+        except CastkeepError as exc:  # unreadable (ImageError) or another face problem: counted too
+            unreadable.append({"image": path.name, "reason": exc.args[0] if exc.args else str(exc)})
     names = [name for name, _ in described]
     n = len(described)
     vectors = np.stack([f.embedding for _, f in described]) if n else np.zeros((0, 512), np.float32)
@@ -229,7 +232,7 @@ def run_consistency(images: list[Path], analyzer: Any, recogniser: Any, *, refer
         rows.append({"image": name, "score": chosen.score, "same": chosen.same, "cosine": raw["arcface"],
                      "scores": {k: judged[k].to_dict() for k in SCORERS},
                      "agreement": _agreement(judged[CONDITIONING].same, judged[INDEPENDENT].same)})
-    total_outputs = n + len(no_face)
+    total_outputs = n + len(no_face) + len(unreadable)
     summaries = {name: _scorer_summary(name, rows, pairwise[name], domain, total_outputs) for name in SCORERS}
     main = summaries[headline.name]
     for i, row in enumerate(rows):
@@ -251,6 +254,7 @@ def run_consistency(images: list[Path], analyzer: Any, recogniser: Any, *, refer
         "outputs": total_outputs,
         "with_face": n,
         "no_face": no_face,
+        "unreadable": unreadable,
         "consistency_rate": main["consistency_rate"],
         "score_distribution": main["score_distribution"],
         "pairwise_mean": arcface["pairwise_mean"],   # ArcFace cosine, as `pairwise.matrix`
@@ -311,4 +315,7 @@ def summary_text(result: dict[str, Any]) -> str:
     if result["no_face"]:
         lines.append(f"no face found in {len(result['no_face'])} output(s): "
                      + ", ".join(r["image"] for r in result["no_face"][:5]))
+    if result.get("unreadable"):
+        lines.append(f"could not read {len(result['unreadable'])} output(s): "
+                     + ", ".join(f"{r['image']} ({r['reason']})" for r in result["unreadable"][:5]))
     return "\n".join(lines)

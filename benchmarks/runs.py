@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import BenchmarkInputError
 from ..identity.similarity import SAME_PERSON_THRESHOLD
 from ..utils import Progress, slug
 from ..utils import progress as terminal_progress
@@ -25,6 +26,16 @@ DEFAULT_OUT = Path("bench-results")
 
 def _name(text: str) -> str:
     return slug(text, max_length=120)
+
+
+def check_result_name(name: str | None) -> None:
+    """A --name is a file name inside --out, never a path: `../../x` or `/abs` would write elsewhere."""
+    if name is None:
+        return
+    if not name or name in (".", "..") or "/" in name or "\\" in name or os.sep in name:
+        raise BenchmarkInputError(f"--name {name!r} must be a file name without folders (the folder is --out)")
+    if any(ord(char) < 32 or ord(char) == 127 for char in name) or len(name) > 120:
+        raise BenchmarkInputError(f"--name {name!r} must be at most 120 printable characters")
 
 
 def _pack(models: PathLike | None, device: str) -> Any:
@@ -41,6 +52,7 @@ def bench_verify(pairs_file: PathLike, *, root: PathLike | None = None, limit: i
     """Face verification on a pairs file (LFW protocol), against insightface's FaceAnalysis in the
     same run with `baseline`; ROC and score-histogram plots. `scorer` (arcface, dlib, fused) judges;
     `domain` (photo, generated) picks the default verdict reported as `castkeep.fixed_threshold`."""
+    check_result_name(name)
     from .pairs import read_pairs
     from .verification import run_verification
 
@@ -70,6 +82,7 @@ def bench_identify(gallery: PathLike, *, k: int = 2, unknown_fraction: float = 0
                    out_dir: PathLike = DEFAULT_OUT, models: PathLike | None = None, device: str = "cpu",
                    progress: Progress = terminal_progress) -> dict[str, Any]:
     """1:N identification through a fresh character store, with open-set rejection of held-out people."""
+    check_result_name(name)
     from ..identity.analyzer import FaceAnalyzer
     from .identification import read_gallery, run_identification
 
@@ -91,6 +104,7 @@ def bench_store(sizes: Sequence[int], *, kinds: Sequence[str] = ("exact", "hnsw"
                 progress: Progress = terminal_progress) -> dict[str, Any]:
     """Identify latency, recall@10, build time and memory of the store's indexes at each size, each
     against a numpy brute-force search measured in the same run."""
+    check_result_name(name)
     from .store_scale import run_store_scale
 
     result = run_store_scale(list(sizes), kinds=list(kinds), n_queries=queries, seed=seed, progress=progress)
@@ -103,6 +117,7 @@ def bench_throughput(images_dir: PathLike, *, limit: int = 100, rounds: int = 3,
                      out_dir: PathLike = DEFAULT_OUT, models: PathLike | None = None, device: str = "cpu",
                      progress: Progress = terminal_progress) -> dict[str, Any]:
     """Images/s of castkeep's analyze+embed against insightface's FaceAnalysis.get, as a ratio."""
+    check_result_name(name)
     from .throughput import collect_images, run_throughput
 
     images = collect_images(images_dir, limit)
@@ -165,7 +180,7 @@ def bench_consistency(run_dir: PathLike, *, character: str | None = None, refere
     """Identity consistency of a generation run, every image described again by ArcFace and dlib: each
     scorer's verdicts, where the two recognisers disagree, score distribution, consistency rate, pairwise
     matrices (heat maps), outliers; `scorer` drives the headline. Results go to RUN_DIR/consistency."""
-    from ..errors import BenchmarkInputError
+    check_result_name(name)
     from ..identity.analyzer import FaceAnalyzer
     from ..identity.dlib_recogniser import DlibRecogniser
     from .consistency import conditioning_record, run_character, run_conditioning, run_consistency, run_images

@@ -37,7 +37,7 @@ def parse_sizes(text: str) -> list[int]:
             value = float(token)
         except ValueError:
             raise BenchmarkInputError(f"size '{token}' is not a number (use e.g. 1e4,1e5)") from None
-        if not (value >= 1 and value == int(value)) or value > 5e7:
+        if not (1 <= value <= 5e7 and value == int(value)):  # nan and inf fail the range first
             raise BenchmarkInputError(f"size '{token}' must be a whole number from 1 to 5e7")
         sizes.append(int(value))
     if not sizes:

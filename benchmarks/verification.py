@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import BenchmarkInputError
 from ..identity.scorers import SCORERS, check_domain, get_scorer
 from ..utils import Progress, no_progress
 from .metrics import Roc, verification_metrics
@@ -119,6 +120,9 @@ def run_verification(pairs: PairsFile, pack: Any, *, selection: str = "center", 
     chosen_scorer = get_scorer(scorer)
     check_domain(domain)
     labels = np.array([p.same for p in pairs.pairs], dtype=bool)
+    if min(labels.sum(), (~labels).sum()) < 2:  # k-fold fits each fold's threshold on the other folds' pairs
+        raise BenchmarkInputError(f"verification needs at least 2 same (1) and 2 different (0) pairs; got "
+                                  f"{labels.sum()} and {(~labels).sum()}", path=pairs.path)
     images = pairs.images
     recogniser = None
     if chosen_scorer.needs_dlib:
@@ -127,6 +131,11 @@ def run_verification(pairs: PairsFile, pack: Any, *, selection: str = "center", 
         recogniser = DlibRecogniser()
     castkeep = CastkeepPipeline(pack, recogniser=recogniser)
     embedded, seconds = embed_images(castkeep, images, progress)
+    failures = _failures(pairs, embedded)
+    if failures["pairs"] == len(pairs.pairs):  # every number would be the "no face" floor: nothing measured
+        examples = ", ".join((failures["no_face"] + failures["unreadable"])[:3])
+        raise BenchmarkInputError(f"no pair could be scored: {failures['images']} of {len(embedded)} image(s) "
+                                  f"had no face or could not be read (e.g. {examples})", path=pairs.path)
     chosen = variant_name(selection, flip)
     cosines = pair_scores(pairs, embedded, chosen)
     raw = {"arcface": np.where(cosines == NO_FACE_SCORE, np.nan, cosines)}

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ..errors import CastkeepError, ImageError
-from ..utils import progress
+from ..utils import IMAGE_SUFFIXES, progress
 from .common import emit, face_option, json_option, make_analyzer, model_options
 
 
@@ -35,11 +36,53 @@ def _text(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def drawing_targets(images: tuple[Path, ...], draw: Path) -> list[Path]:
+    """Where each image's drawing goes, checked before any model loads: one image → the file `draw` (a
+    known image extension; an existing folder means a PNG inside it); several → `draw` is a folder with one
+    PNG per image, `stem.png`, `stem-2.png`... when stems repeat. Never an input photo's own path."""
+    inputs = {_same_file_key(path) for path in images}
+    if len(images) == 1 and not draw.is_dir():
+        if draw.suffix.lower() not in IMAGE_SUFFIXES:
+            raise click.BadParameter(f"{str(draw)!r} needs an image extension ({', '.join(sorted(IMAGE_SUFFIXES))})",
+                                     param_hint="--draw")
+        if _same_file_key(draw) in inputs or any(_is_same_file(draw, path) for path in images):
+            raise click.BadParameter(f"{str(draw)!r} is the input photo; drawing there would overwrite it",
+                                     param_hint="--draw")
+        return [draw]
+    if draw.exists() and not draw.is_dir():
+        raise click.BadParameter(f"{str(draw)!r} is a file; with several images --draw names a folder",
+                                 param_hint="--draw")
+    targets: list[Path] = []
+    taken = set(inputs)
+    for path in images:
+        target, number = draw / f"{path.stem}.png", 1
+        while _same_file_key(target) in taken:  # two inputs named alike, or an input PNG inside the folder
+            number += 1
+            target = draw / f"{path.stem}-{number}.png"
+        taken.add(_same_file_key(target))
+        targets.append(target)
+    return targets
+
+
+def _same_file_key(path: Path) -> str:
+    """A key equal for two spellings of one path (relative, through symlinks)."""
+    return os.path.normcase(os.path.realpath(path))
+
+
+def _is_same_file(a: Path, b: Path) -> bool:
+    """Both exist and are one file (a hard link, or another case on a case-blind disk)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--draw", "draw", type=click.Path(path_type=Path), default=None,
-              help="Write the image with boxes and landmarks drawn on it to this PNG "
-                   "(with several images: a folder, one PNG per image).")
+              help="Write the image with boxes and landmarks drawn on it to this file (.png, .jpg...; an "
+                   "existing folder: a PNG inside it; with several images: a folder, one PNG per image, "
+                   "stem.png, stem-2.png... when names repeat). Never over an input photo.")
 @click.option("--points", is_flag=True, help="Include every landmark coordinate in --json output.")
 @click.option("--no-dense", is_flag=True, help="Skip the MediaPipe 478-point mesh (faster; pose then "
                                               "comes from the 5 keypoints).")
@@ -56,10 +99,11 @@ def analyze(images: tuple[Path, ...], draw: Path | None, points: bool, no_dense:
     from ..landmarks.drawing import save_drawing
     from ..landmarks.images import load_image
 
+    targets = drawing_targets(images, draw) if draw is not None else []
     results: list[dict[str, Any]] = []
     failed = False
     with make_analyzer(models, device, dense=not no_dense) as analyzer:
-        for path in progress(images, label="analyze", enabled=len(images) > 3):
+        for number, path in enumerate(progress(images, label="analyze", enabled=len(images) > 3)):
             try:
                 image = load_image(path)
                 analysis = analyzer.analyze(image)
@@ -70,10 +114,13 @@ def analyze(images: tuple[Path, ...], draw: Path | None, points: bool, no_dense:
                     if face_index is not None:
                         analysis.faces = [chosen]
                 result = analysis.to_dict(include_points=points)
-                if draw is not None:
-                    target = draw / f"{path.stem}.png" if len(images) > 1 else draw
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    save_drawing(image, analysis.faces, target)
+                if targets:
+                    target = targets[number]
+                    try:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        save_drawing(image, analysis.faces, target)
+                    except OSError as exc:
+                        raise ImageError(f"cannot write the drawing ({exc.strerror or exc})", path=target) from None
                     result["drawing"] = str(target)
             except CastkeepError as exc:
                 if not keep_going:

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .common import domain_option, emit, json_option, model_options, scorer_option
+from .common import FINITE_FLOAT, emit, json_option, model_options, scorer_option
 
 out_option = click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
                           default=Path("bench-results"), show_default=True,
@@ -21,6 +21,12 @@ selection_option = click.option(
     "--selection", type=click.Choice(["center", "largest"]), default="center", show_default=True,
     help="Which face of a multi-face photo is the subject: the big central one (insightface's rule, "
          "right for LFW-style photos) or simply the largest.")
+# A pairs file mixes images; its verdicts use one calibration, named (the image commands' `auto` reads one
+# image's metadata).
+pairs_domain_option = click.option(
+    "--domain", type=click.Choice(["photo", "generated"]), default="photo", show_default=True,
+    help="Which calibration the default verdict uses: real photos, or images from a generator (whose "
+         "genuine pairs score lower).")
 flip_option = click.option("--flip/--no-flip", default=True, show_default=True,
                            help="Flip test-time augmentation: average each embedding with its mirror image's.")
 
@@ -56,7 +62,7 @@ def bench() -> None:
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also run insightface's own FaceAnalysis on the same pairs, as the reference.")
 @scorer_option
-@domain_option
+@pairs_domain_option
 @click.option("--name", default=None, help="Result file name (default: verify-<pairs file>[-scorer][-domain]).")
 @out_option
 @model_options
@@ -85,7 +91,7 @@ def verify(pairs_file: Path, root: Path | None, limit: int | None, selection: st
               help="Share of identities held out entirely, to test open-set rejection.")
 @click.option("--limit-identities", type=click.IntRange(min=2), default=None,
               help="Use only the first N identity folders (a quick run).")
-@click.option("--threshold", type=float, default=None,
+@click.option("--threshold", type=FINITE_FLOAT, default=None,
               help="Open-set acceptance threshold (default: castkeep's same-person threshold).")
 @click.option("--fpir", "target_fpir", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
               show_default=True, help="Target FPIR of the product's open-set threshold, reported beside the 1:1 one.")
@@ -170,7 +176,7 @@ def throughput(images_dir: Path, limit: int, rounds: int, name: str, out_dir: Pa
                    "(every image is judged by all three either way).")
 @click.option("--domain", type=click.Choice(["photo", "generated"]), default="generated", show_default=True,
               help="Which calibration the verdicts use: generated images (what a run holds) or real photos.")
-@click.option("--threshold", type=float, default=None,
+@click.option("--threshold", type=FINITE_FLOAT, default=None,
               help="Verdict threshold of --scorer on its own scale (cosine, dlib distance, fused log-odds) "
                    "[default: its calibrated one for --domain].")
 @click.option("--name", default=None, help="Result file name (default: consistency-<run folder>).")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -11,6 +13,21 @@ from typing import Any
 import click
 
 from ..utils import dumps
+
+
+class FiniteFloat(click.ParamType):
+    """A float that is a number: click's FLOAT takes `nan` and `inf`, and a NaN threshold judges nothing."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+FINITE_FLOAT = FiniteFloat()
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (for scripts).")
 models_option = click.option(
@@ -25,6 +42,30 @@ face_option = click.option(
     help="Which face to use when an image holds several (0 = largest, as `analyze` lists them).")
 
 
+# Characters a terminal may act on rather than show: C0/C1 controls (escape sequences clear the screen, set
+# the window title, colour), bidirectional overrides (text that reads other than it is), lone surrogates (a
+# non-UTF-8 file name; unwritable). Names, descriptions, tags and file names come from users and imports.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def terminal_text(text: str, *, one_line: bool = False) -> str:
+    """`text` safe to print: control and bidi characters as visible escapes (`\\x1b`, `\\u202e`). Newlines
+    stay unless `one_line` (a stored string's newline would forge a line of output); tabs stay."""
+    text = _UNSAFE.sub(_escape, text)
+    return text.replace("\n", "\\n") if one_line else text
+
+
+def echo(message: str, *, err: bool = False) -> None:
+    """click.echo of castkeep's text output, escaped by `terminal_text`."""
+    click.echo(terminal_text(message), err=err)
+
+
 def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return models_option(device_option(func))
 
@@ -32,9 +73,10 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def emit(data: Any, as_json: bool, text: Callable[[Any], str] | str | None = None) -> None:
     """Print `data` as JSON, or as human text rendered by `text`."""
     if as_json:
-        click.echo(dumps(data))
+        # JSON escapes C0 controls itself; C1, bidi and surrogates as \\u escapes too (the same strings).
+        click.echo(_UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", dumps(data)))
     elif text is not None:
-        click.echo(text(data) if callable(text) else text)
+        echo(text(data) if callable(text) else text)
 
 
 def make_analyzer(models: str | None, device: str, **kwargs: Any):
@@ -58,7 +100,7 @@ class _EchoHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        click.echo(f"warning: {message}" if record.levelno >= logging.WARNING else message, err=True)
+        echo(f"warning: {message}" if record.levelno >= logging.WARNING else message, err=True)
 
 
 @contextmanager

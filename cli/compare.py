@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .common import domain_option, emit, json_option, model_options, scorer_option, verdict_text
+from .common import FINITE_FLOAT, domain_option, emit, json_option, model_options, scorer_option, verdict_text
 
 
 @click.command()
@@ -19,7 +19,7 @@ from .common import domain_option, emit, json_option, model_options, scorer_opti
               help="Face to use in IMAGE_B when it holds several (default: the largest).")
 @scorer_option
 @domain_option
-@click.option("--threshold", type=float, default=None,
+@click.option("--threshold", type=FINITE_FLOAT, default=None,
               help="Verdict threshold on the scorer's own scale (cosine, dlib distance, fused log-odds) "
                    "[default: the scorer's calibrated one for --domain; arcface photo: 0.27].")
 @click.option("--flip/--no-flip", default=False, show_default=True,

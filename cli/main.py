@@ -11,7 +11,7 @@ import click
 
 from .. import __version__
 from ..errors import CastkeepError
-from .common import quiet_native_logs
+from .common import quiet_native_logs, terminal_text
 
 # command name → "module:attribute" inside castkeep.cli
 COMMANDS = {
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="castkeep", standalone_mode=False)
     except CastkeepError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {terminal_text(str(exc), one_line=True)}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: still one line unless asked for the traceback
         if os.environ.get("CASTKEEP_DEBUG"):
             raise
-        message = " ".join(str(exc).split()) or type(exc).__name__
+        message = terminal_text(" ".join(str(exc).split()), one_line=True) or type(exc).__name__
         click.echo(f"error: internal error ({type(exc).__name__}: {message}); "
                    f"rerun with CASTKEEP_DEBUG=1 for the traceback", err=True)
         sys.exit(70)

@@ -12,7 +12,17 @@ import click
 
 from ..errors import StoreError
 from ..utils import progress
-from .common import device_option, domain_option, emit, json_option, model_options, scorer_option, verdict_text
+from .common import (
+    device_option,
+    domain_option,
+    echo,
+    emit,
+    json_option,
+    model_options,
+    scorer_option,
+    terminal_text,
+    verdict_text,
+)
 
 store_option = click.option(
     "--store", "store_path", type=click.Path(path_type=Path), default=None, envvar="CASTKEEP_STORE",
@@ -37,7 +47,7 @@ def open_store(store_path: Path | None, models: str | None = None, device: str =
 
 def _warn(character: Any) -> None:
     for message in character.warnings:
-        click.echo(f"warning: {message}", err=True)
+        echo(f"warning: {message}", err=True)
 
 
 def _summary(character: Any) -> str:
@@ -46,6 +56,12 @@ def _summary(character: Any) -> str:
     flagged = sum(r.flagged for r in character.references)
     flag = f", {flagged} flagged" if flagged else ""
     return f"{character.name}: {len(character.references)} reference(s){base}{flag}"
+
+
+def one_line(text: str) -> str:
+    """A stored string (description, tag, file name: from users, file names or imports) inside a line of text
+    output: its control characters and newlines escaped, so it cannot drive the terminal or forge lines."""
+    return terminal_text(str(text), one_line=True)
 
 
 def _bar(label: str) -> Callable[[Any], Any]:
@@ -102,10 +118,10 @@ def list_characters(store_path: Path | None, models: str | None, device: str, as
     def text(_: Any) -> str:
         if not rows:
             return "no characters (register one with `castkeep register NAME PHOTO...`)"
-        width = max(len(r["name"]) for r in rows)
-        return "\n".join(f"{r['name']:<{width}}  {r['references']:>2} ref(s)"
+        width = max(len(one_line(r["name"])) for r in rows)
+        return "\n".join(f"{one_line(r['name']):<{width}}  {r['references']:>2} ref(s)"
                          + (f"  baseline {r['baseline']:.2f}" if r["baseline"] is not None else "")
-                         + (f"  [{', '.join(r['tags'])}]" if r["tags"] else "") for r in rows)
+                         + (f"  [{', '.join(map(one_line, r['tags']))}]" if r["tags"] else "") for r in rows)
 
     emit(rows, as_json, text)
 
@@ -120,11 +136,11 @@ def show(name: str, store_path: Path | None, models: str | None, device: str, as
     data = character.to_dict()
 
     def text(_: Any) -> str:
-        lines = [character.name]
+        lines = [one_line(character.name)]
         if character.description:
-            lines.append(f"  description: {character.description}")
+            lines.append(f"  description: {one_line(character.description)}")
         if character.tags:
-            lines.append(f"  tags: {', '.join(character.tags)}")
+            lines.append(f"  tags: {', '.join(map(one_line, character.tags))}")
         lines.append(f"  model: {character.fingerprint}   created: {character.created_at}")
         lines.append("  embedding spaces (reembed --models PACK adds one):")
         for space in data["spaces"]:
@@ -144,7 +160,7 @@ def show(name: str, store_path: Path | None, models: str | None, device: str, as
             yaw = ref.pose.get("yaw")
             flag = "  FLAGGED" if ref.flagged else ""
             crop = "" if ref.has_crop else "  (no stored face crop)"
-            lines.append(f"    quality {ref.quality:.2f}  yaw {yaw:+.0f}°  {ref.source_path}"
+            lines.append(f"    quality {ref.quality:.2f}  yaw {yaw:+.0f}°  {one_line(ref.source_path)}"
                          f"{'' if not ref.face_index else f':{ref.face_index}'}{flag}{crop}")
         return "\n".join(lines)
 
@@ -286,8 +302,8 @@ def reembed(name: str | None, all_characters: bool, models: str, device: str, st
         report = store.reembed(name, models=models, progress=_bar("embedding"))
     for outcome in report.characters:
         for missing in outcome.missing:
-            click.echo(f"warning: {outcome.name}: {missing['source_path']} not embedded: {missing['reason']}",
-                       err=True)
+            echo(f"warning: {outcome.name}: {one_line(missing['source_path'])} not embedded: {missing['reason']}",
+                 err=True)
 
     def text(_: Any) -> str:
         lines = [f"space {report.pack} ({report.fingerprint}):"]

@@ -61,6 +61,10 @@ class Face:
         return data
 
 
+class PhotoFace(int):
+    """A face index written after a file name (`photo.jpg:2`): errors about it say so, not `--face 2`."""
+
+
 @dataclass
 class Analysis:
     source: str
@@ -75,7 +79,9 @@ class Analysis:
         if index is None:
             return self.faces[0]
         if not 0 <= index < len(self.faces):
-            raise FaceIndexError(f"--face {index} out of range: {len(self.faces)} face(s) found "
+            asked = f"face {index} (the ':{index}' after the file name)" if isinstance(index, PhotoFace) \
+                else f"--face {index}"
+            raise FaceIndexError(f"{asked} out of range: {len(self.faces)} face(s) found "
                                  f"(0..{len(self.faces) - 1})", path=self.source)
         return self.faces[index]
 

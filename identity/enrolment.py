@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ImpostorReferenceError, MultipleFacesError, ReferenceQualityError, StoreError
+from ..utils import text_path
 from . import similarity
+from .analyzer import PhotoFace
 from .characters import Reference
 from .crops import FaceCrop
 from .references import combine, identity_groups
@@ -39,7 +41,7 @@ def parse_image_spec(spec: Any) -> tuple[Any, int | None]:
         text = os.fspath(spec)
         match = _IMAGE_SPEC.match(text)
         if match and not Path(text).exists() and Path(match["path"]).exists():
-            return match["path"], int(match["face"])
+            return match["path"], PhotoFace(match["face"])
     return spec, None
 
 
@@ -54,7 +56,7 @@ def reference_candidates(analyzer: Any, image: Any, face: int | None = None) -> 
         # Decoded once, here: one clear ImageError for missing/corrupt files before hashing.
         pixels = load_image(source)
         digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
-        label = os.fspath(Path(source).resolve())
+        label = text_path(Path(source).resolve())  # a non-UTF-8 file name is stored escaped
     else:
         pixels = load_image(source)
         array = np.asarray(source)

@@ -1,8 +1,9 @@
 """Character names and tags: what they may contain, and the key that makes names unique.
 
 Names end up in file names (export), JSON and terminals, so they are NFC-normalised Unicode of
-letters, digits, marks, spaces and `_-.'`, 1–64 characters, with no path separators, NUL or control
-characters, no leading dot and no leading/trailing space. Uniqueness is case-insensitive.
+letters, digits, marks, spaces and `_-.'`, 1–64 characters with at least one letter or digit (marks
+alone are invisible), with no path separators, NUL or control characters, no leading dot, combining
+mark or space and no trailing space. Uniqueness is case-insensitive.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def normalize_name(name: str) -> str:
         raise InvalidNameError(f"character name {shown} starts or ends with a space")
     if name in (".", "..") or name.startswith("."):
         raise InvalidNameError(f"character name {shown} may not start with a dot")
+    if unicodedata.category(name[0])[0] == "M":  # a mark joins the text before it: nothing to attach to
+        raise InvalidNameError(f"character name {shown} starts with a combining mark")
+    if not any(unicodedata.category(char)[0] in ("L", "N") for char in name):  # marks alone are invisible
+        raise InvalidNameError(f"character name {shown} has no letter or digit")
     for char in name:
         if char in _EXTRA:
             continue

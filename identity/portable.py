@@ -126,6 +126,8 @@ def read_character(path: Path) -> Any:
         raise StoreError("is a directory, not a character file", path=path) from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise StoreError("not a castkeep character file (not JSON)", path=path) from None
+    except RecursionError:  # the parser recurses per level: [[[[...]]]] 100,000 deep
+        raise StoreError("not a castkeep character file (JSON nested too deeply)", path=path) from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise StoreError("not a castkeep character file", path=path)
     if document.get("version") not in READABLE_VERSIONS:
@@ -143,7 +145,7 @@ def read_character(path: Path) -> Any:
         for space in document.get("spaces") or []:
             vectors[str(space["fingerprint"])] = decode_vector(space["vector"], dims[str(space["fingerprint"])])
     except StoreError as exc:
-        raise StoreError(f"character file is malformed: {exc}", path=path) from None
+        raise StoreError(f"character file is malformed: {exc.args[0]}", path=path) from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StoreError(f"character file is malformed ({type(exc).__name__}: {exc})", path=path) from None
     if not references:

@@ -21,6 +21,9 @@ DEFAULT_ATTEMPTS: tuple[tuple[int, float, float], ...] = (
     (640, 0.3, 0.25),
 )
 
+# The fewest pixels the short side of an image may have once scaled into the detector's input.
+MIN_SCALED_SIDE = 2
+
 
 @dataclass
 class Detection:
@@ -48,6 +51,18 @@ class Detection:
         return float(self.bbox[0] + self.bbox[2]) / 2, float(self.bbox[1] + self.bbox[3]) / 2
 
 
+def pad_to_aspect(image: np.ndarray, size: int) -> np.ndarray:
+    """Black rows or columns after the short side of an extremely elongated image (640x2, 20000x20), so
+    that fitting its long side into size x size leaves the short side at least MIN_SCALED_SIDE pixels:
+    SCRFD's resize asserts on a side that rounds to 0. Padding at the end keeps every coordinate."""
+    height, width = image.shape[:2]
+    short = max(height, width) * MIN_SCALED_SIDE // size + 1
+    if min(height, width) >= short:
+        return image
+    rows, cols = max(short - height, 0), max(short - width, 0)
+    return np.pad(image, ((0, rows), (0, cols), (0, 0)))
+
+
 class FaceDetector:
     """Wraps insightface's SCRFD model (from `ModelPack.model("detection")`)."""
 
@@ -67,8 +82,11 @@ class FaceDetector:
     def _run(self, image: np.ndarray, size: int, threshold: float, pad: float) -> list[Detection]:
         offset = 0
         if pad > 0:
-            offset = int(round(max(image.shape[:2]) * pad))
+            # A fraction of the long side, at most twice the short one: the same for photos up to 4:1, and a
+            # 20000x20 strip gets a 40-pixel border, not a 2.4 GB canvas.
+            offset = int(round(min(max(image.shape[:2]) * pad, 2 * min(image.shape[:2]))))
             image = np.pad(image, ((offset, offset), (offset, offset), (0, 0)), mode="edge")
+        image = pad_to_aspect(image, size)
         # An attribute, not detect(det_thresh=...), so insightface 0.7.x works too.
         self.model.det_thresh = threshold
         boxes, kpss = self.model.detect(image, input_size=(size, size))

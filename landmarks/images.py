@@ -6,7 +6,9 @@ Everything a user may point castkeep at goes through `load_image`, so every bad 
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Union
@@ -40,19 +42,36 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def check_image_file(path: Path) -> None:
+    """An ImageError saying plainly why `path` cannot be a photo: missing, a symlink loop, a folder that may
+    not be entered, a directory, a FIFO or device (read only regular files: a FIFO would block), empty."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        reason = "file not found (a broken symbolic link)" if path.is_symlink() else "file not found"
+        raise ImageError(reason, path=path) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageError("symbolic link loop (the link points back to itself)", path=path) from None
+        if exc.errno == errno.EACCES:
+            raise ImageError("cannot read file (permission denied on it or a folder above it)", path=path) from None
+        if exc.errno == errno.ENOTDIR:
+            raise ImageError("file not found (a part of the path is a file, not a folder)", path=path) from None
+        raise ImageError(f"cannot read file ({exc.strerror or exc})", path=path) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageError("is a directory, not an image", path=path)
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode)
+                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "a special file")
+        raise ImageError(f"is {kind}, not a regular image file", path=path)
+    if info.st_size == 0:
+        raise ImageError("file is empty (0 bytes)", path=path)
+
+
 def load_pil(path: str | os.PathLike) -> Image.Image:
     """Open, validate and decode an image file; apply its EXIF orientation; return RGB."""
     path = Path(path)
-    if not path.exists():
-        raise ImageError("file not found", path=path)
-    if path.is_dir():
-        raise ImageError("is a directory, not an image", path=path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ImageError(f"cannot read file ({exc.strerror})", path=path) from None
-    if size == 0:
-        raise ImageError("file is empty (0 bytes)", path=path)
+    check_image_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -73,6 +92,8 @@ def load_pil(path: str | os.PathLike) -> Image.Image:
         raise ImageError("not an image file (unknown format)", path=path) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"image too large (decompression bomb): {exc}", path=path) from None
+    except PermissionError:
+        raise ImageError("cannot read file (permission denied)", path=path) from None
     except OSError as exc:
         reason = str(exc) or type(exc).__name__
         if "truncated" in reason:

@@ -135,8 +135,14 @@ class DenseLandmarker:
             output_face_blendshapes=True,
             output_facial_transformation_matrixes=True,
         )
-        with _quiet_stderr():
-            self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        try:
+            with _quiet_stderr():
+                self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        except (RuntimeError, ValueError, OSError) as exc:  # MediaPipe: "Unable to open zip archive." and kin
+            env = os.environ.get(ENV_LANDMARKER)
+            source = f" (set by ${ENV_LANDMARKER})" if env and Path(env).expanduser() == self.model_path else ""
+            raise ModelNotFoundError(f"not a usable MediaPipe face landmarker bundle{source} ({exc}); use Google's "
+                                     f"face_landmarker.task ({LANDMARKER_URL})", path=self.model_path) from None
         self._warm = False
         _OPEN.add(self)
 

@@ -1,0 +1,320 @@
+"""Hostile input through the CLI (issue 13), in-process through the console entry point.
+
+`test_hostile_input_is_refused_cleanly` runs a table of broken, crafted and odd inputs against one small store
+(registered once per module from real photos with buffalo_s_lite) and asserts for every row: a non-zero exit code
+that is neither 1 nor 70 (those mean a bug), the expected code, exactly one `error:` line on stderr, and the store's
+logical content unchanged. The tests after it cover hostile input that castkeep should *accept* safely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# A description and tag that would clear the screen, set the window title, colour the output, forge a line and
+# reverse the text if printed raw.
+EVIL_DESCRIPTION = "lead\x1b]0;pwned\x07\x1b[2J\nproblem: store corrupt\x9b31m \u202eevil"
+EVIL_TAG = "cast\x1b[31mred"
+
+
+def _photos(faces_dir: Path, index: int) -> list[Path]:
+    folder = sorted(p for p in (faces_dir / "lfw_gallery").iterdir() if p.is_dir())[index]
+    return sorted(folder.glob("*.jpg"))
+
+
+@dataclass
+class Hostile:
+    """The module's store and the hostile files the table refers to, made on first use."""
+
+    store: Path
+    folder: Path
+    photo: Path       # a one-face photo of Mara not stored
+    export: Path      # Mara, exported
+
+    def file(self, name: str) -> Path:
+        path = self.folder / name
+        if not path.exists() and not path.is_symlink():
+            MAKERS[name](path, self)
+        return path
+
+
+def _image(width: int, height: int) -> Callable[[Path, Hostile], None]:
+    return lambda path, _: Image.fromarray(np.full((height, width, 3), 128, np.uint8)).save(path)
+
+
+def _crafted_export(change: Callable[[dict], None]) -> Callable[[Path, Hostile], None]:
+    """Mara's export with one field changed and the checksum recomputed, as an attacker would."""
+    def make(path: Path, hostile: Hostile) -> None:
+        from castkeep.identity.portable import _checksum
+
+        document = json.loads(hostile.export.read_text(encoding="utf-8"))
+        change(document)
+        document["checksum"] = _checksum(document)
+        path.write_text(json.dumps(document), encoding="utf-8")
+    return make
+
+
+def _symlink_loop(path: Path, _: Hostile) -> None:
+    other = path.with_name("loop-b.jpg")
+    path.symlink_to(other.name)
+    other.symlink_to(path.name)
+
+
+def _pairs_of(image: str, lines: list[str]) -> Callable[[Path, Hostile], None]:
+    def make(path: Path, hostile: Hostile) -> None:
+        hostile.file(image)
+        path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return make
+
+
+MAKERS: dict[str, Callable[[Path, Hostile], None]] = {
+    "wide-640x2.png": _image(640, 2),
+    "tall-2x640.png": _image(2, 640),
+    "wide-20000x20.png": _image(20000, 20),
+    "noface.png": _image(320, 240),
+    "empty.jpg": lambda path, _: path.write_bytes(b""),
+    "text.jpg": lambda path, _: path.write_text("not a picture\n"),
+    "truncated.jpg": lambda path, h: path.write_bytes(h.photo.read_bytes()[:2000]),
+    "loop.jpg": _symlink_loop,
+    "fifo.jpg": lambda path, _: os.mkfifo(path),
+    "landmarker.task": lambda path, _: path.write_bytes(b"PK\x03\x04 not really a zip"),
+    "nested.castkeep.json": lambda path, _: path.write_text("[" * 100_000 + "]" * 100_000),
+    "nested-object.castkeep.json": lambda path, _: path.write_text('{"a":' * 100_000 + "1" + "}" * 100_000),
+    "refs-ints.castkeep.json": _crafted_export(lambda d: d.update(references=[1, 2])),
+    "refs-none.castkeep.json": _crafted_export(lambda d: d.update(references=[None])),
+    "noface-pairs.txt": _pairs_of("noface.png", ["noface.png noface.png 1", "noface.png noface.png 0"] * 2),
+    "one-each-pairs.txt": _pairs_of("noface.png", ["noface.png noface.png 1", "noface.png noface.png 0"]),
+    "existing.png": _image(8, 8),
+    "evil\x1b[2J\x1b]0;title\x07.png": _image(320, 240),
+    "run": lambda path, _: path.mkdir(),
+}
+
+
+@dataclass
+class Case:
+    argv: Callable[[Hostile], list[str]]
+    code: int
+    needle: str = ""                       # must appear in the error line
+    env: Callable[[Hostile], dict[str, str]] | None = None
+
+
+def _store(h: Hostile) -> list[str]:
+    return ["--store", str(h.store)]
+
+
+# Every image command (issue 13, item 8): SCRFD's resize asserted on a side that scales to 0 pixels.
+IMAGE_COMMANDS: dict[str, Callable[[Hostile, Path], list[str]]] = {
+    "analyze": lambda h, image: ["analyze", str(image)],
+    "analyze-no-dense": lambda h, image: ["analyze", "--no-dense", str(image)],
+    "compare": lambda h, image: ["compare", str(image), str(h.photo)],
+    "register": lambda h, image: ["register", "Newcomer", str(image), *_store(h)],
+    "add-refs": lambda h, image: ["add-refs", "Mara", str(image), *_store(h)],
+    "identify": lambda h, image: ["identify", str(image), *_store(h)],
+    "score": lambda h, image: ["score", str(image), "--character", "Mara", *_store(h)],
+}
+
+CASES: dict[str, Case] = {
+    **{f"item8-{command}-{name}": Case(lambda h, c=command, n=name: IMAGE_COMMANDS[c](h, h.file(n)), 4, "no face")
+       for command in IMAGE_COMMANDS for name in ("wide-640x2.png", "wide-20000x20.png")},
+    "item8-analyze-tall-2x640": Case(lambda h: ["analyze", str(h.file("tall-2x640.png"))], 4, "no face"),
+    # item 9
+    "item9-corrupt-landmarker": Case(lambda h: ["analyze", str(h.photo)], 6, "face landmarker",
+                                     env=lambda h: {"CASTKEEP_FACE_LANDMARKER": str(h.file("landmarker.task"))}),
+    "item9-import-nested-array": Case(lambda h: ["import", str(h.file("nested.castkeep.json")), *_store(h)], 7,
+                                      "nested too deeply"),
+    "item9-import-nested-object": Case(lambda h: ["import", str(h.file("nested-object.castkeep.json")), *_store(h)],
+                                       7, "nested too deeply"),
+    "item9-import-references-ints": Case(lambda h: ["import", str(h.file("refs-ints.castkeep.json")), "--name", "X",
+                                                    *_store(h)], 7, "malformed"),
+    "item9-import-references-null": Case(lambda h: ["import", str(h.file("refs-none.castkeep.json")), "--name", "X",
+                                                    *_store(h)], 7, "malformed"),
+    "item9-bench-verify-nothing-scored": Case(lambda h: ["bench", "verify", "--pairs", str(h.file("noface-pairs.txt")),
+                                                         "--no-baseline", "--out", str(h.folder / "bench")], 16,
+                                              "no pair could be scored"),
+    "item9-bench-verify-one-pair-each": Case(lambda h: ["bench", "verify", "--pairs",
+                                                        str(h.file("one-each-pairs.txt")), "--no-baseline",
+                                                        "--out", str(h.folder / "bench")], 16, "at least 2"),
+    **{f"item9-bench-store-sizes-{size}": Case(lambda h, s=size: ["bench", "store", "--sizes", s, "--out",
+                                                                  str(h.folder / "bench")], 16, "whole number")
+       for size in ("inf", "-inf", "nan")},
+    "item9-draw-no-extension": Case(lambda h: ["analyze", str(h.photo), "--draw", str(h.folder / "drawing")], 2,
+                                    "image extension"),
+    "item9-draw-unknown-extension": Case(lambda h: ["analyze", str(h.photo), "--draw", str(h.folder / "d.xyz")], 2,
+                                         "image extension"),
+    "item9-draw-several-to-a-file": Case(lambda h: ["analyze", str(h.photo), str(h.photo), "--draw",
+                                                    str(h.file("existing.png"))], 2, "names a folder"),
+    # item 15
+    "item15-draw-over-the-input": Case(lambda h: ["analyze", str(h.photo), "--draw", str(h.photo)], 2,
+                                       "overwrite"),
+    # item 16
+    **{f"item16-bench-{bench}-name-{label}": Case(lambda h, b=bench, n=name: [
+        "bench", *BENCH_ARGS[b](h), "--name", n, "--out", str(h.folder / "bench" / "deep")], 16, "file name")
+       for bench in ("store", "verify", "consistency") for label, name in (("up", "../../x"), ("absolute", "/tmp/x"))},
+    **{f"item16-compare-threshold-{value}": Case(lambda h, v=value: ["compare", str(h.photo), str(h.photo),
+                                                                     "--threshold", v], 2, "finite")
+       for value in ("nan", "inf")},
+    "item16-consistency-threshold-nan": Case(lambda h: ["bench", "consistency", str(h.file("run")), "--threshold",
+                                                        "nan"], 2, "finite"),
+    # item 19
+    "item19-symlink-loop": Case(lambda h: ["analyze", str(h.file("loop.jpg"))], 3, "symbolic link loop"),
+    "item19-fifo": Case(lambda h: ["analyze", str(h.file("fifo.jpg"))], 3, "FIFO"),
+    "item19-fifo-register": Case(lambda h: ["register", "Newcomer", str(h.file("fifo.jpg")), *_store(h)], 3, "FIFO"),
+    "item19-device": Case(lambda h: ["analyze", os.devnull], 3, "device"),
+    "item19-photo-n-out-of-range": Case(lambda h: ["score", f"{h.photo}:999", "--character", "Mara", *_store(h)], 5,
+                                        "':999'"),
+    "item19-photo-n-out-of-range-add-refs": Case(lambda h: ["add-refs", "Mara", f"{h.photo}:999", *_store(h)], 5,
+                                                 "':999'"),
+    # item 20
+    "item20-name-of-combining-marks": Case(lambda h: ["register", "\u0301\u0302\u0303", str(h.photo), *_store(h)], 9,
+                                           "combining mark"),
+    "item20-name-without-letters": Case(lambda h: ["register", "'-_", str(h.photo), *_store(h)], 9, "no letter"),
+    # known hostile files, kept in the table so that they stay refused without touching the store
+    **{f"broken-{kind}-{command}": Case(lambda h, k=kind, c=command: IMAGE_COMMANDS[c](h, h.file(f"{k}.jpg")), 3)
+       for kind in ("empty", "text", "truncated") for command in ("register", "add-refs", "identify")},
+    "unknown-character": Case(lambda h: ["show", "Nobody", *_store(h)], 8),
+}
+
+BENCH_ARGS: dict[str, Callable[[Hostile], list[str]]] = {
+    "store": lambda h: ["store", "--sizes", "10", "--kinds", "exact"],
+    "verify": lambda h: ["verify", "--pairs", str(h.file("noface-pairs.txt")), "--no-baseline"],
+    "consistency": lambda h: ["consistency", str(h.file("run"))],
+}
+
+
+def store_digest(store: Path) -> str:
+    """The store's logical content: every row of its database (not the index cache, which reads may rebuild)."""
+    with sqlite3.connect(f"file:{store / 'castkeep.sqlite3'}?mode=ro", uri=True) as db:
+        return hashlib.sha256("\n".join(db.iterdump()).encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory, faces_dir, fast_analyzer) -> Hostile:
+    from castkeep.identity.store import Store
+
+    folder = tmp_path_factory.mktemp("hostile")
+    store = folder / "store"
+    mara = _photos(faces_dir, 10)
+    with Store.open(store, analyzer=fast_analyzer, create=True) as opened:
+        opened.register("Mara", [str(p) for p in mara[:2]], description=EVIL_DESCRIPTION, tags=[EVIL_TAG])
+        export = opened.export("Mara", folder / "mara.castkeep.json")
+    return Hostile(store=store, folder=folder, photo=mara[2], export=export)
+
+
+def assert_one_error_line(result, code: int, needle: str = "") -> str:
+    assert result.returncode not in (0, 1, 70), (result.returncode, result.stderr)
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.lower().startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    if code != 2:  # click's usage errors add "Usage:" and "Try ..." lines around their one "Error:" line
+        assert len(lines) == 1, result.stderr
+    assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.mark.parametrize("case_id", list(CASES))
+def test_hostile_input_is_refused_cleanly(case_id, hostile, invoke):
+    case = CASES[case_id]
+    before = store_digest(hostile.store)
+    result = invoke(*case.argv(hostile), env=case.env(hostile) if case.env else None)
+    assert_one_error_line(result, case.code, case.needle)
+    assert store_digest(hostile.store) == before
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root reads through any permission; an unreadable folder needs an ordinary user")
+def test_photo_in_a_folder_that_may_not_be_entered(hostile, invoke, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    photo = locked / "photo.jpg"
+    photo.write_bytes(hostile.photo.read_bytes())
+    locked.chmod(0)
+    try:
+        for argv in (["analyze", str(photo)], ["register", "Newcomer", str(photo), *_store(hostile)]):
+            assert_one_error_line(invoke(*argv), 3, "permission denied")
+    finally:
+        locked.chmod(stat.S_IRWXU)
+
+
+def test_show_and_list_escape_terminal_controls(hostile, invoke):
+    """Item 10: stored strings cannot drive the terminal or forge lines; --json keeps the exact strings."""
+    shown = invoke("show", "Mara", *_store(hostile))
+    listed = invoke("list", *_store(hostile))
+    for result in (shown, listed):
+        assert result.returncode == 0, result.stderr
+        assert not any(char in result.stdout for char in "\x1b\x07\x9b\u202e"), result.stdout
+        assert "cast\\x1b[31mred" in result.stdout
+    assert "description: lead\\x1b]0;pwned\\x07\\x1b[2J\\nproblem: store corrupt\\x9b31m \\u202eevil" in shown.stdout
+    assert not any(line.startswith("problem:") for line in shown.stdout.splitlines())
+    data = json.loads(invoke("show", "Mara", *_store(hostile), "--json").stdout)
+    assert data["description"] == EVIL_DESCRIPTION and data["tags"] == [EVIL_TAG]
+    raw_json = invoke("list", *_store(hostile), "--json").stdout
+    assert not any(char in raw_json for char in "\x1b\x9b\u202e") and json.loads(raw_json)[0]["tags"] == [EVIL_TAG]
+
+
+def test_error_lines_escape_file_names(hostile, invoke):
+    image = hostile.file("evil\x1b[2J\x1b]0;title\x07.png")
+    line = assert_one_error_line(invoke("analyze", str(image)), 4, "no face")
+    assert "\x1b" not in line and "\x07" not in line and "evil\\x1b[2J\\x1b]0;title\\x07.png" in line
+
+
+def test_drawings_never_overwrite_inputs_or_each_other(hostile, invoke, tmp_path):
+    """Item 15 (and item 9's folder case): two inputs with one stem get two drawings; a drawing whose name
+    would be an input's goes beside it; an existing folder as --draw of one image gets a PNG inside."""
+    first, second = tmp_path / "a" / "face.png", tmp_path / "b" / "face.png"
+    for path in (first, second):
+        path.parent.mkdir()
+        Image.open(hostile.photo).save(path)
+    before = {path: path.read_bytes() for path in (first, second)}
+    result = invoke("analyze", "--no-dense", str(first), str(second), "--draw", str(first.parent), "--json")
+    assert result.returncode == 0, result.stderr
+    drawings = [Path(image["drawing"]) for image in json.loads(result.stdout)["images"]]
+    assert drawings == [first.parent / "face-2.png", first.parent / "face-3.png"]
+    assert all(path.read_bytes() == data for path, data in before.items())
+    assert all(Image.open(path).size == Image.open(first).size for path in drawings)
+
+    folder = tmp_path / "drawings"
+    folder.mkdir()
+    result = invoke("analyze", "--no-dense", str(hostile.photo), "--draw", str(folder))
+    assert result.returncode == 0, result.stderr
+    assert (folder / f"{hostile.photo.stem}.png").is_file()
+
+
+def test_register_a_photo_whose_name_is_not_utf8(hostile, invoke, tmp_path):
+    """Item 9: the name is stored with its odd bytes escaped (SQLite and JSON take only valid text)."""
+    folder = os.fsencode(tmp_path)
+    photo = os.fsdecode(folder + b"/caf\xe9-\xff.jpg")
+    Path(photo).write_bytes(hostile.photo.read_bytes())
+    store = str(tmp_path / "store")
+    result = invoke("register", "Odd", photo, "--store", store, "--json")
+    assert result.returncode == 0, result.stderr
+    [reference] = json.loads(invoke("show", "Odd", "--store", store, "--json").stdout)["reference_details"]
+    assert reference["source_path"].endswith("caf\\xe9-\\xff.jpg")
+    assert invoke("verify", "--store", store).returncode == 0
+
+
+def test_bench_consistency_tells_unreadable_outputs_from_faceless_ones(hostile, invoke, tmp_path):
+    """Item 19: a corrupt output is "could not read", not "no face found"."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for index in range(2):
+        (run / f"out_{index}.jpg").write_bytes(hostile.photo.read_bytes())
+    (run / "corrupt.png").write_text("not a picture")
+    Image.new("RGB", (320, 240), (90, 140, 200)).save(run / "blank.png")
+    result = invoke("bench", "consistency", str(run), "--reference", str(hostile.photo), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [r["image"] for r in data["no_face"]] == ["blank.png"]
+    assert [r["image"] for r in data["unreadable"]] == ["corrupt.png"]
+    assert "not an image" in data["unreadable"][0]["reason"] and data["outputs"] == 4
