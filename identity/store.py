@@ -40,6 +40,7 @@ from ..errors import (
     StoreError,
     UnknownCharacterError,
 )
+from ..landmarks.model_pack import same_space
 from ..utils import remove_stale_temporaries
 from . import integrity, migrations, rows, similarity
 from .calibration import probability
@@ -200,13 +201,17 @@ class Store:
         self._owns_analyzer = True
         return self._analyzer
 
-    def _check_fingerprint(self, fingerprint: str) -> None:
-        """Inside a guard: embeddings of another model may not enter (or query) this store."""
+    def _check_fingerprint(self, fingerprint: str) -> str:
+        """Inside a guard: embeddings of another model may not enter (or query) this store. Returns the
+        store's own spelling of the space (the same weights in a renamed pack folder are the same space)."""
         stored = self._db.meta("fingerprint")
-        if stored is not None and stored != fingerprint:
+        if stored is None:
+            return fingerprint
+        if not same_space(stored, fingerprint):
             raise StoreError(f"this store holds embeddings from model '{stored}', not '{fingerprint}'; "
                              f"embeddings of different models cannot be mixed (use --models to pick "
                              f"the store's pack, or another --store)", path=self.path)
+        return stored
 
     # ------------------------------------------------------------------ reading
     def get(self, name: str, *, crops: bool = False) -> Character:
@@ -275,6 +280,9 @@ class Store:
         if name is not None:
             character.name = normalize_name(name)
         stored = self.fingerprint
+        if stored is not None:  # the store's model under another pack folder's name is the store's space
+            for spelling in [f for f in character.spaces if f != stored and same_space(f, stored)]:
+                character.rename_space(spelling, stored)
         if stored is not None and stored != character.fingerprint:
             if not all(stored in r.embeddings for r in character.references):
                 raise StoreError(f"this store holds embeddings from model '{stored}', and the file has "
@@ -294,7 +302,7 @@ class Store:
         with self._db.guard():
             with self._db.write():
                 # Re-checked under the lock: another process may have won the race.
-                self._check_fingerprint(character.fingerprint)
+                character.rename_space(character.fingerprint, self._check_fingerprint(character.fingerprint))
                 if rows.name_taken(self._db, key):
                     raise DuplicateCharacterError(taken)
                 if self._db.meta("fingerprint") is None:
@@ -313,9 +321,11 @@ class Store:
         existing = self.get(name)
         analyzer = self._get_analyzer(dense=True)
         with self._db.guard():
-            self._check_fingerprint(analyzer.fingerprint)
+            fingerprint = self._check_fingerprint(analyzer.fingerprint)
         new_refs, warnings = embed_references(analyzer, images, face=face, force=force, progress=progress,
                                               anchors=existing.references)
+        for ref in new_refs:
+            ref.rename_space(analyzer.fingerprint, fingerprint)
         stored = {r.sha256 for r in existing.references}
         fresh = []
         for ref in new_refs:
@@ -337,7 +347,7 @@ class Store:
                     raise UnknownCharacterError(f"character '{existing.name}' was removed meanwhile")
                 rows.insert_references(self._db, existing.id, fresh, now)
                 # Refit from what is stored now (another process may have added references too).
-                space = self._refit_space(existing.id, analyzer.fingerprint)
+                space = self._refit_space(existing.id, fingerprint)
                 rows.write_space(self._db, existing.id, space, now, primary=True)
                 generation = self._db.bump_generation()
         self._index.apply(generation, remove=[existing.id], add={existing.id: space.vector})
@@ -463,7 +473,9 @@ class Store:
             self.get(name)  # UnknownCharacterError before any model is loaded
         pack = models if isinstance(models, ModelPack) else ModelPack.from_pretrained(
             models, device=device or self._device)
-        fingerprint = pack.fingerprint
+        with self._db.guard():  # the store's own spelling when the pack is its primary model
+            stored = self._db.meta("fingerprint")
+        fingerprint = stored if stored is not None and same_space(stored, pack.fingerprint) else pack.fingerprint
         embedder = ArcFaceEmbedder(pack.model("recognition"))
         detectors: list[FaceDetector] = []
 
@@ -480,10 +492,12 @@ class Store:
                 found = rows.read_characters(self._db, "WHERE name_key = ?", (key,), crops=True)
             if not found:
                 continue  # removed meanwhile
-            pending = embed_character(found[0], fingerprint, embedder, detector, progress)
+            # A space the character has under another spelling (an earlier run from a renamed folder) is this one.
+            space = next((f for f in found[0].spaces if same_space(f, fingerprint)), fingerprint)
+            pending = embed_character(found[0], space, embedder, detector, progress)
             report.characters.append(pending.outcome)
             if pending.embeddings:
-                self._store_space(found[0], fingerprint, pending.embeddings, pending.new_crops)
+                self._store_space(found[0], space, pending.embeddings, pending.new_crops)
         return report
 
     def _store_space(self, character: Character, fingerprint: str, embeddings: dict[int, np.ndarray],

@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -179,12 +180,29 @@ class ModelPack:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the embedding space: embeddings from different fingerprints never mix."""
+        """Names the embedding space, readably: `pack:recognition-file:sha256-prefix`. Whether two
+        fingerprints are one space is `same_space`'s call (the content hash), never string equality."""
         return f"{self.name}:{self.model_file('recognition').name}:{self.recognition_sha256[:16]}"
 
     @property
     def license(self) -> str:
         return PACK_LICENSES.get(self.name, DEFAULT_LICENSE)
+
+
+_SHA_PREFIX = re.compile(r"[0-9a-f]{8,64}")
+
+
+def same_space(a: str | None, b: str | None) -> bool:
+    """Whether two model fingerprints name one embedding space: the same recogniser weights, decided by
+    the sha256 part of `pack:recognition-file:sha256-prefix`, so the same files in a renamed folder (or
+    under another file name) stay the same space. Fingerprints of another form must be equal."""
+    if a is None or b is None:
+        return False
+    if a == b:
+        return True
+    digest_a, digest_b = a.rsplit(":", 2)[-1], b.rsplit(":", 2)[-1]
+    return (a.count(":") >= 2 and b.count(":") >= 2 and _SHA_PREFIX.fullmatch(digest_a) is not None
+            and digest_a == digest_b)
 
 
 def _task_of(onnx: Any, onnx_file: Path) -> str | None:
