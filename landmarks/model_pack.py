@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -36,6 +37,8 @@ PACK_LICENSES = {
     "buffalo_sc": "InsightFace pretrained models: non-commercial research use only",
     "antelopev2": "InsightFace pretrained models: non-commercial research use only",
 }
+# The pack names insightface's model zoo downloads; any other name must be found locally.
+INSIGHTFACE_PACKS = frozenset(PACK_LICENSES)
 DEFAULT_LICENSE = "InsightFace-format pack: check its source's terms (InsightFace's own are non-commercial)"
 
 
@@ -74,26 +77,32 @@ def resolve_pack_dir(pack: str | os.PathLike | None = None, *, root: str | os.Pa
         for candidate in (base / "models" / name, base / name):
             if _is_pack_dir(candidate):
                 return candidate.resolve()
-    if not download:
-        raise ModelNotFoundError(_missing_pack_message(name, roots[0]))
+    if not download or name not in INSIGHTFACE_PACKS:  # only insightface's own packs can be downloaded
+        raise ModelNotFoundError(_missing_pack_message(name, roots))
+    made = [folder for folder in (roots[0] / "models" / name, roots[0] / "models", roots[0]) if not folder.exists()]
     try:
         from insightface.utils.storage import ensure_available
 
-        folder = Path(ensure_available("models", name, root=os.fspath(roots[0])))
-    except Exception as exc:  # network errors, bad zip, unknown name: all mean "not here"
-        raise ModelNotFoundError(f"{_missing_pack_message(name, roots[0])} (download failed: "
+        with contextlib.redirect_stdout(sys.stderr):  # insightface print()s the download path
+            folder = Path(ensure_available("models", name, root=os.fspath(roots[0])))
+    except Exception as exc:  # network errors, bad zip: all mean "not here"
+        for empty in made:  # a failed download leaves no folders behind
+            with contextlib.suppress(OSError):
+                empty.rmdir()
+        raise ModelNotFoundError(f"{_missing_pack_message(name, roots)} (download failed: "
                                  f"{type(exc).__name__})") from None
     nested = folder / name
     if not _is_pack_dir(folder) and _is_pack_dir(nested):
         folder = nested
     if not _is_pack_dir(folder):
-        raise ModelNotFoundError(_missing_pack_message(name, roots[0]))
+        raise ModelNotFoundError(_missing_pack_message(name, roots))
     return folder.resolve()
 
 
-def _missing_pack_message(name: str, root: Path) -> str:
-    return (f"model pack '{name}' not found: put its .onnx files in {root / 'models' / name}, "
-            f"or point {ENV_MODELS} / --models at a pack folder")
+def _missing_pack_message(name: str, roots: Sequence[Path]) -> str:
+    where = ", ".join(str(base / "models" / name) for base in roots)
+    return (f"model pack '{name}' not found (looked in {where}): put its .onnx files in "
+            f"{roots[0] / 'models' / name}, or point {ENV_MODELS} / --models at a pack folder")
 
 
 def select_providers(device: str = "cpu") -> list[str]:

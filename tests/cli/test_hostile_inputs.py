@@ -97,6 +97,8 @@ MAKERS: dict[str, Callable[[Path, Hostile], None]] = {
     "existing.png": _image(8, 8),
     "evil\x1b[2J\x1b]0;title\x07.png": _image(320, 240),
     "run": lambda path, _: path.mkdir(),
+    "models-root": lambda path, _: path.mkdir(),
+    "home": lambda path, _: path.mkdir(),
 }
 
 
@@ -153,6 +155,11 @@ CASES: dict[str, Case] = {
                                          "image extension"),
     "item9-draw-several-to-a-file": Case(lambda h: ["analyze", str(h.photo), str(h.photo), "--draw",
                                                     str(h.file("existing.png"))], 2, "names a folder"),
+    # item 13 (tests/landmarks/test_model_pack.py checks that nothing is created and no download tried)
+    "item13-unknown-pack-name": Case(lambda h: ["analyze", str(h.photo), "--models", "no_such_pack"], 6,
+                                     "model pack 'no_such_pack' not found (looked in",
+                                     env=lambda h: {"CASTKEEP_MODELS": str(h.file("models-root")),
+                                                    "HOME": str(h.file("home"))}),
     # item 15
     "item15-draw-over-the-input": Case(lambda h: ["analyze", str(h.photo), "--draw", str(h.photo)], 2,
                                        "overwrite"),
