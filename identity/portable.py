@@ -66,6 +66,22 @@ def check_export_target(out_path: Path, *, protected: Path | None = None, overwr
                          path=out_path)
 
 
+# File names are limited to 255 bytes on every common file system (ext4, APFS, NTFS in UTF-16 units).
+MAX_FILE_NAME_BYTES = 255
+
+
+def export_file_name(name: str) -> str:
+    """`<name>.castkeep.json`, or, when that does not fit in a file name (64 four-byte letters do not),
+    the name cut at a letter boundary with a hash of the whole name so that names stay distinct."""
+    whole = f"{name}{SUFFIX}"
+    if len(whole.encode("utf-8")) <= MAX_FILE_NAME_BYTES:
+        return whole
+    tag = "-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:12]
+    room = MAX_FILE_NAME_BYTES - len(tag) - len(SUFFIX)
+    cut = name.encode("utf-8")[:room].decode("utf-8", errors="ignore")
+    return f"{cut}{tag}{SUFFIX}"
+
+
 def write_character(character: Any, out_path: Path, *, protected: Path | None = None,
                     overwrite: bool = False) -> Path:
     """Write `character` to `out_path` (a folder gets `<name>.castkeep.json`); returns the file.
@@ -84,7 +100,7 @@ def write_character(character: Any, out_path: Path, *, protected: Path | None = 
         return data
 
     if out_path.is_dir():
-        out_path = out_path / f"{character.name}{SUFFIX}"
+        out_path = out_path / export_file_name(character.name)
     check_export_target(out_path, protected=protected, overwrite=overwrite)
     document: dict[str, Any] = {
         "format": FORMAT, "version": VERSION,

@@ -325,3 +325,22 @@ def test_bench_consistency_tells_unreadable_outputs_from_faceless_ones(hostile, 
     assert [r["image"] for r in data["no_face"]] == ["blank.png"]
     assert [r["image"] for r in data["unreadable"]] == ["corrupt.png"]
     assert "not an image" in data["unreadable"][0]["reason"] and data["outputs"] == 4
+
+
+def test_a_name_of_64_four_byte_letters_exports_to_a_folder(hostile, invoke, tmp_path):
+    """Item 17: `<name>.castkeep.json` would be 270 bytes, over the 255 a file name may have: the name is cut
+    and a hash of the whole name keeps two such names apart; the file imports under its full name."""
+    store, out = str(tmp_path / "store"), tmp_path / "out"
+    out.mkdir()
+    names = ["\U00020000" * 64, "\U00020000" * 63 + "\U00020001"]  # CJK letters, 4 bytes each in UTF-8
+    files = []
+    for name in names:
+        assert invoke("register", name, str(hostile.photo), "--store", store, "--force").returncode == 0
+        result = invoke("export", name, str(out), "--store", store, "--json")
+        assert result.returncode == 0, result.stderr
+        files.append(Path(json.loads(result.stdout)["file"]))
+    assert len(set(files)) == 2 and all(f.parent == out and len(os.fsencode(f.name)) <= 255 for f in files)
+    assert all(f.name.endswith(".castkeep.json") and f.name.startswith("\U00020000" * 55) for f in files)
+    result = invoke("import", str(files[1]), "--store", str(tmp_path / "other"), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["name"] == names[1]
