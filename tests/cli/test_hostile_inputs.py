@@ -344,3 +344,34 @@ def test_a_name_of_64_four_byte_letters_exports_to_a_folder(hostile, invoke, tmp
     result = invoke("import", str(files[1]), "--store", str(tmp_path / "other"), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["name"] == names[1]
+
+
+def test_successful_commands_print_nothing_unexpected_on_stderr(hostile, cli, tmp_path):
+    """Item 18, through real processes (library output written by C++ or at import time bypasses `invoke`):
+    FAISS's "please provide at least 39 training points" on every IVF build of a small store, and numpy's and
+    matplotlib's RuntimeWarnings (here from the histogram of a one-output run, which also crashed)."""
+    store = tmp_path / "store"
+    import shutil
+
+    shutil.copytree(hostile.store, store)
+    for argv in (["verify", "--index", "ivf", "--store", str(store)],
+                 ["identify", str(hostile.photo), "--store", str(store)],
+                 ["bench", "store", "--sizes", "20", "--kinds", "ivf", "--queries", "5", "--out", str(tmp_path / "b")]):
+        result = cli(*argv)
+        assert result.returncode == 0 and result.stderr == "", (argv, result.stderr)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "out_0.jpg").write_bytes(hostile.photo.read_bytes())
+    result = cli("bench", "consistency", str(run), "--out", str(tmp_path / "c"))
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_an_offline_base_model_is_one_error_line(hostile, cli, tmp_path):
+    """Item 18: diffusers' "Couldn't connect to the Hub ... Will try to load from local cache." (two lines,
+    without HF_HUB_OFFLINE) no longer comes before castkeep's own error."""
+    result = cli("generate", "Mara", "x", "--base-model", "castkeep-test/not-cached", "--ip-adapter",
+                 str(tmp_path / "ip-adapter-faceid_sd15.bin"), "--store", str(hostile.store), "--out",
+                 str(tmp_path / "out"), env={"HF_HUB_OFFLINE": None, "HF_HUB_DISABLE_TELEMETRY": "1"})
+    *progress_lines, line = result.stderr.strip().splitlines()
+    assert result.returncode == 6 and line.startswith("error: base model 'castkeep-test/not-cached'"), result.stderr
+    assert [text.startswith("loading ") for text in progress_lines] == [True], result.stderr
