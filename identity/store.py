@@ -326,8 +326,11 @@ class Store:
                 generation = self._db.bump_generation()
         self._index.apply(generation, add={character_id: character.vector})
         stored = self.get(character.name)
-        stored.warnings = warnings + self._duplicate_warnings(character.vector, character.references,
-                                                              character_id)
+        try:
+            warnings = warnings + self._duplicate_warnings(character.vector, character.references, character_id)
+        except StoreError as exc:  # committed already: damage elsewhere in the store must not turn it into a failure
+            warnings = warnings + [f"could not compare '{stored.name}' with the stored characters: {exc}"]
+        stored.warnings = warnings
         return stored
 
     def add_refs(self, name: str, images: Sequence[Any], *, force: bool = False,
