@@ -48,7 +48,7 @@ from .characters import Character, CharacterScore, Match, Reference, Space, pack
 from .database import DB_NAME, Database
 from .enrolment import MAX_REFERENCES, MAX_REFERENCES_PER_CALL, embed_references, gate_impostors, parse_image_spec
 from .index_cache import INDEX_NAME, IndexCache
-from .names import clean_tags, name_key, normalize_name
+from .names import clean_description, clean_tags, name_key, normalize_name
 from .open_set import DEFAULT_FPIR, open_set_threshold
 from .reembedding import ReembedReport, embed_character
 from .references import baseline_of, combine
@@ -160,7 +160,16 @@ class Store:
     def fingerprint(self) -> str | None:
         """The embedding model of every vector in this store (None until the first character)."""
         with self._db.guard():
-            return self._db.meta("fingerprint")
+            return self._stored_fingerprint()
+
+    def _stored_fingerprint(self) -> str | None:
+        """Inside a guard: the store's model; StoreError when its record is gone though characters are
+        stored (damage: every search would find nothing, and another model's embeddings could enter)."""
+        fingerprint = self._db.meta("fingerprint")
+        if fingerprint is None and rows.count(self._db):
+            raise StoreError("the store's record of its model (meta 'fingerprint') is missing though it holds "
+                             "characters: the database is damaged (`castkeep verify` reports it)", path=self.path)
+        return fingerprint
 
     @property
     def index_kind(self) -> str:
@@ -204,7 +213,7 @@ class Store:
     def _check_fingerprint(self, fingerprint: str) -> str:
         """Inside a guard: embeddings of another model may not enter (or query) this store. Returns the
         store's own spelling of the space (the same weights in a renamed pack folder are the same space)."""
-        stored = self._db.meta("fingerprint")
+        stored = self._stored_fingerprint()
         if stored is None:
             return fingerprint
         if not same_space(stored, fingerprint):
@@ -212,6 +221,17 @@ class Store:
                              f"embeddings of different models cannot be mixed (use --models to pick "
                              f"the store's pack, or another --store)", path=self.path)
         return stored
+
+    def _check_dim(self, character: Character) -> None:
+        """Inside a guard: every embedding of the store's model has the size its vectors have (a crafted
+        file may claim the store's model with embeddings of another size)."""
+        fingerprint = self._stored_fingerprint()
+        dim = None if fingerprint is None else rows.stored_dim(self._db, fingerprint)
+        sizes = {r.embeddings[fingerprint].size for r in character.references if fingerprint in r.embeddings}
+        if dim is not None and sizes - {dim}:
+            raise StoreError(f"'{character.name}' has {'/'.join(map(str, sorted(sizes)))}-value embeddings from "
+                             f"model '{fingerprint}', whose embeddings in this store have {dim}: the file is damaged "
+                             f"or crafted", path=self.path)
 
     # ------------------------------------------------------------------ reading
     def get(self, name: str, *, crops: bool = False) -> Character:
@@ -259,6 +279,7 @@ class Store:
             raise DuplicateCharacterError(f"a character named '{self.get(name).name}' already exists "
                                           f"(use add-refs to give it more photos, or remove it first)")
         tags = clean_tags(tags)
+        description = clean_description(description)
         analyzer = self._get_analyzer(dense=True)
         with self._db.guard():
             self._check_fingerprint(analyzer.fingerprint)
@@ -303,16 +324,21 @@ class Store:
             with self._db.write():
                 # Re-checked under the lock: another process may have won the race.
                 character.rename_space(character.fingerprint, self._check_fingerprint(character.fingerprint))
+                self._check_dim(character)
                 if rows.name_taken(self._db, key):
                     raise DuplicateCharacterError(taken)
-                if self._db.meta("fingerprint") is None:
+                if self._stored_fingerprint() is None:
                     self._db.set_meta("fingerprint", character.fingerprint)
+                    self._db.set_meta("dim", str(character.vector.size))
                 character_id = rows.insert_character(self._db, character, key, _now())
                 generation = self._db.bump_generation()
         self._index.apply(generation, add={character_id: character.vector})
         stored = self.get(character.name)
-        stored.warnings = warnings + self._duplicate_warnings(character.vector, character.references,
-                                                              character_id)
+        try:
+            warnings = warnings + self._duplicate_warnings(character.vector, character.references, character_id)
+        except StoreError as exc:  # committed already: damage elsewhere in the store must not turn it into a failure
+            warnings = warnings + [f"could not compare '{stored.name}' with the stored characters: {exc}"]
+        stored.warnings = warnings
         return stored
 
     def add_refs(self, name: str, images: Sequence[Any], *, force: bool = False,
@@ -365,15 +391,19 @@ class Store:
         assert found is not None  # callers have just stored embeddings in this space
         return Space.fit(fingerprint, *found)
 
-    def remove(self, name: str) -> None:
-        character = self.get(name)
-        assert character.id is not None
+    def remove(self, name: str) -> str:
+        """Remove character `name`; returns its stored name. Its rows are not decoded, so a character
+        damaged outside castkeep can still be removed."""
+        key = name_key(name)
         with self._db.guard():
             with self._db.write():
-                if not rows.delete_character(self._db, character.id):
-                    raise UnknownCharacterError(f"no character named '{character.name}'")
+                found = rows.find(self._db, key)
+                if found is None or not rows.delete_character(self._db, found[0]):
+                    raise UnknownCharacterError(f"no character named '{normalize_name(name)}' in this store "
+                                                f"(see `castkeep list`)")
                 generation = self._db.bump_generation()
-        self._index.apply(generation, remove=[character.id])
+        self._index.apply(generation, remove=[found[0]])
+        return found[1]
 
     def _duplicate_warnings(self, vector: np.ndarray, references: list[Reference],
                             exclude_id: int | None) -> list[str]:

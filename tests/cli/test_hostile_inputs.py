@@ -64,6 +64,42 @@ def _crafted_export(change: Callable[[dict], None]) -> Callable[[Path, Hostile],
     return make
 
 
+def _every_reference(key: str, value: object) -> Callable[[dict], None]:
+    return lambda document: [reference.__setitem__(key, value) for reference in document["references"]]
+
+
+def _resized(dim: int, scale: float = 1.0) -> Callable[[dict], None]:
+    """Item 3: the store's model fingerprint over embeddings of `dim` values (times `scale`), with the character
+    vector and spaces recomputed so that the file is self-consistent: only the store can tell it is wrong."""
+    def change(document: dict) -> None:
+        from castkeep.identity.references import combine
+        from castkeep.identity.vectors import decode_vector, encode_vector, normalise
+
+        fingerprint = document["fingerprint"]
+        embeddings = [normalise(decode_vector(r["embedding"])[:dim]) * scale for r in document["references"]]
+        for reference, embedding in zip(document["references"], embeddings, strict=True):
+            reference["embedding"] = encode_vector(embedding)
+            reference["embeddings"] = {fingerprint: reference["embedding"]}
+        vector = encode_vector(combine(np.stack(embeddings), np.array([r["quality"] for r in document["references"]])))
+        document.update(dim=dim, vector=vector, spaces=[{"fingerprint": fingerprint, "dim": dim, "vector": vector}])
+    return change
+
+
+def _many_references(count: int) -> Callable[[dict], None]:
+    def change(document: dict) -> None:
+        first = document["references"][0]
+        document["references"] = [{**first, "sha256": f"{i:064x}"} for i in range(count)]
+    return change
+
+
+def _undecodable_crop(document: dict) -> None:
+    """A PNG header of the crop size over a body that is not PNG data."""
+    import base64
+
+    png = base64.b64decode(document["references"][0]["crop"])
+    document["references"][0]["crop"] = base64.b64encode(png[:33] + b"\0" * 2000).decode()
+
+
 def _symlink_loop(path: Path, _: Hostile) -> None:
     other = path.with_name("loop-b.jpg")
     path.symlink_to(other.name)
@@ -92,6 +128,27 @@ MAKERS: dict[str, Callable[[Path, Hostile], None]] = {
     "nested-object.castkeep.json": lambda path, _: path.write_text('{"a":' * 100_000 + "1" + "}" * 100_000),
     "refs-ints.castkeep.json": _crafted_export(lambda d: d.update(references=[1, 2])),
     "refs-none.castkeep.json": _crafted_export(lambda d: d.update(references=[None])),
+    # item 3: crafted files, checksum recomputed
+    "dim256.castkeep.json": _crafted_export(_resized(256)),
+    "not-unit.castkeep.json": _crafted_export(_resized(512, scale=3.0)),
+    "65-refs.castkeep.json": _crafted_export(_many_references(65)),
+    "same-photo-twice.castkeep.json": _crafted_export(lambda d: d["references"].append(dict(d["references"][0]))),
+    "long-tag.castkeep.json": _crafted_export(lambda d: d.update(tags=["t" * 65])),
+    "many-tags.castkeep.json": _crafted_export(lambda d: d.update(tags=[f"t{i}" for i in range(65)])),
+    "long-description.castkeep.json": _crafted_export(lambda d: d.update(description="d" * 5000)),
+    "crop-undecodable.castkeep.json": _crafted_export(_undecodable_crop),
+    "crop-kps-outside.castkeep.json": _crafted_export(_every_reference("crop_kps", [[1e6, 0.0]] * 5)),
+    "quality-nan.castkeep.json": _crafted_export(_every_reference("quality", float("nan"))),
+    "det-score-text.castkeep.json": _crafted_export(_every_reference("det_score", "0.9")),
+    "bbox-text.castkeep.json": _crafted_export(_every_reference("bbox", ["a", "b", "c", "d"])),
+    "face-index-negative.castkeep.json": _crafted_export(_every_reference("face_index", -1)),
+    "flagged-text.castkeep.json": _crafted_export(_every_reference("flagged", "no")),
+    "sha256-short.castkeep.json": _crafted_export(_every_reference("sha256", "abc")),
+    "report-list.castkeep.json": _crafted_export(_every_reference("quality_report", [1, 2])),
+    "source-path-number.castkeep.json": _crafted_export(_every_reference("source_path", 7)),
+    # item 4
+    "pose-text.castkeep.json": _crafted_export(_every_reference("pose", {"yaw": "left"})),
+    "pose-list.castkeep.json": _crafted_export(_every_reference("pose", [1, 2])),
     "noface-pairs.txt": _pairs_of("noface.png", ["noface.png noface.png 1", "noface.png noface.png 0"] * 2),
     "one-each-pairs.txt": _pairs_of("noface.png", ["noface.png noface.png 1", "noface.png noface.png 0"]),
     "existing.png": _image(8, 8),
@@ -160,6 +217,18 @@ CASES: dict[str, Case] = {
                                      "model pack 'no_such_pack' not found (looked in",
                                      env=lambda h: {"CASTKEEP_MODELS": str(h.file("models-root")),
                                                     "HOME": str(h.file("home"))}),
+    # items 3 and 4: a crafted import that would commit and break later reads is refused before the transaction
+    **{f"item{item}-import-{stem}": Case(lambda h, s=stem: ["import", str(h.file(f"{s}.castkeep.json")), "--name", "X",
+                                                           *_store(h)], 7, needle)
+       for item, stem, needle in (
+           (3, "dim256", "256-value embeddings"), (3, "not-unit", "not unit length"),
+           (3, "65-refs", "65 references (at most 64)"), (3, "same-photo-twice", "same photo"),
+           (3, "long-tag", "too long"), (3, "many-tags", "at most 64 texts"), (3, "long-description", "description is too long"),
+           (3, "crop-undecodable", "does not decode"), (3, "crop-kps-outside", "keypoints are malformed"),
+           (3, "quality-nan", "quality is not a finite number"), (3, "det-score-text", "detection score"),
+           (3, "bbox-text", "bbox"), (3, "face-index-negative", "face index"), (3, "flagged-text", "'flagged'"),
+           (3, "sha256-short", "sha256"), (3, "report-list", "quality report"), (3, "source-path-number", "source path"),
+           (4, "pose-text", "pose 'yaw' is not a finite number"), (4, "pose-list", "pose is not a JSON object"))},
     # item 15
     "item15-draw-over-the-input": Case(lambda h: ["analyze", str(h.photo), "--draw", str(h.photo)], 2,
                                        "overwrite"),
@@ -375,3 +444,66 @@ def test_an_offline_base_model_is_one_error_line(hostile, cli, tmp_path):
     *progress_lines, line = result.stderr.strip().splitlines()
     assert result.returncode == 6 and line.startswith("error: base model 'castkeep-test/not-cached'"), result.stderr
     assert [text.startswith("loading ") for text in progress_lines] == [True], result.stderr
+
+
+# Rows damaged outside castkeep (items 3 and 4): (SQL, what `verify` says, exit codes of list and show). Every
+# command either works, or says what is damaged in one line (exit 7); verify names the problem; never exit 70.
+DAMAGE: dict[str, tuple[str, str, int, int]] = {
+    "tags-not-json": ("UPDATE characters SET tags = '[oops'", "tags is not valid JSON", 7, 7),
+    "tags-not-a-list": ("UPDATE characters SET tags = '{\"a\": 1}'", "tags is not a JSON list", 7, 7),
+    "baseline-null": ("UPDATE characters SET baseline = 'null'", "baseline is not a JSON object", 7, 7),
+    "space-baseline-null": ("UPDATE character_vectors SET baseline = 'null'", "baseline is not a JSON object", 7, 7),
+    "pose-not-json": ("UPDATE refs SET pose = '{bad'", "pose is not valid JSON", 7, 7),
+    "pose-text-yaw": ("UPDATE refs SET pose = '{\"yaw\": \"left\"}'", "pose 'yaw' is not a finite number", 7, 7),
+    "bbox-null": ("UPDATE refs SET bbox = 'null'", "bbox is not a JSON list", 7, 7),
+    "quality-text": ("UPDATE refs SET quality = 'high'", "quality is not a finite number", 7, 7),
+    "vector-5-bytes": ("UPDATE characters SET vector = x'0102030405'", "5-byte blob", 7, 7),
+    "embedding-5-bytes": ("UPDATE ref_embeddings SET vector = x'0102030405'", "5-byte blob", 7, 7),
+    "space-vector-text": ("UPDATE character_vectors SET vector = 'abc'", "str value", 7, 7),
+    "crop-keypoints-not-json": ("UPDATE refs SET crop_kps = '{'", "keypoints", 0, 0),
+    "unknown-index-kind": ("INSERT OR REPLACE INTO meta VALUES ('index_kind', 'weird')", "unknown index kind", 0, 0),
+    "fingerprint-deleted": ("DELETE FROM meta WHERE key = 'fingerprint'", "fingerprint", 0, 0),
+    # item 3: a character of another embedding size that got in anyway (consistent in itself)
+    "256-values": (";".join(f"UPDATE {table} SET {column} = substr({column}, 1, 1024)" for table, column in (
+        ("characters", "vector"), ("character_vectors", "vector"), ("refs", "embedding"), ("ref_embeddings", "vector")))
+        + "; UPDATE characters SET dim = 256; UPDATE character_vectors SET dim = 256; UPDATE ref_embeddings SET dim = 256",
+        "256-value vector; the store's model gives 512", 0, 0),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_rows_are_reported_not_crashed(damage, hostile, invoke, tmp_path):
+    import shutil
+
+    sql, problem, list_code, show_code = DAMAGE[damage]
+    store = tmp_path / "store"
+    shutil.copytree(hostile.store, store)
+    with sqlite3.connect(store / "castkeep.sqlite3") as db:
+        db.executescript(sql)
+    for argv, code in ((["list"], list_code), (["show", "Mara"], show_code)):
+        result = invoke(*argv, *_store(Hostile(store, hostile.folder, hostile.photo, hostile.export)))
+        if code:
+            assert_one_error_line(result, code, "damaged")
+        else:
+            assert result.returncode == 0, result.stderr
+    verified = invoke("verify", "--store", str(store))
+    assert_one_error_line(verified, 7, "integrity check failed")
+    assert any(line.startswith("problem:") and problem in line for line in verified.stdout.splitlines()), verified.stdout
+    # A damaged character can still be removed (its rows are not decoded for that).
+    removed = invoke("remove", "Mara", "--store", str(store))
+    assert removed.returncode == 0, removed.stderr
+
+
+def test_a_store_that_lost_its_model_record_says_so(hostile, invoke, tmp_path):
+    """Item 4: not "no characters stored" (nor a registration that records another model)."""
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(hostile.store, store)
+    with sqlite3.connect(store / "castkeep.sqlite3") as db:
+        db.execute("DELETE FROM meta WHERE key = 'fingerprint'")
+    before = store_digest(store)
+    for argv in (["identify", str(hostile.photo)], ["register", "Newcomer", str(hostile.photo)],
+                 ["import", str(hostile.export), "--name", "Copy"]):
+        assert_one_error_line(invoke(*argv, "--store", str(store)), 7, "fingerprint")
+    assert store_digest(store) == before
