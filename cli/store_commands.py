@@ -27,6 +27,9 @@ from .common import (
 store_option = click.option(
     "--store", "store_path", type=click.Path(path_type=Path), default=None, envvar="CASTKEEP_STORE",
     show_envvar=True, help="Store folder (default: the user data folder, e.g. ~/.local/share/castkeep/store).")
+strict_option = click.option(
+    "--strict", is_flag=True,
+    help="All or nothing: refuse the call if any photo fails the quality gate (default: leave it out, warn).")
 face_option = click.option(
     "--face", "face_index", type=click.IntRange(min=0), default=None,
     help="Use this face (0 = largest) of every photo; or write a single photo as PHOTO:N.")
@@ -75,15 +78,16 @@ def _bar(label: str) -> Callable[[Any], Any]:
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
 @click.option("--force", is_flag=True,
               help="Keep photos that fail the quality gate or look like another person (flagged).")
+@strict_option
 @face_option
 @store_options
 def register(name: str, images: tuple[str, ...], description: str, tags: tuple[str, ...], force: bool,
-             face_index: int | None, store_path: Path | None, models: str | None, device: str,
+             strict: bool, face_index: int | None, store_path: Path | None, models: str | None, device: str,
              as_json: bool) -> None:
     """Register character NAME from 1–13 reference photos IMAGES (one person per photo)."""
     with open_store(store_path, models, device, create=True) as store:
         character = store.register(name, list(images), description=description, tags=tags, force=force,
-                                   face=face_index, progress=_bar("embedding"))
+                                   strict=strict, face=face_index, progress=_bar("embedding"))
         _warn(character)
         emit(character.to_dict(), as_json, lambda _: f"registered {_summary(character)}")
 
@@ -93,13 +97,14 @@ def register(name: str, images: tuple[str, ...], description: str, tags: tuple[s
 @click.argument("images", nargs=-1, required=True)
 @click.option("--force", is_flag=True,
               help="Keep photos that fail the quality gate or look like another person (flagged).")
+@strict_option
 @face_option
 @store_options
-def add_refs(name: str, images: tuple[str, ...], force: bool, face_index: int | None,
+def add_refs(name: str, images: tuple[str, ...], force: bool, strict: bool, face_index: int | None,
              store_path: Path | None, models: str | None, device: str, as_json: bool) -> None:
     """Add reference photos IMAGES to character NAME (its vector and baseline are refit)."""
     with open_store(store_path, models, device) as store:
-        character = store.add_refs(name, list(images), force=force, face=face_index,
+        character = store.add_refs(name, list(images), force=force, strict=strict, face=face_index,
                                    progress=_bar("embedding"))
         _warn(character)
         emit(character.to_dict(), as_json, lambda _: f"updated {_summary(character)}")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ImpostorReferenceError, MultipleFacesError, ReferenceQualityError, StoreError
+from ..errors import CastkeepError, ImpostorReferenceError, MultipleFacesError, ReferenceQualityError, StoreError
 from ..utils import text_path
 from . import similarity
 from .analyzer import PhotoFace
@@ -80,12 +80,15 @@ def reference_candidates(analyzer: Any, image: Any, face: int | None = None) -> 
 
 
 def embed_references(analyzer: Any, images: Sequence[Any], *, face: int | None = None,
-                     force: bool = False, progress: Callable[[Any], Any] | None = None,
+                     force: bool = False, strict: bool = False, progress: Callable[[Any], Any] | None = None,
                      anchors: Sequence[Reference] = ()) -> tuple[list[Reference], list[str]]:
     """Embed every photo and apply the quality gate; returns (references, warnings).
 
     A photo with several comparable faces uses the face that matches the unambiguous references
-    (`anchors`, the character's stored references, plus the other photos).
+    (`anchors`, the character's stored references, plus the other photos). A photo the gate refuses, or
+    whose face cannot be told apart, is left out (named in the warnings) while at least one photo is
+    usable; with `strict`, or when none is, its error is raised. `force` keeps refused photos instead.
+    Borderline photos (landmarks/quality.py's warn band) are kept with a warning.
     """
     if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim == 3):
         images = [images]
@@ -106,21 +109,50 @@ def embed_references(analyzer: Any, images: Sequence[Any], *, face: int | None =
         found.append(candidates)
     settled = list(anchors) + [c[0] for c in found if len(c) == 1]
     references: list[Reference] = []
+    unusable: list[CastkeepError] = []
     for candidates in found:
         ref = candidates[0]
-        if len(candidates) > 1:
-            ref = disambiguate(candidates, settled)
-            warnings.append(f"{ref.source_path}: {len(candidates)} faces; used face {ref.face_index}, "
-                            f"the one that matches the other references")
-        if not ref.quality_report.get("usable", True):
-            reason = ref.quality_report.get("reason") or "low quality"
-            if not force:
-                raise ReferenceQualityError(f"reference photo fails the quality gate: {reason} "
-                                            f"(use another photo, or --force to keep it)",
-                                            path=ref.source_path)
-            warnings.append(f"{ref.source_path}: kept despite low quality ({reason})")
+        try:
+            if len(candidates) > 1:
+                ref = disambiguate(candidates, settled)
+                warnings.append(f"{ref.source_path}: {len(candidates)} faces; used face {ref.face_index}, "
+                                f"the one that matches the other references")
+            _gate_quality(ref, force, warnings)
+        except (MultipleFacesError, ReferenceQualityError) as exc:
+            if strict:
+                raise
+            unusable.append(exc)
+            continue
         references.append(ref)
+    if unusable and not references:
+        raise _none_usable(unusable)
+    for exc in unusable:
+        warnings.append(f"{exc.path}: left out: {exc.args[0]}")
     return references, warnings
+
+
+def _gate_quality(ref: Reference, force: bool, warnings: list[str]) -> None:
+    """Refuse (ReferenceQualityError) a reference the quality gate refuses, unless `force`; warn on a
+    borderline one."""
+    report = ref.quality_report
+    if not report.get("usable", True):
+        reason = report.get("reason") or "low quality"
+        if not force:
+            raise ReferenceQualityError(f"reference photo fails the quality gate: {reason} "
+                                        f"(use another photo, or --force to keep it)", path=ref.source_path)
+        warnings.append(f"{ref.source_path}: kept despite low quality ({reason})")
+    for warning in report.get("warnings") or ():
+        warnings.append(f"{ref.source_path}: borderline quality, kept: {warning}")
+
+
+def _none_usable(unusable: list[CastkeepError]) -> CastkeepError:
+    """The error for a call none of whose photos is usable: the first photo's, naming the others."""
+    first = unusable[0]
+    if len(unusable) == 1:
+        return first
+    others = "; ".join(f"{Path(str(e.path)).name}: {e.args[0]}" for e in unusable[1:4])
+    more = " ..." if len(unusable) > 4 else ""
+    return type(first)(f"{first.args[0]}; no photo is usable (also {others}{more})", path=first.path)
 
 
 def disambiguate(candidates: list[Reference], settled: list[Reference]) -> Reference:

@@ -266,13 +266,16 @@ class Store:
     # ------------------------------------------------------------------ changes
     def register(self, name: str, images: Sequence[Any], *, description: str = "",
                  tags: Iterable[str] = (), force: bool = False, face: int | None = None,
-                 progress: Callable[[Any], Any] | None = None) -> Character:
+                 strict: bool = False, progress: Callable[[Any], Any] | None = None) -> Character:
         """Register a character from 1–13 reference photos (paths, `path:N`, arrays or PIL images).
 
-        Every photo must hold exactly one face (or name one with `face` / `path:N`) that passes the
-        quality gate; a photo that is not the same person as the others raises
-        ImpostorReferenceError. `force` keeps such photos (flagged). Warnings (duplicate
-        registration, repeated photo) are in the returned character's `warnings`.
+        Every photo must hold a face (one, or name one with `face` / `path:N`). Photos the quality gate
+        refuses, or with several faces none of which is clearly the person of the other photos, are left
+        out with a warning while at least one photo is usable (`strict`: refused, nothing registered);
+        borderline photos are kept with a warning. A photo that is not the same person as the others
+        raises ImpostorReferenceError. `force` keeps refused photos (impostors flagged). Warnings
+        (left-out and borderline photos, duplicate registration, repeated photo) are in the returned
+        character's `warnings`.
         """
         name = normalize_name(name)
         if name in self:
@@ -283,7 +286,8 @@ class Store:
         analyzer = self._get_analyzer(dense=True)
         with self._db.guard():
             self._check_fingerprint(analyzer.fingerprint)
-        references, warnings = embed_references(analyzer, images, face=face, force=force, progress=progress)
+        references, warnings = embed_references(analyzer, images, face=face, force=force, strict=strict,
+                                                progress=progress)
         gate_impostors(references, set(range(len(references))), force, warnings)
         embeddings = np.stack([r.embedding for r in references])
         weights = np.array([r.quality for r in references])
@@ -341,15 +345,16 @@ class Store:
         stored.warnings = warnings
         return stored
 
-    def add_refs(self, name: str, images: Sequence[Any], *, force: bool = False,
-                 face: int | None = None, progress: Callable[[Any], Any] | None = None) -> Character:
-        """Give an existing character more reference photos; its vector and baseline are refit."""
+    def add_refs(self, name: str, images: Sequence[Any], *, force: bool = False, face: int | None = None,
+                 strict: bool = False, progress: Callable[[Any], Any] | None = None) -> Character:
+        """Give an existing character more reference photos; its vector and baseline are refit. Unusable
+        photos are left out (or, with `strict`, refused) as in `register`."""
         existing = self.get(name)
         analyzer = self._get_analyzer(dense=True)
         with self._db.guard():
             fingerprint = self._check_fingerprint(analyzer.fingerprint)
-        new_refs, warnings = embed_references(analyzer, images, face=face, force=force, progress=progress,
-                                              anchors=existing.references)
+        new_refs, warnings = embed_references(analyzer, images, face=face, force=force, strict=strict,
+                                              progress=progress, anchors=existing.references)
         for ref in new_refs:
             ref.rename_space(analyzer.fingerprint, fingerprint)
         stored = {r.sha256 for r in existing.references}

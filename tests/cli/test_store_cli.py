@@ -313,3 +313,41 @@ def test_identify_judges_at_the_open_set_threshold_for_the_store_size(tmp_path, 
     text = invoke("identify", str(mara[4]), "--store", store, "--fpir", "0.001").stdout
     assert "open-set cosine threshold 0.270 (for 1 character(s) at FPIR 0.10%; 1:1 threshold 0.270)" in text
     assert invoke("identify", str(mara[4]), "--store", store, "--fpir", "0").returncode == 2  # not a rate
+
+
+def test_register_leaves_out_unusable_photos_and_warns_on_borderline_ones(tmp_path, faces_dir, invoke):
+    """Issue 13 item 21: 2 good photos + 1 whose face is 12 px register with 2 (the tiny one named on stderr and
+    in --json `warnings`); --strict refuses all (exit 13, store unchanged); a 24 px face registers with a warning."""
+    import cv2
+
+    from castkeep.benchmarks.quality_gate import downscale
+    from castkeep.identity.analyzer import FaceAnalyzer
+
+    store = str(tmp_path / "store")
+    mara, other = photos(faces_dir, 12), photos(faces_dir, 13)
+    with FaceAnalyzer.from_pretrained(None, dense=False, landmarks_106=False) as analyzer:
+        def shrunk(photo: Path, face_px: float) -> str:
+            image = cv2.imread(str(photo))
+            path = tmp_path / f"{face_px}px-{photo.name}"  # a copy: never write into the shared photos
+            cv2.imwrite(str(path), downscale(image, analyzer.analyze(image).face().quality.face_px, face_px))
+            return str(path)
+        tiny, small = shrunk(mara[2], 12), shrunk(other[2], 24)
+
+    assert invoke("register", "Other", str(other[0]), "--store", store).returncode == 0
+    refused = invoke("register", "Mara", str(mara[0]), str(mara[1]), tiny, "--strict", "--store", store)
+    assert refused.returncode == 13 and refused.stderr.count("\n") == 1, refused.stderr
+    assert refused.stderr.startswith("error: ") and Path(tiny).name in refused.stderr
+    assert [c["name"] for c in json.loads(invoke("list", "--store", store, "--json").stdout)] == ["Other"]
+
+    result = invoke("register", "Mara", str(mara[0]), str(mara[1]), tiny, "--store", store, "--json")
+    assert result.returncode == 0, result.stderr
+    registered = json.loads(result.stdout)
+    assert registered["references"] == 2
+    left_out = [w for w in registered["warnings"] if "left out" in w]
+    assert len(left_out) == 1 and Path(tiny).name in left_out[0] and "too small" in left_out[0]
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 1 and Path(tiny).name in warned[0]
+
+    result = invoke("add-refs", "Other", small, "--store", store)
+    assert result.returncode == 0 and "2 reference(s)" in result.stdout, result.stderr
+    assert result.stderr.startswith("warning: ") and "small face" in result.stderr and result.stderr.count("\n") == 1

@@ -20,6 +20,7 @@ from castkeep.errors import (
     InvalidNameError,
     NoFaceError,
     NoStoreError,
+    ReferenceQualityError,
     StoreError,
     UnknownCharacterError,
 )
@@ -182,6 +183,41 @@ def test_add_refs_refits_and_gates(tmp_path, fast_analyzer, split):
         with pytest.raises(ImpostorReferenceError):
             store.add_refs("Grow", [other])
         assert len(store.get("Grow").references) == 3
+
+
+def tiny_copy(photo: Path, folder: Path, analyzer, face_px: float = 12) -> Path:
+    """A copy of `photo` (in `folder`, never the shared one) whose face is `face_px` px: below the gate."""
+    import cv2
+
+    from castkeep.benchmarks.quality_gate import downscale
+
+    image = cv2.imread(str(photo))
+    path = folder / f"tiny-{photo.name}"
+    cv2.imwrite(str(path), downscale(image, analyzer.analyze(image).face().quality.face_px, face_px))
+    return path
+
+
+def test_unusable_photos_are_left_out_unless_strict(tmp_path, fast_analyzer, split):
+    refs, held = split[list(split)[6]]
+    tiny = tiny_copy(refs[2], tmp_path, fast_analyzer)
+    with Store.open(tmp_path / "s", analyzer=fast_analyzer, create=True) as store:
+        with pytest.raises(ReferenceQualityError) as caught:
+            store.register("Strict", [refs[0], refs[1], tiny], strict=True)
+        assert tiny.name in str(caught.value) and "too small" in str(caught.value)
+        assert len(store) == 0 and store.generation == 0
+        kept = store.register("Partial", [refs[0], tiny, refs[1]])
+        assert [Path(r.source_path).name for r in kept.references] == [refs[0].name, refs[1].name]
+        assert [w for w in kept.warnings if tiny.name in w and "left out" in w and "too small" in w]
+        # add-refs likewise; a call none of whose photos is usable still fails, naming each
+        grown = store.add_refs("Partial", [held[0], tiny_copy(held[1], tmp_path, fast_analyzer)])
+        assert len(grown.references) == 3 and [w for w in grown.warnings if "left out" in w]
+        generation = store.generation
+        with pytest.raises(ReferenceQualityError) as caught:
+            store.add_refs("Partial", [tiny, tiny_copy(held[2], tmp_path, fast_analyzer)])
+        assert tiny.name in str(caught.value) and f"tiny-{held[2].name}" in str(caught.value)
+        assert store.generation == generation
+        forced = store.add_refs("Partial", [tiny], force=True)
+        assert len(forced.references) == 4 and [w for w in forced.warnings if "kept despite low quality" in w]
 
 
 def test_duplicate_registration_warns_and_duplicate_name_refused(tmp_path, fast_analyzer, split):
