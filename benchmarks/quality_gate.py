@@ -150,11 +150,13 @@ def measure(folder: Path, people: int = 60, probes: int = 2, pack: str | None = 
 def format_table(rows: list[dict]) -> str:
     header = f"{'level':<22}{'probes':>7}{'det':>6}{'px':>7}{'sharp':>7}{'gen.med':>9}{'gen.p10':>9}{'TAR':>7}{'FAR':>8}"
     lines = [header]
+
+    def show(r: dict, key: str, spec: str) -> str:
+        return "-" if r[key] is None else format(r[key], spec)
+
     for r in rows:
-        def show(key: str, spec: str) -> str:
-            return "-" if r[key] is None else format(r[key], spec)
-        lines.append(f"{r['level']:<22}{r['probes']:>7}{r['detected']:>6.2f}{show('face_px', '.0f'):>7}"
-                     f"{show('sharpness', '.0f'):>7}{show('genuine_median', '.2f'):>9}{show('genuine_p10', '.2f'):>9}"
+        lines.append(f"{r['level']:<22}{r['probes']:>7}{r['detected']:>6.2f}{show(r, 'face_px', '.0f'):>7}"
+                     f"{show(r, 'sharpness', '.0f'):>7}{show(r, 'genuine_median', '.2f'):>9}{show(r, 'genuine_p10', '.2f'):>9}"
                      f"{r['tar']:>7.2f}{r['far']:>8.4f}")
     return "\n".join(lines)
 

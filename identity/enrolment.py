@@ -126,8 +126,8 @@ def embed_references(analyzer: Any, images: Sequence[Any], *, face: int | None =
         references.append(ref)
     if unusable and not references:
         raise _none_usable(unusable)
-    for exc in unusable:
-        warnings.append(f"{exc.path}: left out: {exc.args[0]}")
+    for error in unusable:
+        warnings.append(f"{error.path}: left out: {error.args[0]}")
     return references, warnings
 
 
