@@ -147,9 +147,11 @@ class IndexCache:
         digest = hashlib.sha256(data).hexdigest()
         try:
             with self.db.guard():
-                with self.db.write():
+                # Never wait for the lock here: a query must not hang behind another process's
+                # write; the next process that finds the lock free records its own rebuild.
+                with self.db.write(wait=False):
                     if self.db.generation() == generation:
                         self.db.set_meta("index_generation", str(generation))
                         self.db.set_meta("index_sha256", digest)
-        except StoreError as exc:  # e.g. a read-only database: the cache just stays unrecorded
+        except StoreError as exc:  # the lock is held elsewhere, or the database is read-only
             logger.info("could not record the index checksum: %s", exc)

@@ -127,6 +127,10 @@ CASES: dict[str, Case] = {
     **{f"item8-{command}-{name}": Case(lambda h, c=command, n=name: IMAGE_COMMANDS[c](h, h.file(n)), 4, "no face")
        for command in IMAGE_COMMANDS for name in ("wide-640x2.png", "wide-20000x20.png")},
     "item8-analyze-tall-2x640": Case(lambda h: ["analyze", str(h.file("tall-2x640.png"))], 4, "no face"),
+    # item 5
+    **{f"item5-lock-timeout-{label}": Case(lambda h: ["list", *_store(h)], 7, "CASTKEEP_LOCK_TIMEOUT",
+                                           env=lambda h, v=value: {"CASTKEEP_LOCK_TIMEOUT": v})
+       for label, value in (("word", "soon"), ("negative", "-1"), ("nan", "nan"))},
     # item 9
     "item9-corrupt-landmarker": Case(lambda h: ["analyze", str(h.photo)], 6, "face landmarker",
                                      env=lambda h: {"CASTKEEP_FACE_LANDMARKER": str(h.file("landmarker.task"))}),
@@ -318,3 +322,66 @@ def test_bench_consistency_tells_unreadable_outputs_from_faceless_ones(hostile, 
     assert [r["image"] for r in data["no_face"]] == ["blank.png"]
     assert [r["image"] for r in data["unreadable"]] == ["corrupt.png"]
     assert "not an image" in data["unreadable"][0]["reason"] and data["outputs"] == 4
+
+
+class WriteLockHolder:
+    """Another writer holding the store's write lock (castkeep's own transaction, so it leaves the lock-owner
+    note) in a thread, until `release()` or `hold_s` seconds: a command that waits for it past its own bound
+    returns only then, and the test sees the wait."""
+
+    def __init__(self, store: Path, hold_s: float = 20.0) -> None:
+        import threading
+
+        self._store, self._hold_s = store, hold_s
+        self._released, self._holding = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._hold)
+
+    def _hold(self) -> None:
+        from castkeep.identity.database import DB_NAME, Database
+
+        db = Database.connect(self._store / DB_NAME)
+        try:
+            with db.write():
+                self._holding.set()
+                self._released.wait(self._hold_s)
+        finally:
+            db.close()
+
+    def __enter__(self) -> WriteLockHolder:
+        self._thread.start()
+        assert self._holding.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._released.set()
+        self._thread.join()
+
+
+def test_a_change_waits_for_the_write_lock_a_bounded_time_and_names_its_holder(hostile, invoke, tmp_path):
+    """Item 5: register behind another writer gives up after CASTKEEP_LOCK_TIMEOUT seconds, naming the holder."""
+    import time
+
+    before = store_digest(hostile.store)
+    with WriteLockHolder(hostile.store):
+        started = time.monotonic()
+        result = invoke("register", "Newcomer", str(hostile.photo), *_store(hostile),
+                        env={"CASTKEEP_LOCK_TIMEOUT": "0.5"})
+        waited = time.monotonic() - started
+    line = assert_one_error_line(result, 7, "store is busy")
+    assert f"pid {os.getpid()} on" in line and "CASTKEEP_LOCK_TIMEOUT" in line
+    assert waited < 15, waited
+    assert store_digest(hostile.store) == before
+
+
+def test_identify_with_a_stale_index_cache_does_not_wait_for_the_write_lock(hostile, invoke):
+    """Item 5: a query rebuilds a missing or stale index from the database without taking the write lock."""
+    import time
+
+    (hostile.store / "index.faiss").unlink(missing_ok=True)
+    with WriteLockHolder(hostile.store):
+        started = time.monotonic()
+        result = invoke("identify", str(hostile.photo), *_store(hostile), "--json")
+        waited = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["name"] == "Mara"
+    assert waited < 15, waited
