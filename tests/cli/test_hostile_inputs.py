@@ -77,6 +77,15 @@ def _pairs_of(image: str, lines: list[str]) -> Callable[[Path, Hostile], None]:
     return make
 
 
+def _padded_photo(size: int) -> Callable[[Path, Hostile], None]:
+    """The unstored photo of Mara followed by zeros up to `size` bytes (sparse: no disk used). JPEG decoders stop
+    at the image's end, so only the file's size tells it from the photo."""
+    def make(path: Path, hostile: Hostile) -> None:
+        path.write_bytes(hostile.photo.read_bytes())
+        os.truncate(path, size)
+    return make
+
+
 MAKERS: dict[str, Callable[[Path, Hostile], None]] = {
     "wide-640x2.png": _image(640, 2),
     "tall-2x640.png": _image(2, 640),
@@ -97,6 +106,8 @@ MAKERS: dict[str, Callable[[Path, Hostile], None]] = {
     "existing.png": _image(8, 8),
     "evil\x1b[2J\x1b]0;title\x07.png": _image(320, 240),
     "run": lambda path, _: path.mkdir(),
+    "fifo.castkeep.json": lambda path, _: os.mkfifo(path),
+    "huge.jpg": _padded_photo(2 << 30),
 }
 
 
@@ -131,6 +142,12 @@ CASES: dict[str, Case] = {
     **{f"item5-lock-timeout-{label}": Case(lambda h: ["list", *_store(h)], 7, "CASTKEEP_LOCK_TIMEOUT",
                                            env=lambda h, v=value: {"CASTKEEP_LOCK_TIMEOUT": v})
        for label, value in (("word", "soon"), ("negative", "-1"), ("nan", "nan"))},
+    # item 6
+    "item6-import-dev-zero": Case(lambda h: ["import", "/dev/zero", *_store(h)], 7, "device"),
+    "item6-import-fifo": Case(lambda h: ["import", str(h.file("fifo.castkeep.json")), *_store(h)], 7, "FIFO"),
+    **{f"item6-{command}-huge-file": Case(lambda h, c=command: IMAGE_COMMANDS[c](h, h.file("huge.jpg")), 3,
+                                          "file too large")
+       for command in ("register", "add-refs", "analyze")},
     # item 9
     "item9-corrupt-landmarker": Case(lambda h: ["analyze", str(h.photo)], 6, "face landmarker",
                                      env=lambda h: {"CASTKEEP_FACE_LANDMARKER": str(h.file("landmarker.task"))}),
@@ -385,3 +402,22 @@ def test_identify_with_a_stale_index_cache_does_not_wait_for_the_write_lock(host
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["name"] == "Mara"
     assert waited < 15, waited
+
+
+def test_reference_photos_are_hashed_without_reading_them_into_memory(hostile, fast_analyzer, tmp_path):
+    """Item 6: a large reference file (under the image size limit) is hashed in chunks, not read whole."""
+    import tracemalloc
+
+    from castkeep.identity.enrolment import reference_candidates
+    from castkeep.utils import file_sha256
+
+    photo = tmp_path / "padded.jpg"
+    _padded_photo(300 << 20)(photo, hostile)
+    tracemalloc.start()
+    try:
+        [reference] = reference_candidates(fast_analyzer, str(photo))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert reference.sha256 == file_sha256(photo)
+    assert peak < 100 << 20, f"{peak / 2**20:.0f} MiB held while registering a 300 MiB file"
