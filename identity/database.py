@@ -53,24 +53,64 @@ def retry_busy(action: Callable[[], Any], timeout: float) -> Any:
             time.sleep(0.1)
 
 
+READ_ONLY_MESSAGE = ("store is read-only (its folder or database file cannot be written): it can be listed, "
+                     "shown, searched, scored, exported and verified, but not changed")
+
+
+def _connect_read_only(path: Path, timeout: float) -> sqlite3.Connection:
+    """A read-only connection. `mode=ro` reads a WAL store with its -wal file but needs the -shm file, which
+    a folder nobody may write cannot get; then the database file is read as immutable, which is the whole
+    store only while no -wal file holds changes (a writer that could not checkpoint: refused)."""
+    uri = path.absolute().as_uri()
+    try:
+        return _checked(sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=timeout, isolation_level=None,
+                                        check_same_thread=False))
+    except sqlite3.OperationalError as exc:
+        if "unable to open" not in str(exc):
+            raise
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise StoreError("store is read-only and its last changes are still in its -wal file (a writer "
+                         "stopped before folding them in); open it once where it can be written", path=wal)
+    return _checked(sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None,
+                                    check_same_thread=False))
+
+
+def _checked(connection: sqlite3.Connection) -> sqlite3.Connection:
+    """SQLite opens URI files lazily: read once so that a failure shows here."""
+    try:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
 class Database:
     """The connection to `castkeep.sqlite3`. Open with `Database.connect(path)`."""
 
-    def __init__(self, path: Path, connection: sqlite3.Connection, lock_timeout: float) -> None:
+    def __init__(self, path: Path, connection: sqlite3.Connection, lock_timeout: float, *,
+                 read_only: bool = False) -> None:
         self.path = path
         self._connection: sqlite3.Connection | None = connection
         self.lock_timeout = lock_timeout
+        self.read_only = read_only
 
     @classmethod
-    def connect(cls, path: Path) -> Database:
-        """Connect with the settings every store connection needs (busy timeout, foreign keys)."""
+    def connect(cls, path: Path, *, read_only: bool = False) -> Database:
+        """Connect with the settings every store connection needs (busy timeout, foreign keys). A
+        `read_only` connection never changes the database (in a folder it may write, SQLite still keeps
+        its -shm and -wal files beside it, as for any reader)."""
         timeout = lock_timeout()
         try:
-            connection = sqlite3.connect(os.fspath(path), timeout=timeout,
-                                         isolation_level=None, check_same_thread=False)
+            if read_only:
+                connection = _connect_read_only(path, timeout)
+            else:
+                connection = sqlite3.connect(os.fspath(path), timeout=timeout,
+                                             isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store database ({exc})", path=path) from None
-        database = cls(path, connection, timeout)
+        database = cls(path, connection, timeout, read_only=read_only)
         try:
             with database.guard():
                 database._set_busy_timeout(timeout)
@@ -141,6 +181,8 @@ class Database:
         """One write transaction; the lock is taken up front so concurrent writers queue, for at
         most `lock_timeout` seconds in all. Without `wait`, a lock held elsewhere fails at once (for
         optional writes, such as recording the index cache's checksum)."""
+        if self.read_only:
+            raise StoreError(READ_ONLY_MESSAGE, path=self.path.parent)
         if wait:
             retry_busy(lambda: self.execute("BEGIN IMMEDIATE"), self.lock_timeout)
         else:

@@ -139,6 +139,8 @@ class IndexCache:
 
     def _save(self, index: VectorIndex, generation: int) -> None:
         """Write the cache file, then record its checksum if the store has not changed since."""
+        if self.db.read_only:
+            return  # a read-only store's queries use the index in memory
         try:
             data = index.save(self.path, meta={"generation": generation})
         except OSError as exc:  # a read-only store still answers queries from memory

@@ -13,7 +13,8 @@ import json
 import os
 import sqlite3
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -421,3 +422,47 @@ def test_reference_photos_are_hashed_without_reading_them_into_memory(hostile, f
         tracemalloc.stop()
     assert reference.sha256 == file_sha256(photo)
     assert peak < 100 << 20, f"{peak / 2**20:.0f} MiB held while registering a 300 MiB file"
+
+
+@contextmanager
+def immutable(*paths: Path) -> Iterator[None]:
+    """`chattr +i`: not even root may write, create or delete there (what a read-only mount does to a store)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr is not installed")
+    done: list[Path] = []
+    try:
+        for path in paths:
+            if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+                pytest.skip("chattr +i is not permitted here (file system or capabilities)")
+            done.append(path)
+        yield
+    finally:
+        for path in reversed(done):
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_read_only_store_answers_every_read_command_and_refuses_changes(hostile, invoke, tmp_path):
+    """Item 11: a store nobody may write (here `chattr +i` on its folder and database) is opened read-only."""
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(hostile.store, store)
+    (store / "index.faiss").unlink(missing_ok=True)  # a stale cache: rebuilt in memory only
+    before = sorted(p.name for p in store.iterdir())
+    argv = ["--store", str(store)]
+    with immutable(store / "castkeep.sqlite3", store):
+        for read in (["list"], ["show", "Mara"], ["identify", str(hostile.photo)],
+                     ["score", str(hostile.photo), "--character", "Mara"], ["export", "Mara", str(tmp_path / "out")],
+                     ["verify"]):
+            result = invoke(*read, *argv)
+            assert result.returncode == 0, (read, result.stderr)
+        assert "Mara" in invoke("identify", str(hostile.photo), *argv, "--json").stdout
+        for change in (["remove", "Mara"], ["register", "Newcomer", str(hostile.photo)],
+                       ["add-refs", "Mara", str(hostile.photo)], ["import", str(hostile.export), "--name", "Copy"],
+                       ["verify", "--index", "hnsw"]):
+            assert_one_error_line(invoke(*change, *argv), 7, "store is read-only")
+    assert sorted(p.name for p in store.iterdir()) == before
+    assert store_digest(store) == store_digest(hostile.store)
