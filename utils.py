@@ -38,12 +38,17 @@ def dumps(data: Any, *, indent: int | None = 2) -> str:
     return json.dumps(data, indent=indent, ensure_ascii=False, default=_json_default)
 
 
+def _first_bytes(text: str, limit: int) -> str:
+    """At most `limit` bytes of `text`, cut at a character boundary (file names are limited in bytes)."""
+    return text.encode("utf-8", "surrogateescape")[:limit].decode("utf-8", "ignore")
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` so that readers see the old file or the new one, never a mix, even if the
     writer is killed or the disk fills up (temporary file in the same folder, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{os.getpid()}-{path.name[:64]}-")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{os.getpid()}-{_first_bytes(path.name, 64)}-")
     try:
         umask = os.umask(0)
         os.umask(umask)

@@ -34,6 +34,7 @@ from ..errors import BenchmarkInputError, CastkeepError, NoFaceError
 from ..identity.embedder import l2_normalize
 from ..identity.reference_faces import CharacterDescriptors
 from ..identity.scorers import SCORERS, check_domain, describe_face, get_scorer, judge_all
+from ..landmarks.model_pack import same_space
 from ..utils import IMAGE_SUFFIXES, Progress, no_progress
 
 MAD_SCALE = 1.4826      # MAD → standard deviation for normal data
@@ -107,7 +108,7 @@ def conditioning_record(conditioning: dict[str, Any] | None, arcface_fingerprint
         return None
     fingerprint, recogniser = conditioning.get("fingerprint"), conditioning.get("recogniser")
     if isinstance(fingerprint, str) and fingerprint:
-        same: bool | None = fingerprint == arcface_fingerprint
+        same: bool | None = same_space(fingerprint, arcface_fingerprint)
     elif isinstance(recogniser, str) and recogniser:
         same = recogniser == arcface_fingerprint.split(":")[1] if arcface_fingerprint.count(":") >= 2 else None
     else:

@@ -144,6 +144,7 @@ def plot_histogram(series: dict[str, Iterable[float]], path: str | os.PathLike, 
     bins = np.linspace(-0.3, 1.0, 40) if bins is None else bins
     for label, values in series.items():
         values = np.asarray(list(values), dtype=float)
+        values = values[np.isfinite(values)]  # a run of one output has no pairwise scores (NaN)
         if values.size:
             ax.hist(values, bins=bins, alpha=0.6, label=f"{label} (n={values.size})")
     if threshold is not None:

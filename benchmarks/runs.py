@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import BenchmarkInputError
 from ..identity.similarity import SAME_PERSON_THRESHOLD
+from ..landmarks.model_pack import same_space
 from ..utils import Progress, slug
 from ..utils import progress as terminal_progress
 from .report import plot_heatmap, plot_histogram, plot_roc, save_result
@@ -141,7 +142,7 @@ def _stored_reference(named: str, explicit: bool, store: PathLike | None, analyz
     try:
         with Store.open(store, analyzer=analyzer, create=False) as opened:
             stored = opened.get(named, crops=True)
-        if stored.fingerprint != analyzer.fingerprint:
+        if not same_space(stored.fingerprint, analyzer.fingerprint):
             raise UnknownCharacterError(f"character '{named}' was registered with another model "
                                         f"({stored.fingerprint}); use its --models")
         descriptors = ReferenceDescriptors(recogniser, analyzer.detector).of_character(stored)

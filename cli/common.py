@@ -6,6 +6,8 @@ import logging
 import math
 import os
 import re
+import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -83,6 +85,14 @@ def make_analyzer(models: str | None, device: str, **kwargs: Any):
     from ..identity.analyzer import FaceAnalyzer
 
     return FaceAnalyzer.from_pretrained(models, device=device, **kwargs)
+
+
+def quiet_library_warnings() -> None:
+    """Python warnings from libraries (numpy's RuntimeWarnings on degenerate data, matplotlib's) are not for
+    CLI users and would break "one line on stderr": castkeep's own warnings are `warning:` lines from its
+    logging. `python -W ...`, PYTHONWARNINGS or CASTKEEP_DEBUG=1 shows them again."""
+    if not sys.warnoptions and not os.environ.get("CASTKEEP_DEBUG"):
+        warnings.simplefilter("ignore")
 
 
 def quiet_native_logs() -> None:

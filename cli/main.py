@@ -11,7 +11,7 @@ import click
 
 from .. import __version__
 from ..errors import CastkeepError
-from .common import quiet_native_logs, terminal_text
+from .common import quiet_library_warnings, quiet_native_logs, terminal_text
 
 # command name → "module:attribute" inside castkeep.cli
 COMMANDS = {
@@ -66,6 +66,7 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: bad input ends in one line on stderr and a non-zero exit code."""
     quiet_native_logs()
+    quiet_library_warnings()
     try:
         cli.main(args=argv, prog_name="castkeep", standalone_mode=False)
     except CastkeepError as exc:

@@ -157,10 +157,10 @@ def show(name: str, store_path: Path | None, models: str | None, device: str, as
                      + (f"  (missing: {', '.join(coverage['missing'])})" if coverage["missing"] else ""))
         lines.append(f"  references ({len(character.references)}):")
         for ref in character.references:
-            yaw = ref.pose.get("yaw")
+            yaw = "?" if ref.yaw is None else f"{ref.yaw:+.0f}°"  # a pose may lack its angles
             flag = "  FLAGGED" if ref.flagged else ""
             crop = "" if ref.has_crop else "  (no stored face crop)"
-            lines.append(f"    quality {ref.quality:.2f}  yaw {yaw:+.0f}°  {one_line(ref.source_path)}"
+            lines.append(f"    quality {ref.quality:.2f}  yaw {yaw}  {one_line(ref.source_path)}"
                          f"{'' if not ref.face_index else f':{ref.face_index}'}{flag}{crop}")
         return "\n".join(lines)
 
@@ -173,9 +173,8 @@ def show(name: str, store_path: Path | None, models: str | None, device: str, as
 def remove(name: str, store_path: Path | None, models: str | None, device: str, as_json: bool) -> None:
     """Remove character NAME and its references from the store."""
     with open_store(store_path, models, device) as store:
-        character = store.get(name)
-        store.remove(character.name)
-    emit({"removed": character.name}, as_json, f"removed {character.name}")
+        removed = store.remove(name)
+    emit({"removed": removed}, as_json, f"removed {one_line(removed)}")
 
 
 @click.command()

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, UnknownSpaceError
+from ..landmarks.model_pack import same_space
 
 # Insightface packs and the recognition model file that identifies their embedding space.
 RECOGNISERS = {"buffalo_l": "w600k_r50.onnx", "antelopev2": "glintr100.onnx"}
@@ -60,7 +61,7 @@ class ConditioningSpace:
     def matches(self, fingerprint: str) -> bool:
         """Whether a stored space (`pack:recogniser-file:sha256-prefix`) is this one."""
         if self.fingerprint is not None:
-            return fingerprint == self.fingerprint
+            return same_space(fingerprint, self.fingerprint)
         pack, _, rest = fingerprint.partition(":")
         if self.recogniser is not None:
             return rest.split(":")[0] == self.recogniser

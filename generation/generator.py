@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from ..errors import ConfigError, StoreError, UnknownSpaceError
+from ..landmarks.model_pack import same_space
 from ..utils import slug
 from .conditioning import ConditioningSpace, conditioning_space
 from .config import GenerationConfig
@@ -75,7 +76,7 @@ def check_scoring_model(identity: Identity, analyzer: FaceAnalyzer, store: Store
     """Scores are only meaningful in the space they are compared in: the store's own (primary) space for
     a stored character, the vector's for one given directly."""
     expected = store.fingerprint if store is not None else identity.fingerprint
-    if expected and expected != analyzer.fingerprint:
+    if expected and not same_space(expected, analyzer.fingerprint):
         raise StoreError(f"'{identity.name}' is stored with face model {expected} but scoring would use "
                          f"{analyzer.fingerprint}: pass --models with the same pack")
 
@@ -96,7 +97,7 @@ def choose_judge(config: GenerationConfig, identity: Identity, analyzer: FaceAna
     """The scorer that ranks outputs. ArcFace in the space that conditioned them would reward images
     that fool it, so it is refused; dlib and the fusion need the character's stored face crops, so a
     bare vector falls back to ArcFace with a warning."""
-    conditioned_by_scorer = identity.fingerprint == analyzer.fingerprint
+    conditioned_by_scorer = same_space(identity.fingerprint, analyzer.fingerprint)
     if config.scorer == "arcface" and conditioned_by_scorer:
         raise ConfigError(f"--scorer arcface would rank outputs by {analyzer.fingerprint.split(':')[0]}, the model "
                           "whose vector conditioned them: use --scorer fused (default) or dlib")

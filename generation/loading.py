@@ -91,6 +91,9 @@ def quiet_generation_libraries() -> None:
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
+    # "Couldn't connect to the Hub ... Will try to load from local cache." precedes castkeep's own error line
+    # when offline; _load_faceid still collects load_ip_adapter's warnings (it sets the level it needs).
+    diffusers_logging.set_verbosity_error()
 
 
 # ---------------------------------------------------------------------------------- base model

@@ -8,12 +8,13 @@ own fingerprint is the character's primary space: `vector`, `baseline` and each 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from ..errors import StoreError, UnknownSpaceError
+from ..landmarks.model_pack import same_space
 from .crops import FaceCrop
 from .references import baseline_of, combine
 from .vectors import encode_vector
@@ -49,6 +50,12 @@ class Reference:
     @property
     def yaw(self) -> float | None:
         return self.pose.get("yaw")
+
+    def rename_space(self, old: str, new: str) -> None:
+        """Spell space `old` as `new` (the same recogniser weights under another pack folder's name)."""
+        self.embeddings = {new if f == old else f: e for f, e in self.embeddings.items()}
+        if self.fingerprint == old:
+            self.fingerprint = new
 
     def to_dict(self, *, include_embedding: bool = False) -> dict[str, Any]:
         data = {"sha256": self.sha256, "source_path": self.source_path, "face_index": self.face_index,
@@ -126,12 +133,23 @@ class Character:
         self.spaces = spaces
         self.vector, self.baseline = spaces[self.fingerprint].vector, spaces[self.fingerprint].baseline
 
+    def rename_space(self, old: str, new: str) -> None:
+        """Spell space `old` as `new` everywhere (the same recogniser weights under another pack folder's
+        name): a store keeps one spelling per space, its own."""
+        for reference in self.references:
+            reference.rename_space(old, new)
+        self.spaces = {new if f == old else f: replace(s, fingerprint=new) if f == old else s
+                       for f, s in self.spaces.items()}
+        if self.fingerprint == old:
+            self.fingerprint = new
+
     def space(self, wanted: str) -> Space:
-        """The space of fingerprint `wanted`, or of the one fingerprint starting with `wanted:` (a
-        pack name, or `pack:file`); UnknownSpaceError naming the command that adds it."""
+        """The space of fingerprint `wanted` (by content: see `same_space`), or of the one fingerprint
+        starting with `wanted:` (a pack name, or `pack:file`); UnknownSpaceError naming the command that adds it."""
         if wanted in self.spaces:
             return self.spaces[wanted]
-        matches = [s for fingerprint, s in self.spaces.items() if fingerprint.startswith(wanted + ":")]
+        matches = [s for fingerprint, s in self.spaces.items() if same_space(fingerprint, wanted)]
+        matches = matches or [s for fingerprint, s in self.spaces.items() if fingerprint.startswith(wanted + ":")]
         if len(matches) == 1:
             return matches[0]
         have = ", ".join(self.spaces)
@@ -144,8 +162,6 @@ class Character:
     def with_primary(self, fingerprint: str) -> Character:
         """This character with another of its spaces as the primary one (every reference must be
         embedded in it): what importing into a store of that model needs."""
-        from dataclasses import replace
-
         references = [replace(r, embedding=r.embeddings[fingerprint], fingerprint=fingerprint,
                               embeddings=dict(r.embeddings)) for r in self.references]
         character = replace(self, fingerprint=fingerprint, references=references, spaces={})

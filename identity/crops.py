@@ -83,8 +83,8 @@ class FaceCrop:
     def from_stored(cls, png: bytes, kps: Any) -> FaceCrop:
         """A crop read back from a store or a file; StoreError when it is not a valid one."""
         points = np.asarray(kps, dtype=np.float32)
-        if points.shape != (5, 2) or not np.all(np.isfinite(points)):
-            raise StoreError("a reference's crop keypoints are malformed (expected 5 [x, y] points)")
+        if points.shape != (5, 2) or not np.all(np.isfinite(points)) or not np.all((points >= 0) & (points <= CROP_SIZE)):
+            raise StoreError("a reference's crop keypoints are malformed (expected 5 [x, y] points inside the crop)")
         check_png(png)
         return cls(png=bytes(png), kps=points)
 

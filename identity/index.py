@@ -122,6 +122,10 @@ class VectorIndex:
         ivf.own_fields = True
         quantizer.this.disown()
         ivf.nprobe = min(int(self.params["nprobe"]), nlist)
+        # nlist leaves >= 39 points per list whenever there are 39; below that one list needs no clustering,
+        # and FAISS's "please provide at least 39 training points" on stderr would break the CLI's one line.
+        ivf.cp.min_points_per_centroid = 1
+        ivf.cp.verbose = False
         return ivf
 
     @classmethod

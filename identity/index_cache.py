@@ -27,6 +27,16 @@ logger = logging.getLogger(__name__)
 INDEX_NAME = "index.faiss"
 
 
+def checked_kind(recorded: str | None) -> str:
+    """The index kind the store records (exact when none); StoreError for one this castkeep does not
+    know (a damaged or edited meta row), naming the command that resets it."""
+    kind = recorded or "exact"
+    if kind not in KINDS:
+        raise StoreError(f"the store records an unknown index kind {kind!r}; `castkeep verify --index exact` "
+                         f"resets it")
+    return kind
+
+
 class IndexCache:
     """The current VectorIndex of one store: in memory, in `index.faiss`, or rebuilt."""
 
@@ -39,7 +49,7 @@ class IndexCache:
     @property
     def kind(self) -> str:
         with self.db.guard():
-            return self.db.meta("index_kind") or "exact"
+            return checked_kind(self.db.meta("index_kind"))
 
     def set_kind(self, kind: str) -> None:
         """Choose exact (flat) search or an approximate index (hnsw, ivf) for large stores."""
@@ -128,7 +138,7 @@ class IndexCache:
         with self.db.guard():
             with self.db.snapshot():
                 generation = self.db.generation()
-                kind = self.db.meta("index_kind") or "exact"
+                kind = checked_kind(self.db.meta("index_kind"))
                 ids, vectors = rows.character_vectors(self.db)
         # The embedding size comes from the stored vectors; an empty store's index takes it from
         # the first vector added.

@@ -13,17 +13,19 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CastkeepError
+from ..errors import CastkeepError, StoreError
 from . import rows
 from .characters import Character, Space
 from .crops import FaceCrop
 from .database import Database
-from .index_cache import IndexCache
+from .enrolment import MAX_REFERENCES
+from .fields import UNIT_TOLERANCE
+from .index_cache import IndexCache, checked_kind
 from .names import name_key
 
 
-def character_problems(characters: list[Character], fingerprint: str | None) -> list[str]:
-    """What is wrong with the stored characters (names, models, references, vectors)."""
+def character_problems(characters: list[Character], fingerprint: str | None, dim: int | None = None) -> list[str]:
+    """What is wrong with the stored characters (names, models, embedding sizes, references, vectors)."""
     problems: list[str] = []
     keys: set[str] = set()
     for character in characters:
@@ -38,9 +40,13 @@ def character_problems(characters: list[Character], fingerprint: str | None) -> 
         keys.add(key)
         if fingerprint is not None and character.fingerprint != fingerprint:
             problems.append(f"{label}: model '{character.fingerprint}' differs from the store's")
+        elif dim is not None and character.vector.size != dim:
+            problems.append(f"{label}: {character.vector.size}-value vector; the store's model gives {dim} values")
         if not character.references:
             problems.append(f"{label}: has no references")
             continue
+        if len(character.references) > MAX_REFERENCES:
+            problems.append(f"{label}: {len(character.references)} references (at most {MAX_REFERENCES})")
         if any(r.fingerprint != character.fingerprint for r in character.references):
             problems.append(f"{label}: references from another model")
         if character.fingerprint not in character.spaces:
@@ -65,6 +71,8 @@ def space_problems(character: Character, space: Space) -> list[str]:
     embeddings = [r.embeddings[space.fingerprint] for r in embedded]
     if any(e.shape != space.vector.shape or not np.all(np.isfinite(e)) for e in embeddings):
         return [f"a reference embedding{where} is malformed"]
+    if any(abs(float(np.linalg.norm(e)) - 1) > UNIT_TOLERANCE for e in embeddings):
+        return [f"a reference embedding{where} is not unit length"]
     norm = float(np.linalg.norm(space.vector))
     if not np.isfinite(norm) or abs(norm - 1) > 1e-3:
         return [f"vector{where} is not unit length"]
@@ -82,7 +90,9 @@ def crop_problems(headers: Sequence[tuple[int, bytes, str | None]]) -> list[str]
             if kps is None:
                 raise CastkeepError("face crop without its keypoints")
             FaceCrop.from_stored(head, json.loads(kps))
-        except (CastkeepError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError):
+            problems.append(f"reference {ref_id}: face crop keypoints are not valid JSON")
+        except CastkeepError as exc:
             problems.append(f"reference {ref_id}: {exc}")
     return problems
 
@@ -97,14 +107,26 @@ def verify(db: Database, cache: IndexCache, folder: Path, *, repair_index: bool 
             problems += [f"sqlite: {line}" for line in integrity[:10]]
         if db.execute("PRAGMA foreign_key_check").fetchall():
             problems.append("references without a character")
-        characters = rows.read_characters(db)
+        damaged: list[str] = []
+        characters = rows.read_characters(db, damaged=damaged)
         generation = db.generation()
         fingerprint = db.meta("fingerprint")
+        recorded_kind = db.meta("index_kind")
+        stored_ids = rows.character_ids(db)
+        dim = None if fingerprint is None else rows.stored_dim(db, fingerprint)
         ref_count = rows.count_references(db)
         crop_headers = rows.crop_headers(db)
-    problems += character_problems(characters, fingerprint)
+    problems += damaged
+    if fingerprint is None and (characters or damaged):
+        problems.append("the store's model fingerprint (meta 'fingerprint') is missing, though it holds characters")
+    problems += character_problems(characters, fingerprint, dim)
     problems += crop_problems(crop_headers)
-    index_report: dict[str, Any] = {"kind": cache.kind}
+    try:
+        index_report: dict[str, Any] = {"kind": checked_kind(recorded_kind)}
+    except StoreError as exc:
+        problems.append(str(exc))
+        return _report(folder, characters, ref_count, generation, fingerprint,
+                       {"kind": recorded_kind, "state": "unknown kind"}, problems)
     _, state = cache.load_file(generation)
     index_report["state"] = state
     if state != "current" and repair_index and not problems:
@@ -112,11 +134,16 @@ def verify(db: Database, cache: IndexCache, folder: Path, *, repair_index: bool 
         index_report["rebuilt"] = True
     elif state == "current":
         ids = set(cache.current().ids().tolist())
-        if ids != {c.id for c in characters}:
+        if ids != stored_ids:
             index_report["state"] = "mismatch"
-            if repair_index:
+            if repair_index and not problems:  # never built from damaged rows
                 index_report.update(cache.rebuild())
                 index_report["rebuilt"] = True
+    return _report(folder, characters, ref_count, generation, fingerprint, index_report, problems)
+
+
+def _report(folder: Path, characters: list[Character], ref_count: int, generation: int, fingerprint: str | None,
+            index_report: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     return {"ok": not problems, "store": os.fspath(folder), "characters": len(characters),
             "references": ref_count, "generation": generation, "fingerprint": fingerprint,
             "index": index_report, "problems": problems}

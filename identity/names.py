@@ -15,6 +15,7 @@ from ..errors import InvalidNameError, StoreError
 
 MAX_NAME_LENGTH = 64
 MAX_TAG_LENGTH = 64
+MAX_TAGS = 64
 _EXTRA = set(" _-.'")
 
 
@@ -55,7 +56,8 @@ def name_key(name: str) -> str:
 
 
 def clean_tags(tags: Iterable[str] | str) -> list[str]:
-    """Tags with whitespace collapsed, empty ones and repeats dropped, order kept."""
+    """Tags with whitespace collapsed, empty ones and repeats dropped, order kept; at most MAX_TAGS
+    of MAX_TAG_LENGTH characters."""
     if isinstance(tags, str):
         tags = [tags]
     cleaned: list[str] = []
@@ -67,4 +69,13 @@ def clean_tags(tags: Iterable[str] | str) -> list[str]:
             raise StoreError(f"tag '{tag[:20]}...' is too long ({MAX_TAG_LENGTH} characters at most)")
         if tag not in cleaned:
             cleaned.append(tag)
+    if len(cleaned) > MAX_TAGS:
+        raise StoreError(f"too many tags ({len(cleaned)} > {MAX_TAGS})")
     return cleaned
+
+
+def clean_description(description: str) -> str:
+    """A description as given (free text), refused when longer than MAX_DESCRIPTION_LENGTH."""
+    from .fields import MAX_DESCRIPTION_LENGTH, text
+
+    return text(description, "description", MAX_DESCRIPTION_LENGTH)

@@ -13,11 +13,14 @@ transaction, so those columns stay readable; `verify` checks that both agree.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from ..errors import StoreError
+from . import fields
 from .characters import Character, Reference, Space
 from .crops import FaceCrop
 from .database import Database
@@ -37,53 +40,139 @@ def _placeholders(values: Sequence[Any]) -> str:
 
 # -- reading ---------------------------------------------------------------------------------------
 def read_characters(db: Database, where: str = "", args: Sequence[Any] = (), *,
-                    crops: bool = False) -> list[Character]:
+                    crops: bool = False, damaged: list[str] | None = None) -> list[Character]:
     """Characters (with their references, oldest first, and every space) matching `where`, ordered
     by name key. Face crops (~150 kB each) are read only with `crops`; otherwise `has_crop` says
-    whether there is one."""
-    rows = db.execute(f"SELECT {_CHARACTER_COLUMNS} FROM characters {where} ORDER BY name_key",
-                      args).fetchall()
-    characters = {}
-    for row in rows:
-        characters[row[0]] = Character(
-            id=row[0], name=row[1], description=row[2], tags=json.loads(row[3]),
-            fingerprint=row[4], vector=from_blob(row[6]), baseline=json.loads(row[7]),
-            created_at=row[8], updated_at=row[9])
-        characters[row[0]].spaces.clear()  # filled from character_vectors below
-    ids = list(characters)
+    whether there is one.
+
+    Every value is checked as it is decoded (rows can be edited outside castkeep): a row that does
+    not decode raises StoreError naming it, or, with `damaged` (what `verify` passes), its character
+    is left out and the problem appended there."""
+    broken: dict[int, str] = {}
+    labels: dict[int, str] = {}
+    characters: dict[int, Character] = {}
+    for row in db.execute(f"SELECT {_CHARACTER_COLUMNS} FROM characters {where} ORDER BY name_key", args):
+        labels[row[0]] = f"character {row[1]!r} (id {row[0]})" if isinstance(row[1], str) else f"character id {row[0]}"
+        try:
+            characters[row[0]] = _character(row)
+        except StoreError as exc:
+            broken[row[0]] = f"{labels[row[0]]}: {exc.args[0]}"
+    ids = list(labels)
     references: dict[int, Reference] = {}
     crop_column = "crop" if crops else "NULL"
+
+    def decode(character_id: int, what: str, make: Callable[[], Any]) -> Any:
+        if character_id in broken:
+            return None
+        try:
+            return make()
+        except StoreError as exc:
+            broken[character_id] = f"{labels[character_id]}: {what}{exc.args[0]}"
+            return None
+
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start:start + CHUNK]
         marks = _placeholders(chunk)
         for r in db.execute(f"SELECT {_REFERENCE_COLUMNS}, {crop_column} FROM refs WHERE character_id IN "
                             f"({marks}) ORDER BY id", chunk):
-            crop = None if r[15] is None else FaceCrop.from_stored(r[15], json.loads(r[14]))
-            reference = Reference(
-                id=r[1], sha256=r[2], source_path=r[3], face_index=r[4], bbox=json.loads(r[5]),
-                det_score=r[6], quality=r[7], quality_report=json.loads(r[8]), pose=json.loads(r[9]),
-                fingerprint=r[10], embedding=from_blob(r[11]), flagged=bool(r[12]), added_at=r[13],
-                embeddings={}, crop=crop, has_crop=r[14] is not None)
-            reference.embeddings.clear()  # filled from ref_embeddings below
-            references[r[1]] = reference
-            characters[r[0]].references.append(reference)
+            reference = decode(r[0], f"reference {r[1]}: ", partial(_reference, r))
+            if reference is not None:
+                references[r[1]] = reference
+                characters[r[0]].references.append(reference)
         # The primary space first, then the others by fingerprint.
-        for e in db.execute("SELECT e.ref_id, e.fingerprint, e.vector FROM ref_embeddings e JOIN refs r "
+        for e in db.execute("SELECT r.character_id, e.ref_id, e.fingerprint, e.vector FROM ref_embeddings e JOIN refs r "
                             f"ON r.id = e.ref_id WHERE r.character_id IN ({marks}) "
                             "ORDER BY e.ref_id, e.fingerprint != r.fingerprint, e.fingerprint", chunk):
-            references[e[0]].embeddings[e[1]] = from_blob(e[2])
+            vector = decode(e[0], f"reference {e[1]}'s embedding in space {e[2]!r}: ", partial(_vector, e[3]))
+            if vector is not None and e[1] in references:
+                references[e[1]].embeddings[e[2]] = vector
         for v in db.execute("SELECT v.character_id, v.fingerprint, v.vector, v.baseline, "
                             "(SELECT COUNT(*) FROM ref_embeddings e JOIN refs r ON r.id = e.ref_id "
                             " WHERE r.character_id = v.character_id AND e.fingerprint = v.fingerprint) "
                             "FROM character_vectors v JOIN characters c ON c.id = v.character_id "
                             f"WHERE v.character_id IN ({marks}) "
                             "ORDER BY v.character_id, v.fingerprint != c.fingerprint, v.fingerprint", chunk):
-            characters[v[0]].spaces[v[1]] = Space(v[1], from_blob(v[2]), json.loads(v[3]), int(v[4]))
-    return list(characters.values())
+            space = decode(v[0], f"vector in space {v[1]!r}: ", partial(_space, v))
+            if space is not None:
+                characters[v[0]].spaces[v[1]] = space
+    if broken and damaged is None:
+        first = next(iter(broken.values()))
+        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        raise StoreError(f"damaged row in the store: {first}{more}; `castkeep verify` lists every problem "
+                         f"(remove the character, or restore the store from a backup or an export)", path=db.path)
+    if damaged is not None:
+        damaged.extend(broken.values())
+    return [c for character_id, c in characters.items() if character_id not in broken]
+
+
+def _character(row: Sequence[Any]) -> Character:
+    character = Character(
+        id=row[0], name=_text(row[1], "name"), description=_text(row[2], "description"),
+        tags=fields.string_list(_json(row[3], list, "tags"), "tags", 10_000, fields.MAX_TEXT_LENGTH),
+        fingerprint=_text(row[4], "fingerprint"), vector=_vector(row[6]), baseline=_json(row[7], dict, "baseline"),
+        created_at=_text(row[8], "created_at"), updated_at=_text(row[9], "updated_at"))
+    character.spaces.clear()  # filled from character_vectors
+    return character
+
+
+def _reference(r: Sequence[Any]) -> Reference:
+    crop = None if r[15] is None else FaceCrop.from_stored(r[15], _json(r[14], list, "crop keypoints"))
+    reference = Reference(
+        id=r[1], sha256=_text(r[2], "sha256"), source_path=_text(r[3], "source path"),
+        face_index=fields.face_index(r[4]), bbox=fields.bbox(_json(r[5], list, "bbox")),
+        det_score=fields.number(r[6], "detection score"), quality=fields.number(r[7], "quality"),
+        quality_report=_json(r[8], dict, "quality report"), pose=fields.pose(_json(r[9], dict, "pose")),
+        fingerprint=_text(r[10], "fingerprint"), embedding=_vector(r[11]), flagged=bool(r[12]),
+        added_at=_text(r[13], "added_at"), embeddings={}, crop=crop, has_crop=r[14] is not None)
+    reference.embeddings.clear()  # filled from ref_embeddings
+    return reference
+
+
+def _checked_vector(db: Database, blob: Any, label: str) -> np.ndarray:
+    try:
+        return _vector(blob)
+    except StoreError as exc:
+        raise StoreError(f"damaged row in the store: {label}: {exc.args[0]}; `castkeep verify` lists every "
+                         f"problem", path=db.path) from None
+
+
+def _space(v: Sequence[Any]) -> Space:
+    return Space(_text(v[1], "fingerprint"), _vector(v[2]), _json(v[3], dict, "baseline"), int(v[4]))
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise StoreError(f"{what} is not text")
+    return value
+
+
+def _json(value: Any, kind: type, what: str) -> Any:
+    """A JSON column of the expected kind (list or dict)."""
+    try:
+        decoded = json.loads(value)
+    except (TypeError, ValueError, RecursionError):
+        raise StoreError(f"{what} is not valid JSON") from None
+    if not isinstance(decoded, kind):
+        raise StoreError(f"{what} is not a JSON {'object' if kind is dict else 'list'}")
+    return decoded
+
+
+def _vector(blob: Any) -> np.ndarray:
+    """A float32 vector column: a non-empty blob whose size is a multiple of 4 bytes."""
+    if not isinstance(blob, bytes) or not blob or len(blob) % 4:
+        size = f"{len(blob)}-byte blob" if isinstance(blob, bytes) else f"{type(blob).__name__} value"
+        raise StoreError(f"vector is a {size}, not float32 values")
+    return from_blob(blob)
 
 
 def name_taken(db: Database, key: str) -> bool:
     return db.execute("SELECT 1 FROM characters WHERE name_key = ?", (key,)).fetchone() is not None
+
+
+def find(db: Database, key: str) -> tuple[int, str] | None:
+    """(id, name) of the character with name key `key`, without decoding its rows."""
+    row = db.execute("SELECT id, name FROM characters WHERE name_key = ?", (key,)).fetchone()
+    return None if row is None else (int(row[0]), str(row[1]))
 
 
 def character_exists(db: Database, character_id: int) -> bool:
@@ -92,6 +181,10 @@ def character_exists(db: Database, character_id: int) -> bool:
 
 def names(db: Database) -> list[str]:
     return [row[0] for row in db.execute("SELECT name FROM characters ORDER BY name_key")]
+
+
+def character_ids(db: Database) -> set[int]:
+    return {int(row[0]) for row in db.execute("SELECT id FROM characters")}
 
 
 def count(db: Database) -> int:
@@ -125,7 +218,24 @@ def character_vectors(db: Database) -> tuple[np.ndarray, np.ndarray | None]:
     rows = db.execute("SELECT v.character_id, v.vector FROM character_vectors v JOIN meta m "
                       "ON m.key = 'fingerprint' AND v.fingerprint = m.value ORDER BY v.character_id").fetchall()
     ids = np.array([r[0] for r in rows], dtype=np.int64)
-    return ids, (np.stack([from_blob(r[1]) for r in rows]) if rows else None)
+    if not rows:
+        return ids, None
+    vectors = [_checked_vector(db, r[1], f"character id {r[0]}") for r in rows]
+    if len({v.size for v in vectors}) > 1:
+        raise StoreError("damaged rows in the store: its character vectors differ in size; `castkeep verify` "
+                         "names them", path=db.path)
+    return ids, np.stack(vectors)
+
+
+def stored_dim(db: Database, fingerprint: str) -> int | None:
+    """The embedding size of the store's model: recorded with its fingerprint (meta `dim`), else
+    (stores from before it was recorded) the size most of its vectors in that space have."""
+    recorded = db.meta("dim")
+    if recorded is not None and recorded.isdigit():
+        return int(recorded)
+    row = db.execute("SELECT length(vector) / 4 AS dim FROM character_vectors WHERE fingerprint = ? "
+                     "GROUP BY dim ORDER BY COUNT(*) DESC LIMIT 1", (fingerprint,)).fetchone()
+    return None if row is None else int(row[0])
 
 
 def space_embeddings(db: Database, character_id: int, fingerprint: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -136,7 +246,11 @@ def space_embeddings(db: Database, character_id: int, fingerprint: str) -> tuple
                       (character_id, fingerprint)).fetchall()
     if not rows:
         return None
-    return np.stack([from_blob(r[0]) for r in rows]), np.array([r[1] for r in rows])
+    embeddings = [_checked_vector(db, r[0], f"character id {character_id}") for r in rows]
+    if len({e.size for e in embeddings}) > 1:
+        raise StoreError(f"damaged rows in the store: the embeddings of character id {character_id} differ in "
+                         f"size; `castkeep verify` names them", path=db.path)
+    return np.stack(embeddings), np.array([fields.number(r[1], "quality") for r in rows])
 
 
 def reference_ids(db: Database, character_id: int) -> set[int]:

@@ -40,6 +40,7 @@ from ..errors import (
     StoreError,
     UnknownCharacterError,
 )
+from ..landmarks.model_pack import same_space
 from ..utils import remove_stale_temporaries
 from . import integrity, migrations, rows, similarity
 from .calibration import probability
@@ -47,7 +48,7 @@ from .characters import Character, CharacterScore, Match, Reference, Space, pack
 from .database import DB_NAME, READ_ONLY_MESSAGE, Database
 from .enrolment import MAX_REFERENCES, MAX_REFERENCES_PER_CALL, embed_references, gate_impostors, parse_image_spec
 from .index_cache import INDEX_NAME, IndexCache
-from .names import clean_tags, name_key, normalize_name
+from .names import clean_description, clean_tags, name_key, normalize_name
 from .open_set import DEFAULT_FPIR, open_set_threshold
 from .reembedding import ReembedReport, embed_character
 from .references import baseline_of, combine
@@ -172,7 +173,16 @@ class Store:
     def fingerprint(self) -> str | None:
         """The embedding model of every vector in this store (None until the first character)."""
         with self._db.guard():
-            return self._db.meta("fingerprint")
+            return self._stored_fingerprint()
+
+    def _stored_fingerprint(self) -> str | None:
+        """Inside a guard: the store's model; StoreError when its record is gone though characters are
+        stored (damage: every search would find nothing, and another model's embeddings could enter)."""
+        fingerprint = self._db.meta("fingerprint")
+        if fingerprint is None and rows.count(self._db):
+            raise StoreError("the store's record of its model (meta 'fingerprint') is missing though it holds "
+                             "characters: the database is damaged (`castkeep verify` reports it)", path=self.path)
+        return fingerprint
 
     @property
     def index_kind(self) -> str:
@@ -218,13 +228,28 @@ class Store:
         if self.read_only:
             raise StoreError(READ_ONLY_MESSAGE, path=self.path)
 
-    def _check_fingerprint(self, fingerprint: str) -> None:
-        """Inside a guard: embeddings of another model may not enter (or query) this store."""
-        stored = self._db.meta("fingerprint")
-        if stored is not None and stored != fingerprint:
+    def _check_fingerprint(self, fingerprint: str) -> str:
+        """Inside a guard: embeddings of another model may not enter (or query) this store. Returns the
+        store's own spelling of the space (the same weights in a renamed pack folder are the same space)."""
+        stored = self._stored_fingerprint()
+        if stored is None:
+            return fingerprint
+        if not same_space(stored, fingerprint):
             raise StoreError(f"this store holds embeddings from model '{stored}', not '{fingerprint}'; "
                              f"embeddings of different models cannot be mixed (use --models to pick "
                              f"the store's pack, or another --store)", path=self.path)
+        return stored
+
+    def _check_dim(self, character: Character) -> None:
+        """Inside a guard: every embedding of the store's model has the size its vectors have (a crafted
+        file may claim the store's model with embeddings of another size)."""
+        fingerprint = self._stored_fingerprint()
+        dim = None if fingerprint is None else rows.stored_dim(self._db, fingerprint)
+        sizes = {r.embeddings[fingerprint].size for r in character.references if fingerprint in r.embeddings}
+        if dim is not None and sizes - {dim}:
+            raise StoreError(f"'{character.name}' has {'/'.join(map(str, sorted(sizes)))}-value embeddings from "
+                             f"model '{fingerprint}', whose embeddings in this store have {dim}: the file is damaged "
+                             f"or crafted", path=self.path)
 
     # ------------------------------------------------------------------ reading
     def get(self, name: str, *, crops: bool = False) -> Character:
@@ -273,6 +298,7 @@ class Store:
             raise DuplicateCharacterError(f"a character named '{self.get(name).name}' already exists "
                                           f"(use add-refs to give it more photos, or remove it first)")
         tags = clean_tags(tags)
+        description = clean_description(description)
         analyzer = self._get_analyzer(dense=True)
         with self._db.guard():
             self._check_fingerprint(analyzer.fingerprint)
@@ -294,6 +320,9 @@ class Store:
         if name is not None:
             character.name = normalize_name(name)
         stored = self.fingerprint
+        if stored is not None:  # the store's model under another pack folder's name is the store's space
+            for spelling in [f for f in character.spaces if f != stored and same_space(f, stored)]:
+                character.rename_space(spelling, stored)
         if stored is not None and stored != character.fingerprint:
             if not all(stored in r.embeddings for r in character.references):
                 raise StoreError(f"this store holds embeddings from model '{stored}', and the file has "
@@ -313,17 +342,22 @@ class Store:
         with self._db.guard():
             with self._db.write():
                 # Re-checked under the lock: another process may have won the race.
-                self._check_fingerprint(character.fingerprint)
+                character.rename_space(character.fingerprint, self._check_fingerprint(character.fingerprint))
+                self._check_dim(character)
                 if rows.name_taken(self._db, key):
                     raise DuplicateCharacterError(taken)
-                if self._db.meta("fingerprint") is None:
+                if self._stored_fingerprint() is None:
                     self._db.set_meta("fingerprint", character.fingerprint)
+                    self._db.set_meta("dim", str(character.vector.size))
                 character_id = rows.insert_character(self._db, character, key, _now())
                 generation = self._db.bump_generation()
         self._index.apply(generation, add={character_id: character.vector})
         stored = self.get(character.name)
-        stored.warnings = warnings + self._duplicate_warnings(character.vector, character.references,
-                                                              character_id)
+        try:
+            warnings = warnings + self._duplicate_warnings(character.vector, character.references, character_id)
+        except StoreError as exc:  # committed already: damage elsewhere in the store must not turn it into a failure
+            warnings = warnings + [f"could not compare '{stored.name}' with the stored characters: {exc}"]
+        stored.warnings = warnings
         return stored
 
     def add_refs(self, name: str, images: Sequence[Any], *, force: bool = False,
@@ -333,9 +367,11 @@ class Store:
         self._check_writable()
         analyzer = self._get_analyzer(dense=True)
         with self._db.guard():
-            self._check_fingerprint(analyzer.fingerprint)
+            fingerprint = self._check_fingerprint(analyzer.fingerprint)
         new_refs, warnings = embed_references(analyzer, images, face=face, force=force, progress=progress,
                                               anchors=existing.references)
+        for ref in new_refs:
+            ref.rename_space(analyzer.fingerprint, fingerprint)
         stored = {r.sha256 for r in existing.references}
         fresh = []
         for ref in new_refs:
@@ -357,7 +393,7 @@ class Store:
                     raise UnknownCharacterError(f"character '{existing.name}' was removed meanwhile")
                 rows.insert_references(self._db, existing.id, fresh, now)
                 # Refit from what is stored now (another process may have added references too).
-                space = self._refit_space(existing.id, analyzer.fingerprint)
+                space = self._refit_space(existing.id, fingerprint)
                 rows.write_space(self._db, existing.id, space, now, primary=True)
                 generation = self._db.bump_generation()
         self._index.apply(generation, remove=[existing.id], add={existing.id: space.vector})
@@ -375,15 +411,19 @@ class Store:
         assert found is not None  # callers have just stored embeddings in this space
         return Space.fit(fingerprint, *found)
 
-    def remove(self, name: str) -> None:
-        character = self.get(name)
-        assert character.id is not None
+    def remove(self, name: str) -> str:
+        """Remove character `name`; returns its stored name. Its rows are not decoded, so a character
+        damaged outside castkeep can still be removed."""
+        key = name_key(name)
         with self._db.guard():
             with self._db.write():
-                if not rows.delete_character(self._db, character.id):
-                    raise UnknownCharacterError(f"no character named '{character.name}'")
+                found = rows.find(self._db, key)
+                if found is None or not rows.delete_character(self._db, found[0]):
+                    raise UnknownCharacterError(f"no character named '{normalize_name(name)}' in this store "
+                                                f"(see `castkeep list`)")
                 generation = self._db.bump_generation()
-        self._index.apply(generation, remove=[character.id])
+        self._index.apply(generation, remove=[found[0]])
+        return found[1]
 
     def _duplicate_warnings(self, vector: np.ndarray, references: list[Reference],
                             exclude_id: int | None) -> list[str]:
@@ -484,7 +524,9 @@ class Store:
         self._check_writable()
         pack = models if isinstance(models, ModelPack) else ModelPack.from_pretrained(
             models, device=device or self._device)
-        fingerprint = pack.fingerprint
+        with self._db.guard():  # the store's own spelling when the pack is its primary model
+            stored = self._db.meta("fingerprint")
+        fingerprint = stored if stored is not None and same_space(stored, pack.fingerprint) else pack.fingerprint
         embedder = ArcFaceEmbedder(pack.model("recognition"))
         detectors: list[FaceDetector] = []
 
@@ -501,10 +543,12 @@ class Store:
                 found = rows.read_characters(self._db, "WHERE name_key = ?", (key,), crops=True)
             if not found:
                 continue  # removed meanwhile
-            pending = embed_character(found[0], fingerprint, embedder, detector, progress)
+            # A space the character has under another spelling (an earlier run from a renamed folder) is this one.
+            space = next((f for f in found[0].spaces if same_space(f, fingerprint)), fingerprint)
+            pending = embed_character(found[0], space, embedder, detector, progress)
             report.characters.append(pending.outcome)
             if pending.embeddings:
-                self._store_space(found[0], fingerprint, pending.embeddings, pending.new_crops)
+                self._store_space(found[0], space, pending.embeddings, pending.new_crops)
         return report
 
     def _store_space(self, character: Character, fingerprint: str, embeddings: dict[int, np.ndarray],

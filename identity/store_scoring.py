@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import StoreError
+from ..landmarks.model_pack import same_space
 from .open_set import DEFAULT_FPIR, OpenSetThreshold, open_set_threshold
 from .scorers import FaceFeatures, ScoreResult, check_domain, describe_face, get_scorer, judge_all
 
@@ -89,7 +90,7 @@ class _Judge:
                 raise StoreError(f"--scorer {self.scorer.name} needs an image, not an embedding")
             recogniser = recogniser if recogniser is not None else _dlib()
             analyzer = store.analyzer
-            if store.fingerprint is not None and analyzer.fingerprint != store.fingerprint:
+            if store.fingerprint is not None and not same_space(analyzer.fingerprint, store.fingerprint):
                 raise StoreError(f"this store holds embeddings of {store.fingerprint}; the face models loaded are "
                                  f"{analyzer.fingerprint} (use the store's --models)")
             image, spec_face = parse_image_spec(source)

@@ -12,6 +12,8 @@ import contextlib
 import io
 import logging
 import os
+import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -35,6 +37,8 @@ PACK_LICENSES = {
     "buffalo_sc": "InsightFace pretrained models: non-commercial research use only",
     "antelopev2": "InsightFace pretrained models: non-commercial research use only",
 }
+# The pack names insightface's model zoo downloads; any other name must be found locally.
+INSIGHTFACE_PACKS = frozenset(PACK_LICENSES)
 DEFAULT_LICENSE = "InsightFace-format pack: check its source's terms (InsightFace's own are non-commercial)"
 
 
@@ -73,26 +77,32 @@ def resolve_pack_dir(pack: str | os.PathLike | None = None, *, root: str | os.Pa
         for candidate in (base / "models" / name, base / name):
             if _is_pack_dir(candidate):
                 return candidate.resolve()
-    if not download:
-        raise ModelNotFoundError(_missing_pack_message(name, roots[0]))
+    if not download or name not in INSIGHTFACE_PACKS:  # only insightface's own packs can be downloaded
+        raise ModelNotFoundError(_missing_pack_message(name, roots))
+    made = [folder for folder in (roots[0] / "models" / name, roots[0] / "models", roots[0]) if not folder.exists()]
     try:
         from insightface.utils.storage import ensure_available
 
-        folder = Path(ensure_available("models", name, root=os.fspath(roots[0])))
-    except Exception as exc:  # network errors, bad zip, unknown name: all mean "not here"
-        raise ModelNotFoundError(f"{_missing_pack_message(name, roots[0])} (download failed: "
+        with contextlib.redirect_stdout(sys.stderr):  # insightface print()s the download path
+            folder = Path(ensure_available("models", name, root=os.fspath(roots[0])))
+    except Exception as exc:  # network errors, bad zip: all mean "not here"
+        for empty in made:  # a failed download leaves no folders behind
+            with contextlib.suppress(OSError):
+                empty.rmdir()
+        raise ModelNotFoundError(f"{_missing_pack_message(name, roots)} (download failed: "
                                  f"{type(exc).__name__})") from None
     nested = folder / name
     if not _is_pack_dir(folder) and _is_pack_dir(nested):
         folder = nested
     if not _is_pack_dir(folder):
-        raise ModelNotFoundError(_missing_pack_message(name, roots[0]))
+        raise ModelNotFoundError(_missing_pack_message(name, roots))
     return folder.resolve()
 
 
-def _missing_pack_message(name: str, root: Path) -> str:
-    return (f"model pack '{name}' not found: put its .onnx files in {root / 'models' / name}, "
-            f"or point {ENV_MODELS} / --models at a pack folder")
+def _missing_pack_message(name: str, roots: Sequence[Path]) -> str:
+    where = ", ".join(str(base / "models" / name) for base in roots)
+    return (f"model pack '{name}' not found (looked in {where}): put its .onnx files in "
+            f"{roots[0] / 'models' / name}, or point {ENV_MODELS} / --models at a pack folder")
 
 
 def select_providers(device: str = "cpu") -> list[str]:
@@ -179,12 +189,29 @@ class ModelPack:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the embedding space: embeddings from different fingerprints never mix."""
+        """Names the embedding space, readably: `pack:recognition-file:sha256-prefix`. Whether two
+        fingerprints are one space is `same_space`'s call (the content hash), never string equality."""
         return f"{self.name}:{self.model_file('recognition').name}:{self.recognition_sha256[:16]}"
 
     @property
     def license(self) -> str:
         return PACK_LICENSES.get(self.name, DEFAULT_LICENSE)
+
+
+_SHA_PREFIX = re.compile(r"[0-9a-f]{8,64}")
+
+
+def same_space(a: str | None, b: str | None) -> bool:
+    """Whether two model fingerprints name one embedding space: the same recogniser weights, decided by
+    the sha256 part of `pack:recognition-file:sha256-prefix`, so the same files in a renamed folder (or
+    under another file name) stay the same space. Fingerprints of another form must be equal."""
+    if a is None or b is None:
+        return False
+    if a == b:
+        return True
+    digest_a, digest_b = a.rsplit(":", 2)[-1], b.rsplit(":", 2)[-1]
+    return (a.count(":") >= 2 and b.count(":") >= 2 and _SHA_PREFIX.fullmatch(digest_a) is not None
+            and digest_a == digest_b)
 
 
 def _task_of(onnx: Any, onnx_file: Path) -> str | None:

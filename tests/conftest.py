@@ -353,12 +353,19 @@ def lfw_fold(request: pytest.FixtureRequest, model_pack) -> LfwFold:
 
 
 def copy_pack(pack_dir: Path, folder: Path) -> Path:
-    """Another "model pack" holding the same ONNX files (symlinked) under the folder's name: its
-    fingerprint (pack name : recognition file : sha256) differs, so it is another embedding space
-    whose embeddings equal buffalo_s_lite's."""
+    """Another "model pack" whose embeddings equal buffalo_s_lite's, yet another embedding space: the
+    recogniser is buffalo_s_lite's with another doc string, so its sha256 (which names a space, whatever
+    the folder is called) differs; the other ONNX files are symlinked."""
+    import onnx
+
     folder.mkdir(parents=True)
-    for onnx in pack_dir.glob("*.onnx"):
-        (folder / onnx.name).symlink_to(onnx)
+    for model_file in pack_dir.glob("*.onnx"):
+        if model_file.name == "w600k_mbf.onnx":
+            model = onnx.load(str(model_file))
+            model.doc_string = "castkeep test copy: same weights, another file"
+            onnx.save(model, str(folder / model_file.name))
+        else:
+            (folder / model_file.name).symlink_to(model_file)
     return folder
 
 

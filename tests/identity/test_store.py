@@ -374,15 +374,47 @@ def test_export_import_round_trip(store_copy, tmp_path, fast_analyzer, split):
         assert len(other) == 0
 
 
-def test_model_packs_never_mix(tmp_path, pack_dir, fast_analyzer, split):
+def test_the_same_weights_in_a_renamed_folder_are_the_same_space(tmp_path, pack_dir, fast_analyzer, split):
+    """A store is keyed by its recogniser's content: buffalo_s_lite's files in a folder of another name (and
+    under another file name) open, register, add to, identify and import in it, keeping the store's spelling."""
+    from castkeep.identity.analyzer import FaceAnalyzer
+    from castkeep.landmarks.model_pack import ModelPack, same_space
+
+    renamed_dir = tmp_path / "my models"
+    renamed_dir.mkdir()
+    for onnx in pack_dir.glob("*.onnx"):
+        (renamed_dir / onnx.name.replace("w600k_mbf", "recogniser")).symlink_to(onnx)
+    renamed = FaceAnalyzer(ModelPack.from_pretrained(renamed_dir), dense=False, landmarks_106=False)
+    assert renamed.fingerprint.startswith("my models:recogniser.onnx:")
+    assert same_space(renamed.fingerprint, fast_analyzer.fingerprint)
+    names = list(split)
+    with Store.open(tmp_path / "s", analyzer=fast_analyzer, create=True) as store:
+        store.register("First", split[names[8]][0])
+        exported = store.export("First", tmp_path)
+    with Store.open(tmp_path / "s", analyzer=renamed) as store:
+        second = store.register("Second", split[names[9]][0][:2])
+        grown = store.add_refs("Second", split[names[9]][0][2:])
+        assert store.identify(split[names[9]][1][0], k=1)[0].name == "Second"
+        assert store.identify(split[names[8]][1][0], k=1)[0].name == "First"
+        assert store.score(split[names[9]][1][0], "Second").same
+        assert second.fingerprint == grown.fingerprint == fast_analyzer.fingerprint == store.fingerprint
+        assert all(list(r.embeddings) == [store.fingerprint] for r in grown.references)
+        assert store.reembed("Second", models=renamed.pack).characters[0].embedded == 0  # nothing new
+        assert list(store.get("Second").spaces) == [store.fingerprint]
+        assert store.verify()["ok"]
+    # A store made from the renamed folder imports the export, in its own spelling.
+    with Store.open(tmp_path / "s2", analyzer=renamed, create=True) as store:
+        store.register("Local", split[names[10]][0])
+        moved = store.import_file(exported)
+        assert moved.fingerprint == renamed.fingerprint and list(moved.spaces) == [renamed.fingerprint]
+        assert store.verify()["ok"]
+
+
+def test_model_packs_never_mix(tmp_path, buffalo_l_pack, fast_analyzer, split):
     from castkeep.identity.analyzer import FaceAnalyzer
     from castkeep.landmarks.model_pack import ModelPack
 
-    other_dir = tmp_path / "other_pack"
-    other_dir.mkdir()
-    for onnx in pack_dir.glob("*.onnx"):
-        (other_dir / onnx.name).symlink_to(onnx)
-    other = FaceAnalyzer(ModelPack.from_pretrained(other_dir), dense=False, landmarks_106=False)
+    other = FaceAnalyzer(ModelPack.from_pretrained(buffalo_l_pack), dense=False, landmarks_106=False)
     assert other.fingerprint != fast_analyzer.fingerprint
     refs, held = split[list(split)[8]]
     with Store.open(tmp_path / "s", analyzer=fast_analyzer, create=True) as store:

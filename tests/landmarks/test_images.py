@@ -73,3 +73,37 @@ def test_decompression_bomb_is_refused_before_decoding(photo, bad_image):
     assert target.stat().st_size < 2_000_000
     with pytest.raises(ImageError, match="too large"):
         load_image(target)
+
+
+def png_header(path, width: int, height: int):
+    """A PNG of that size whose pixel data is not zlib: PIL reads the size, decoding fails at once."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"not zlib data"))
+    return path
+
+
+@pytest.mark.parametrize("width, height, refused", [
+    (10000, 9000, False), (12000, 10000, False),   # 90 MP (over PIL's bomb warning), exactly 120 MP
+    (12001, 10000, True), (15000, 12000, True),     # just over the limit; over PIL's bomb error (179 MP)
+])
+def test_the_pixel_limit_is_the_documented_one(tmp_path, width, height, refused):
+    """Issue 13 item 14: the limit is 120 MP, as the README says, not PIL's 89.5 MP warning."""
+    with pytest.raises(ImageError) as info:
+        load_image(png_header(tmp_path / "header.png", width, height))
+    reason = str(info.value)
+    assert ("limit 120 MP" in reason) is refused and ("cannot decode" in reason) is not refused, reason
+
+
+def test_a_100_megapixel_photo_loads(tmp_path):
+    from PIL import Image
+
+    target = tmp_path / "big.png"
+    Image.new("L", (10000, 10000), 128).save(target)  # 120 kB on disk, 300 MB decoded as BGR
+    array = load_image(target)
+    assert array.shape == (10000, 10000, 3) and array[5000, 5000].tolist() == [128, 128, 128]

@@ -54,6 +54,33 @@ def test_failed_download_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     with pytest.raises(ModelNotFoundError, match="download failed"):
         resolve_pack_dir("buffalo_l", root=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no empty models/ folder left behind
+
+
+def test_an_unknown_pack_name_is_one_clear_error_that_creates_nothing(tmp_path, monkeypatch):
+    """Issue 13 item 13: only insightface's own pack names are downloaded; any other name is not tried,
+    and the error names every place packs are looked for."""
+    import socket
+
+    root, home = tmp_path / "my models", tmp_path / "home"
+    root.mkdir()
+    home.mkdir()
+    monkeypatch.setenv("CASTKEEP_MODELS", str(root))
+    monkeypatch.setenv("HOME", str(home))
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_pack_dir("no_such_pack")
+    message = str(info.value)
+    assert "\n" not in message and "download" not in message and not attempts
+    assert str(root / "models" / "no_such_pack") in message
+    assert str(home / ".insightface" / "models" / "no_such_pack") in message
+    assert sorted(tmp_path.rglob("*")) == [home, root]  # nothing created
 
 
 def test_tasks_routed_and_providers_reported(pack_dir):
