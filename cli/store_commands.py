@@ -342,7 +342,8 @@ def verify(index_kind: str | None, store_path: Path | None, models: str | None, 
         index = r["index"]
         lines = [f"{'ok' if r['ok'] else 'PROBLEMS'}: {r['characters']} character(s), {r['references']} "
                  f"reference(s), generation {r['generation']}",
-                 f"index ({index['kind']}): {index['state']}" + (", rebuilt" if index.get("rebuilt") else "")]
+                 f"index ({index['kind']}): {index['state']}" + (", rebuilt" if index.get("rebuilt") else "")
+                 + (" (read-only store: not rebuilt)" if r.get("read_only") and index["state"] != "current" else "")]
         lines += [f"problem: {p}" for p in r["problems"]]
         return "\n".join(lines)
 

@@ -1,7 +1,11 @@
 """Aspect ratios → image sizes the pipelines accept.
 
 Sizes keep roughly the model's native pixel count (512² for SD1.5, 1024² for SDXL) and are rounded to
-a multiple of 8 (the VAE's downscale factor), the way A1111/ComfyUI aspect presets do.
+a multiple of 8 (the VAE's downscale factor), the way A1111/ComfyUI aspect presets do. Explicit sizes are
+bounded by the model: each side at most MAX_SIDE_FACTOR × its native side and at most MAX_AREA_FACTOR × its
+native pixel count. Far past its training size a model repeats and tiles the subject, and the UNet's
+attention and the VAE's decoder grow with the pixel count until the run takes minutes per step or fails to
+allocate (8192² on SDXL).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import re
 from ..errors import SizeError
 
 SIZE_MULTIPLE = 8
+MAX_SIDE_FACTOR = 4   # a side up to 4× native: 2048 px for SD1.5, 4096 px for SDXL...
+MAX_AREA_FACTOR = 4   # ...and up to 4× the native pixels: 1024² for SD1.5, 2048² for SDXL
 COMMON_ASPECTS = ("1:1", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9", "9:21")
 _ASPECT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:x/]\s*(\d+(?:\.\d+)?)\s*$")
 
@@ -40,9 +46,31 @@ def size_for_aspect(aspect: str | float, base: int, multiple: int = SIZE_MULTIPL
     return round_to_multiple(math.sqrt(area * ratio), multiple), round_to_multiple(math.sqrt(area / ratio), multiple)
 
 
+def check_size(width: int, height: int, base: int, model: str = "the model") -> None:
+    """SizeError when `width` x `height` is too large for a model of native side `base` (see the module
+    docstring); `model` names it in the message."""
+    side_limit = MAX_SIDE_FACTOR * base
+    for label, value in (("width", width), ("height", height)):
+        if value > side_limit:
+            raise SizeError(f"--{label} {value} is too large: at most {side_limit} px, {MAX_SIDE_FACTOR}x the "
+                            f"native {base} px of {model} (generate smaller and upscale)")
+    area_limit = MAX_AREA_FACTOR * base * base
+    if width * height > area_limit:
+        raise SizeError(f"{width}x{height} is too large: at most {area_limit / 1e6:.1f} MP, {MAX_AREA_FACTOR}x "
+                        f"the native {base}x{base} of {model} (generate smaller and upscale)")
+
+
 def resolve_size(*, width: int | None, height: int | None, aspect: str | None, base: int,
-                 multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
-    """Width/height from what the user gave: both sizes, one size + aspect, an aspect, or nothing."""
+                 multiple: int = SIZE_MULTIPLE, model: str = "the model") -> tuple[int, int]:
+    """Width/height from what the user gave: both sizes, one size + aspect, an aspect, or nothing; within
+    the bounds of a model of native side `base` (check_size)."""
+    width, height = _requested_size(width=width, height=height, aspect=aspect, base=base, multiple=multiple)
+    check_size(width, height, base, model)
+    return width, height
+
+
+def _requested_size(*, width: int | None, height: int | None, aspect: str | None, base: int,
+                    multiple: int) -> tuple[int, int]:
     for label, value in (("width", width), ("height", height)):
         if value is not None and (value < multiple or value % multiple):
             raise SizeError(f"--{label} {value} must be a positive multiple of {multiple}")

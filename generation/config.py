@@ -18,6 +18,7 @@ from .schedulers import SCHEDULER_NAMES
 # Value domains of the load-time options (checked by loading.build_pipeline; the CLI's choices).
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+LARGEST_NATIVE_SIZE = 1024  # SDXL's; SD1.5's is 512
 MAX_SEED = 2**32 - 1  # torch.Generator takes 64-bit seeds; A1111/ComfyUI users know 32-bit ones
 
 
@@ -66,8 +67,10 @@ class GenerationConfig:
             raise ConfigError(f"unknown --scorer {self.scorer!r}: choose one of {', '.join(SCORERS)}")
         if self.scheduler not in SCHEDULER_NAMES:
             raise ConfigError(f"unknown --scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULER_NAMES)}")
-        # Size mistakes surface now, not after a minute of model loading (512 stands in for the base).
-        resolve_size(width=self.width, height=self.height, aspect=self.aspect, base=512)
+        # Size mistakes surface now, not after a minute of model loading: the largest model's bounds hold
+        # for every model (the runner checks the loaded model's own).
+        resolve_size(width=self.width, height=self.height, aspect=self.aspect, base=LARGEST_NATIVE_SIZE,
+                     model="SDXL, the largest model")
         if self.seed is None:
             self.seed = secrets.randbelow(MAX_SEED + 1)
 

@@ -7,6 +7,7 @@ is one BEGIN IMMEDIATE transaction, so concurrent writers queue on SQLite's lock
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import time
@@ -16,42 +17,103 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
+from . import lock_owner
 
 DB_NAME = "castkeep.sqlite3"
-BUSY_TIMEOUT_S = 120.0     # concurrent registrations wait for each other this long
+# How long a change waits in all for another process's write lock (a registration holds it for well
+# under a second: photos are embedded before it is taken); $CASTKEEP_LOCK_TIMEOUT overrides it.
+LOCK_TIMEOUT_ENV = "CASTKEEP_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT_S = 30.0
 
 
-def retry_busy(action: Callable[[], Any], attempts: int = 50) -> Any:
-    """Run `action`, retrying while SQLite says "locked": BEGIN IMMEDIATE and switching to WAL
-    can fail at once instead of waiting for the busy timeout."""
-    for attempt in range(attempts):
+def lock_timeout() -> float:
+    """Seconds a change waits for the write lock: $CASTKEEP_LOCK_TIMEOUT, else DEFAULT_LOCK_TIMEOUT_S."""
+    text = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_LOCK_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise StoreError(f"{LOCK_TIMEOUT_ENV} must be a number of seconds (0 or more), not '{text[:40]}'")
+    return seconds
+
+
+def retry_busy(action: Callable[[], Any], timeout: float) -> Any:
+    """Run `action`, retrying while SQLite says "locked" until `timeout` seconds have passed in all:
+    BEGIN IMMEDIATE and switching to WAL can fail at once instead of waiting for the busy timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
         try:
             return action()
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or attempt == attempts - 1:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(0.1)
+
+
+READ_ONLY_MESSAGE = ("store is read-only (its folder or database file cannot be written): it can be listed, "
+                     "shown, searched, scored, exported and verified, but not changed")
+
+
+def _connect_read_only(path: Path, timeout: float) -> sqlite3.Connection:
+    """A read-only connection. `mode=ro` reads a WAL store with its -wal file but needs the -shm file, which
+    a folder nobody may write cannot get; then the database file is read as immutable, which is the whole
+    store only while no -wal file holds changes (a writer that could not checkpoint: refused)."""
+    uri = path.absolute().as_uri()
+    try:
+        return _checked(sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=timeout, isolation_level=None,
+                                        check_same_thread=False))
+    except sqlite3.OperationalError as exc:
+        if "unable to open" not in str(exc):
+            raise
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise StoreError("store is read-only and its last changes are still in its -wal file (a writer "
+                         "stopped before folding them in); open it once where it can be written", path=wal)
+    return _checked(sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None,
+                                    check_same_thread=False))
+
+
+def _checked(connection: sqlite3.Connection) -> sqlite3.Connection:
+    """SQLite opens URI files lazily: read once so that a failure shows here."""
+    try:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except BaseException:
+        connection.close()
+        raise
+    return connection
 
 
 class Database:
     """The connection to `castkeep.sqlite3`. Open with `Database.connect(path)`."""
 
-    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, connection: sqlite3.Connection, lock_timeout: float, *,
+                 read_only: bool = False) -> None:
         self.path = path
         self._connection: sqlite3.Connection | None = connection
+        self.lock_timeout = lock_timeout
+        self.read_only = read_only
 
     @classmethod
-    def connect(cls, path: Path) -> Database:
-        """Connect with the settings every store connection needs (busy timeout, foreign keys)."""
+    def connect(cls, path: Path, *, read_only: bool = False) -> Database:
+        """Connect with the settings every store connection needs (busy timeout, foreign keys). A
+        `read_only` connection never changes the database (in a folder it may write, SQLite still keeps
+        its -shm and -wal files beside it, as for any reader)."""
+        timeout = lock_timeout()
         try:
-            connection = sqlite3.connect(os.fspath(path), timeout=BUSY_TIMEOUT_S,
-                                         isolation_level=None, check_same_thread=False)
+            if read_only:
+                connection = _connect_read_only(path, timeout)
+            else:
+                connection = sqlite3.connect(os.fspath(path), timeout=timeout,
+                                             isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store database ({exc})", path=path) from None
-        database = cls(path, connection)
+        database = cls(path, connection, timeout, read_only=read_only)
         try:
             with database.guard():
-                connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+                database._set_busy_timeout(timeout)
                 connection.execute("PRAGMA foreign_keys = ON")
         except BaseException:
             database.close()
@@ -61,7 +123,7 @@ class Database:
     def use_wal(self) -> None:
         """Write-ahead logging (readers never wait for a writer) with an fsync at every commit."""
         if self.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            retry_busy(lambda: self.execute("PRAGMA journal_mode = WAL"))
+            retry_busy(lambda: self.execute("PRAGMA journal_mode = WAL"), self.lock_timeout)
         self.execute("PRAGMA synchronous = FULL")
 
     def close(self) -> None:
@@ -99,23 +161,46 @@ class Database:
             yield
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
-                raise StoreError(f"store is busy (another process held its lock for over "
-                                 f"{BUSY_TIMEOUT_S:.0f} s)", path=self.path) from None
+                raise StoreError(self._busy_message(), path=self.path) from None
             raise StoreError(f"store database error ({exc})", path=self.path) from None
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"store database is corrupt ({exc}); restore it from a backup or "
                              f"an export", path=self.path) from None
 
+    def _busy_message(self) -> str:
+        holder = lock_owner.describe(self.path.parent)
+        return (f"store is busy: another process held its write lock for over {self.lock_timeout:g} s "
+                f"({holder or 'no castkeep process says it holds it'}); try again when it is done, "
+                f"or wait longer with {LOCK_TIMEOUT_ENV}=SECONDS")
+
+    def _set_busy_timeout(self, seconds: float) -> None:
+        self.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+
     @contextmanager
-    def write(self) -> Iterator[None]:
-        """One write transaction; the lock is taken up front so concurrent writers queue."""
-        retry_busy(lambda: self.execute("BEGIN IMMEDIATE"))
+    def write(self, *, wait: bool = True) -> Iterator[None]:
+        """One write transaction; the lock is taken up front so concurrent writers queue, for at
+        most `lock_timeout` seconds in all. Without `wait`, a lock held elsewhere fails at once (for
+        optional writes, such as recording the index cache's checksum)."""
+        if self.read_only:
+            raise StoreError(READ_ONLY_MESSAGE, path=self.path.parent)
+        if wait:
+            retry_busy(lambda: self.execute("BEGIN IMMEDIATE"), self.lock_timeout)
+        else:
+            self._set_busy_timeout(0)
+            try:
+                self.execute("BEGIN IMMEDIATE")
+            finally:
+                self._set_busy_timeout(self.lock_timeout)
+        lock_owner.claim(self.path.parent)
         try:
-            yield
-        except BaseException:
-            self.execute("ROLLBACK")
-            raise
-        self.execute("COMMIT")
+            try:
+                yield
+            except BaseException:
+                self.execute("ROLLBACK")
+                raise
+            self.execute("COMMIT")
+        finally:
+            lock_owner.release(self.path.parent)
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:

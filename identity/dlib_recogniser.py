@@ -13,7 +13,6 @@ The weights ship in the `face_recognition_models` package. Its `__init__` import
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MissingDependencyError, ModelNotFoundError
+from ..utils import file_sha256
 
 DESCRIPTOR_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
 SHAPE_MODEL = "shape_predictor_5_face_landmarks.dat"
@@ -88,7 +88,7 @@ class DlibRecogniser:
     def fingerprint(self) -> str:
         """`dlib:<model file>:<sha256 prefix>`, like a model pack's fingerprint."""
         if self._fingerprint is None:
-            digest = hashlib.sha256(self.descriptor_path.read_bytes()).hexdigest()[:16]
+            digest = file_sha256(self.descriptor_path)[:16]
             self._fingerprint = f"dlib:{DESCRIPTOR_MODEL.removesuffix('.dat')}:{digest}"
         return self._fingerprint
 

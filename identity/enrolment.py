@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CastkeepError, ImpostorReferenceError, MultipleFacesError, ReferenceQualityError, StoreError
-from ..utils import text_path
+from ..utils import file_sha256, text_path
 from . import similarity
 from .analyzer import PhotoFace
 from .characters import Reference
@@ -55,7 +55,7 @@ def reference_candidates(analyzer: Any, image: Any, face: int | None = None) -> 
     if isinstance(source, (str, os.PathLike)):
         # Decoded once, here: one clear ImageError for missing/corrupt files before hashing.
         pixels = load_image(source)
-        digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+        digest = file_sha256(source)  # streamed: load_image refused files over its size limit
         label = text_path(Path(source).resolve())  # a non-UTF-8 file name is stored escaped
     else:
         pixels = load_image(source)

@@ -149,6 +149,8 @@ class IndexCache:
 
     def _save(self, index: VectorIndex, generation: int) -> None:
         """Write the cache file, then record its checksum if the store has not changed since."""
+        if self.db.read_only:
+            return  # a read-only store's queries use the index in memory
         try:
             data = index.save(self.path, meta={"generation": generation})
         except OSError as exc:  # a read-only store still answers queries from memory
@@ -157,9 +159,11 @@ class IndexCache:
         digest = hashlib.sha256(data).hexdigest()
         try:
             with self.db.guard():
-                with self.db.write():
+                # Never wait for the lock here: a query must not hang behind another process's
+                # write; the next process that finds the lock free records its own rebuild.
+                with self.db.write(wait=False):
                     if self.db.generation() == generation:
                         self.db.set_meta("index_generation", str(generation))
                         self.db.set_meta("index_sha256", digest)
-        except StoreError as exc:  # e.g. a read-only database: the cache just stays unrecorded
+        except StoreError as exc:  # the lock is held elsewhere, or the database is read-only
             logger.info("could not record the index checksum: %s", exc)

@@ -123,6 +123,10 @@ def prepare(db: Database) -> None:
     """
     if _is_complete(db) and _version(db) == SCHEMA_VERSION:
         return
+    if db.read_only:
+        raise StoreError(f"store needs upgrading to schema version {SCHEMA_VERSION}, but it is read-only (its "
+                         f"folder or database file cannot be written); open it once where it can be written",
+                         path=db.path)
     with db.write():
         if not _is_complete(db):
             _create_v1(db)

@@ -19,6 +19,8 @@ import base64
 import binascii
 import hashlib
 import json
+import os
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -134,16 +136,39 @@ def _field(document: dict[str, Any], key: str, kind: type | tuple[type, ...], pa
     return value
 
 
+def _read_file(path: Path) -> bytes:
+    """The bytes of a character file: a regular file, read up to MAX_FILE_BYTES and refused past it. The
+    limit is enforced on what is read, not on a size from stat: /dev/zero or a FIFO reports none."""
+    try:
+        # O_NONBLOCK: opening a FIFO without a writer would wait forever; a regular file ignores it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise StoreError("character file not found", path=path) from None
+    except OSError as exc:
+        raise StoreError(f"cannot read character file ({exc.strerror or exc})", path=path) from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        mode = info.st_mode
+        if stat.S_ISDIR(mode):
+            raise StoreError("is a directory, not a character file", path=path)
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device or special file"
+            raise StoreError(f"is {kind}, not a regular character file", path=path)
+        if info.st_size > MAX_FILE_BYTES:
+            raise StoreError(f"character file is too large (over {MAX_FILE_BYTES // (1024 * 1024)} MiB)", path=path)
+        try:
+            data = handle.read(MAX_FILE_BYTES + 1)  # the file may have grown since fstat
+        except OSError as exc:
+            raise StoreError(f"cannot read character file ({exc.strerror or exc})", path=path) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise StoreError(f"character file is too large (over {MAX_FILE_BYTES // (1024 * 1024)} MiB)", path=path)
+    return data
+
+
 def read_character(path: Path) -> Any:
     """Parse and validate an exported character file into a Character (not yet stored)."""
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise StoreError("character file is too large", path=path)
-        document = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise StoreError("character file not found", path=path) from None
-    except IsADirectoryError:
-        raise StoreError("is a directory, not a character file", path=path) from None
+        document = json.loads(_read_file(path))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise StoreError("not a castkeep character file (not JSON)", path=path) from None
     except RecursionError:  # the parser recurses per level: [[[[...]]]] 100,000 deep

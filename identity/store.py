@@ -45,7 +45,7 @@ from ..utils import remove_stale_temporaries
 from . import integrity, migrations, rows, similarity
 from .calibration import probability
 from .characters import Character, CharacterScore, Match, Reference, Space, pack_of
-from .database import DB_NAME, Database
+from .database import DB_NAME, READ_ONLY_MESSAGE, Database
 from .enrolment import MAX_REFERENCES, MAX_REFERENCES_PER_CALL, embed_references, gate_impostors, parse_image_spec
 from .index_cache import INDEX_NAME, IndexCache
 from .names import clean_description, clean_tags, name_key, normalize_name
@@ -100,9 +100,13 @@ class Store:
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, *, analyzer: Any = None,
              models: str | None = None, device: str = "cpu", create: bool = False,
-             index_kind: str | None = None) -> Store:
+             index_kind: str | None = None, read_only: bool | None = None) -> Store:
         """Open the store at `path` (default: `default_store_path()`). Only with `create` is a
-        missing store made; otherwise NoStoreError, so a mistyped path is never a new empty store."""
+        missing store made; otherwise NoStoreError, so a mistyped path is never a new empty store.
+
+        A store whose folder or database file cannot be written (permissions, a read-only mount,
+        `chattr +i`) opens read-only, as does any store with `read_only=True`: queries work, nothing
+        is written (the index cache stays in memory), and changes raise StoreError."""
         folder = Path(path).expanduser() if path is not None else default_store_path()
         if folder.exists() and not folder.is_dir():
             raise StoreError("store path is a file, not a store folder", path=folder)
@@ -116,11 +120,14 @@ class Store:
                 raise StoreError(f"cannot create store folder ({exc.strerror})", path=folder) from None
         elif db_path.stat().st_size == 0 and not create:
             raise StoreError("store database is empty", path=db_path)
-        db = Database.connect(db_path)
+        if read_only is None:
+            read_only = db_path.exists() and not (os.access(folder, os.W_OK) and os.access(db_path, os.W_OK))
+        db = Database.connect(db_path, read_only=read_only)
         try:
             with db.guard():
                 migrations.refuse_foreign(db)  # before WAL: never convert someone else's database
-                db.use_wal()
+                if not read_only:
+                    db.use_wal()
                 migrations.prepare(db)  # create a new store's tables, or migrate an older store
             store = cls(folder.resolve(), db, analyzer=analyzer, models=models, device=device)
             if index_kind is not None:
@@ -128,8 +135,14 @@ class Store:
         except BaseException:
             db.close()
             raise
-        remove_stale_temporaries(store.path)
+        if not read_only:
+            remove_stale_temporaries(store.path)
         return store
+
+    @property
+    def read_only(self) -> bool:
+        """Whether this store was opened read-only (see `open`)."""
+        return self._db.read_only
 
     def close(self) -> None:
         self._db.close()
@@ -210,6 +223,11 @@ class Store:
         self._owns_analyzer = True
         return self._analyzer
 
+    def _check_writable(self) -> None:
+        """Before slow work (embedding photos) that ends in a change: a read-only store says so first."""
+        if self.read_only:
+            raise StoreError(READ_ONLY_MESSAGE, path=self.path)
+
     def _check_fingerprint(self, fingerprint: str) -> str:
         """Inside a guard: embeddings of another model may not enter (or query) this store. Returns the
         store's own spelling of the space (the same weights in a renamed pack folder are the same space)."""
@@ -278,6 +296,7 @@ class Store:
         character's `warnings`.
         """
         name = normalize_name(name)
+        self._check_writable()
         if name in self:
             raise DuplicateCharacterError(f"a character named '{self.get(name).name}' already exists "
                                           f"(use add-refs to give it more photos, or remove it first)")
@@ -350,6 +369,7 @@ class Store:
         """Give an existing character more reference photos; its vector and baseline are refit. Unusable
         photos are left out (or, with `strict`, refused) as in `register`."""
         existing = self.get(name)
+        self._check_writable()
         analyzer = self._get_analyzer(dense=True)
         with self._db.guard():
             fingerprint = self._check_fingerprint(analyzer.fingerprint)
@@ -506,6 +526,7 @@ class Store:
 
         if name is not None:
             self.get(name)  # UnknownCharacterError before any model is loaded
+        self._check_writable()
         pack = models if isinstance(models, ModelPack) else ModelPack.from_pretrained(
             models, device=device or self._device)
         with self._db.guard():  # the store's own spelling when the pack is its primary model
@@ -569,8 +590,11 @@ class Store:
 
     def verify(self, *, repair_index: bool = True) -> dict[str, Any]:
         """Check the database (SQLite integrity, every row decodes, vectors match their references)
-        and the index cache; with `repair_index`, a stale or corrupt index is rebuilt."""
-        return integrity.verify(self._db, self._index, self.path, repair_index=repair_index)
+        and the index cache; with `repair_index`, a stale or corrupt index is rebuilt (never in a
+        read-only store: the report's `read_only` says so)."""
+        report = integrity.verify(self._db, self._index, self.path, repair_index=repair_index and not self.read_only)
+        report["read_only"] = self.read_only
+        return report
 
     def rebuild_index(self) -> dict[str, Any]:
         """Rebuild the FAISS cache from the database now."""

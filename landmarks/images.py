@@ -22,6 +22,9 @@ from ..errors import ImageError
 # smaller than the decompression-bomb sizes an attacker would send. This is the limit (README: 120 MP):
 # PIL's own bomb warning (about 89.5 MP) is silenced below it, its bomb error (about 179 MP) lies above it.
 MAX_IMAGE_PIXELS = 120_000_000
+# A 120 MP image stored uncompressed as 16-bit RGBA is 960 MB; a larger file is refused from its size
+# before anything reads it (callers hash the file too).
+MAX_IMAGE_FILE_BYTES = 1 << 30
 
 ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
 
@@ -45,7 +48,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def check_image_file(path: Path) -> None:
     """An ImageError saying plainly why `path` cannot be a photo: missing, a symlink loop, a folder that may
-    not be entered, a directory, a FIFO or device (read only regular files: a FIFO would block), empty."""
+    not be entered, a directory, a FIFO or device (read only regular files: a FIFO would block), empty, or
+    over MAX_IMAGE_FILE_BYTES."""
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -67,6 +71,9 @@ def check_image_file(path: Path) -> None:
         raise ImageError(f"is {kind}, not a regular image file", path=path)
     if info.st_size == 0:
         raise ImageError("file is empty (0 bytes)", path=path)
+    if info.st_size > MAX_IMAGE_FILE_BYTES:
+        raise ImageError(f"file too large for an image ({info.st_size / 1e9:.1f} GB; limit "
+                         f"{MAX_IMAGE_FILE_BYTES / 1e9:.1f} GB)", path=path)
 
 
 def load_pil(path: str | os.PathLike) -> Image.Image:

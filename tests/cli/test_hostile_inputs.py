@@ -13,7 +13,8 @@ import json
 import os
 import sqlite3
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,15 @@ def _pairs_of(image: str, lines: list[str]) -> Callable[[Path, Hostile], None]:
     return make
 
 
+def _padded_photo(size: int) -> Callable[[Path, Hostile], None]:
+    """The unstored photo of Mara followed by zeros up to `size` bytes (sparse: no disk used). JPEG decoders stop
+    at the image's end, so only the file's size tells it from the photo."""
+    def make(path: Path, hostile: Hostile) -> None:
+        path.write_bytes(hostile.photo.read_bytes())
+        os.truncate(path, size)
+    return make
+
+
 MAKERS: dict[str, Callable[[Path, Hostile], None]] = {
     "wide-640x2.png": _image(640, 2),
     "tall-2x640.png": _image(2, 640),
@@ -154,6 +164,8 @@ MAKERS: dict[str, Callable[[Path, Hostile], None]] = {
     "existing.png": _image(8, 8),
     "evil\x1b[2J\x1b]0;title\x07.png": _image(320, 240),
     "run": lambda path, _: path.mkdir(),
+    "fifo.castkeep.json": lambda path, _: os.mkfifo(path),
+    "huge.jpg": _padded_photo(2 << 30),
     "models-root": lambda path, _: path.mkdir(),
     "home": lambda path, _: path.mkdir(),
 }
@@ -186,6 +198,16 @@ CASES: dict[str, Case] = {
     **{f"item8-{command}-{name}": Case(lambda h, c=command, n=name: IMAGE_COMMANDS[c](h, h.file(n)), 4, "no face")
        for command in IMAGE_COMMANDS for name in ("wide-640x2.png", "wide-20000x20.png")},
     "item8-analyze-tall-2x640": Case(lambda h: ["analyze", str(h.file("tall-2x640.png"))], 4, "no face"),
+    # item 5
+    **{f"item5-lock-timeout-{label}": Case(lambda h: ["list", *_store(h)], 7, "CASTKEEP_LOCK_TIMEOUT",
+                                           env=lambda h, v=value: {"CASTKEEP_LOCK_TIMEOUT": v})
+       for label, value in (("word", "soon"), ("negative", "-1"), ("nan", "nan"))},
+    # item 6
+    "item6-import-dev-zero": Case(lambda h: ["import", "/dev/zero", *_store(h)], 7, "device"),
+    "item6-import-fifo": Case(lambda h: ["import", str(h.file("fifo.castkeep.json")), *_store(h)], 7, "FIFO"),
+    **{f"item6-{command}-huge-file": Case(lambda h, c=command: IMAGE_COMMANDS[c](h, h.file("huge.jpg")), 3,
+                                          "file too large")
+       for command in ("register", "add-refs", "analyze")},
     # item 9
     "item9-corrupt-landmarker": Case(lambda h: ["analyze", str(h.photo)], 6, "face landmarker",
                                      env=lambda h: {"CASTKEEP_FACE_LANDMARKER": str(h.file("landmarker.task"))}),
@@ -396,6 +418,112 @@ def test_bench_consistency_tells_unreadable_outputs_from_faceless_ones(hostile, 
     assert "not an image" in data["unreadable"][0]["reason"] and data["outputs"] == 4
 
 
+class WriteLockHolder:
+    """Another writer holding the store's write lock (castkeep's own transaction, so it leaves the lock-owner
+    note) in a thread, until the `with` block ends or `hold_s` seconds pass: a command that waits for it past its bound
+    returns only then, and the test sees the wait."""
+
+    def __init__(self, store: Path, hold_s: float = 20.0) -> None:
+        import threading
+
+        self._store, self._hold_s = store, hold_s
+        self._released, self._holding = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._hold)
+
+    def _hold(self) -> None:
+        from castkeep.identity.database import DB_NAME, Database
+
+        db = Database.connect(self._store / DB_NAME)
+        try:
+            with db.write():
+                self._holding.set()
+                self._released.wait(self._hold_s)
+        finally:
+            db.close()
+
+    def __enter__(self) -> WriteLockHolder:
+        self._thread.start()
+        assert self._holding.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._released.set()
+        self._thread.join()
+
+
+def test_a_change_waits_for_the_write_lock_a_bounded_time_and_names_its_holder(hostile, invoke):
+    """Item 5: register behind another writer gives up after CASTKEEP_LOCK_TIMEOUT seconds, naming the holder."""
+    import time
+
+    before = store_digest(hostile.store)
+    with WriteLockHolder(hostile.store):
+        started = time.monotonic()
+        result = invoke("register", "Newcomer", str(hostile.photo), *_store(hostile),
+                        env={"CASTKEEP_LOCK_TIMEOUT": "0.5"})
+        waited = time.monotonic() - started
+    line = assert_one_error_line(result, 7, "store is busy")
+    assert f"pid {os.getpid()} on" in line and "CASTKEEP_LOCK_TIMEOUT" in line
+    assert waited < 15, waited
+    assert store_digest(hostile.store) == before
+
+
+def test_identify_with_a_stale_index_cache_does_not_wait_for_the_write_lock(hostile, invoke):
+    """Item 5: a query rebuilds a missing or stale index from the database without taking the write lock."""
+    import time
+
+    (hostile.store / "index.faiss").unlink(missing_ok=True)
+    with WriteLockHolder(hostile.store):
+        started = time.monotonic()
+        result = invoke("identify", str(hostile.photo), *_store(hostile), "--json")
+        waited = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["name"] == "Mara"
+    assert waited < 15, waited
+
+
+def test_reference_photos_are_hashed_without_reading_them_into_memory(hostile, fast_analyzer, tmp_path):
+    """Item 6: a large reference file (under the image size limit) is hashed in chunks, not read whole."""
+    import tracemalloc
+
+    from castkeep.identity.enrolment import reference_candidates
+    from castkeep.utils import file_sha256
+
+    photo = tmp_path / "padded.jpg"
+    _padded_photo(300 << 20)(photo, hostile)
+    tracemalloc.start()
+    try:
+        [reference] = reference_candidates(fast_analyzer, str(photo))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert reference.sha256 == file_sha256(photo)
+    assert peak < 100 << 20, f"{peak / 2**20:.0f} MiB held while registering a 300 MiB file"
+
+
+@contextmanager
+def immutable(*paths: Path) -> Iterator[None]:
+    """`chattr +i`: not even root may write, create or delete there (what a read-only mount does to a store)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr is not installed")
+    done: list[Path] = []
+    try:
+        for path in paths:
+            if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+                pytest.skip("chattr +i is not permitted here (file system or capabilities)")
+            done.append(path)
+        yield
+    finally:
+        for path in reversed(done):
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_read_only_store_answers_every_read_command_and_refuses_changes(hostile, invoke, tmp_path):
+    """Item 11: a store nobody may write (here `chattr +i` on its folder and database) is opened read-only."""
+
+
 def test_a_name_of_64_four_byte_letters_exports_to_a_folder(hostile, invoke, tmp_path):
     """Item 17: `<name>.castkeep.json` would be 270 bytes, over the 255 a file name may have: the name is cut
     and a hash of the whole name keeps two such names apart; the file imports under its full name."""
@@ -500,6 +628,24 @@ def test_a_store_that_lost_its_model_record_says_so(hostile, invoke, tmp_path):
 
     store = tmp_path / "store"
     shutil.copytree(hostile.store, store)
+    (store / "index.faiss").unlink(missing_ok=True)  # a stale cache: rebuilt in memory only
+    before = sorted(p.name for p in store.iterdir())
+    argv = ["--store", str(store)]
+    with immutable(store / "castkeep.sqlite3", store):
+        for read in (["list"], ["show", "Mara"], ["identify", str(hostile.photo)],
+                     ["score", str(hostile.photo), "--character", "Mara"], ["export", "Mara", str(tmp_path / "out")],
+                     ["verify"]):
+            result = invoke(*read, *argv)
+            assert result.returncode == 0, (read, result.stderr)
+        assert "Mara" in invoke("identify", str(hostile.photo), *argv, "--json").stdout
+        for change in (["remove", "Mara"], ["register", "Newcomer", str(hostile.photo)],
+                       ["add-refs", "Mara", str(hostile.photo)], ["import", str(hostile.export), "--name", "Copy"],
+                       ["verify", "--index", "hnsw"]):
+            assert_one_error_line(invoke(*change, *argv), 7, "store is read-only")
+    assert sorted(p.name for p in store.iterdir()) == before
+    assert store_digest(store) == store_digest(hostile.store)
+
+
     with sqlite3.connect(store / "castkeep.sqlite3") as db:
         db.execute("DELETE FROM meta WHERE key = 'fingerprint'")
     before = store_digest(store)

@@ -119,7 +119,10 @@ def test_generate_bad_input_is_one_line(invoke, tiny_models, store_dir, tmp_path
                          adapter, "--store", str(store_dir), "--out", str(tmp_path / "c"), "--width", "500")
     assert bad_setting.returncode not in (0, 1, 70) and bad_setting.stderr.startswith("error:")
     assert "multiple of 8" in bad_setting.stderr
-    assert not any((tmp_path / name).exists() for name in "abc")
+    huge = invoke("generate", PEOPLE[0], "x", "--base-model", str(tiny_models["pipeline"]), "--ip-adapter", adapter,
+                  "--store", str(store_dir), "--out", str(tmp_path / "d"), "--width", "800000", "--height", "8")
+    assert huge.returncode == 15 and huge.stderr.startswith("error: --width 800000 is too large"), huge.stderr
+    assert not any((tmp_path / name).exists() for name in "abcd")
 
 
 @pytest.mark.generation

@@ -157,3 +157,13 @@ def test_batches_give_the_same_images_as_single_calls(loaded):
     batch, _ = generate_images(loaded, config, unit(0), [30, 31], 64, 64)
     single, _ = generate_images(loaded, config, unit(0), [31], 64, 64)
     assert np.allclose(np.asarray(batch[1], dtype=np.int16), np.asarray(single[0], dtype=np.int16), atol=2)
+
+
+def test_sizes_past_the_loaded_model_are_refused_before_generating(loaded, tmp_path):
+    """Issue 13 item 7: the tiny model's native side is 64 px, so 512x64 (8x) is refused before any step runs."""
+    from castkeep.errors import SizeError
+
+    config = GenerationConfig("a face", seed=7, steps=STEPS, width=512, height=64)
+    with pytest.raises(SizeError, match="at most 256 px, 4x the native 64 px of this sd15 model"):
+        GenerationRunner(loaded, PixelScorer()).run(config, Identity("Ada", unit(0)), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

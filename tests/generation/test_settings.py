@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from castkeep.errors import CastkeepError, ConfigError
+from castkeep.errors import CastkeepError, ConfigError, SizeError
 from castkeep.generation.aspect import parse_aspect, resolve_size, size_for_aspect
 from castkeep.generation.config import GenerationConfig
 
@@ -70,3 +70,26 @@ def test_seeds_budget_and_candidates():
     assert [seeded.seed_for(i) for i in range(3)] == [41, 42, 43]
     assert GenerationConfig("a face", num_images=3).budget == 3
     assert GenerationConfig("a face", seed=2**32 - 1).seed_for(1) == 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"width": 800_000, "height": 8}, "--width 800000 is too large: at most 4096 px"),
+    ({"width": 8192, "height": 8192}, "--width 8192 is too large"),
+    ({"height": 4104, "aspect": "1:2"}, "--height 4104 is too large"),
+    ({"width": 4096, "aspect": "1:1"}, "4096x4096 is too large: at most 4.2 MP"),
+])
+def test_sizes_past_any_model_are_refused_before_loading(kwargs, message):
+    """Issue 13 item 7: a size no model can take (4x SDXL's native side or pixels) is a SizeError at once."""
+    with pytest.raises(SizeError, match=message):
+        GenerationConfig("a face", **kwargs)
+
+
+def test_size_bounds_follow_the_model():
+    assert resolve_size(width=2048, height=512, aspect=None, base=512) == (2048, 512)
+    assert resolve_size(width=1024, height=1024, aspect=None, base=512) == (1024, 1024)
+    assert resolve_size(width=2048, height=2048, aspect=None, base=1024) == (2048, 2048)
+    assert resolve_size(width=None, height=None, aspect="10:1", base=1024) == (3240, 320)
+    with pytest.raises(SizeError, match="at most 2048 px, 4x the native 512 px"):
+        resolve_size(width=2056, height=64, aspect=None, base=512)
+    with pytest.raises(SizeError, match="1032x1024 is too large"):
+        resolve_size(width=1032, height=1024, aspect=None, base=512)

@@ -226,6 +226,17 @@ def test_a_v1_store_migrates_keeps_every_character_and_answers_as_before(tmp_pat
     assert table_rows(path, "SELECT COUNT(*) FROM refs WHERE crop IS NULL AND crop_kps IS NULL") == [(9,)]
 
 
+def test_a_read_only_store_that_needs_a_migration_says_so_and_stays_as_it_was(tmp_path, faces_dir):
+    """Issue 13 item 11: a read-only store is never migrated (nor half-migrated); the error says why."""
+    path = v1_store_from_fixture(tmp_path / "v1", faces_dir)
+    before = table_rows(path, "SELECT * FROM meta ORDER BY key")
+    with pytest.raises(StoreError, match="needs upgrading to schema version 2, but it is read-only"):
+        Store.open(path, read_only=True)
+    assert table_rows(path, "SELECT * FROM meta ORDER BY key") == before
+    with Store.open(path) as store:  # where it can be written, it migrates as usual
+        assert not store.read_only and len(store) == 3
+
+
 def test_the_v1_migration_is_one_transaction(tmp_path, faces_dir, monkeypatch):
     path = v1_store_from_fixture(tmp_path / "v1", faces_dir)
 
