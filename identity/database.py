@@ -221,10 +221,19 @@ class Database:
                      "SET value = excluded.value", (key, value))
 
     def generation(self) -> int:
-        """How many changes the store has seen: the index cache is current when it matches."""
-        return int(self.meta("generation") or 0)
+        """How many changes the store has seen: the index cache is current when it matches. It is
+        -1 when its record is damaged: no index cache matches it, so queries rebuild the index, and the
+        next change repairs it (`verify` reports it)."""
+        text = self.meta("generation")
+        if text is None:
+            return 0
+        return int(text) if text.isdigit() else -1
 
     def bump_generation(self) -> int:
-        generation = self.generation() + 1
+        current = self.generation()
+        if current < 0:  # damaged: go on after whatever the index cache recorded, so that cache is stale
+            cached = self.meta("index_generation")
+            current = int(cached) if cached is not None and cached.isdigit() else 0
+        generation = current + 1
         self.set_meta("generation", str(generation))
         return generation

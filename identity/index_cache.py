@@ -118,12 +118,11 @@ class IndexCache:
         with self.db.guard():
             recorded_generation = self.db.meta("index_generation")
             recorded_sha = self.db.meta("index_sha256")
+        recorded = int(recorded_generation) if recorded_generation is not None and recorded_generation.isdigit() else None
         if hashlib.sha256(data).hexdigest() != recorded_sha:
             # Either a newer/older writer's file or a tampered one: only the DB can tell which.
-            if recorded_generation is not None and int(recorded_generation) == generation:
-                return None, "corrupt"
-            return None, "stale"
-        if recorded_generation is None or int(recorded_generation) != generation:
+            return (None, "corrupt") if recorded == generation else (None, "stale")
+        if recorded != generation:  # a damaged record counts as stale: the cache is rebuilt
             return None, "stale"
         try:
             index, meta = VectorIndex.from_bytes(data, source=os.fspath(self.path))

@@ -117,6 +117,8 @@ def verify(db: Database, cache: IndexCache, folder: Path, *, repair_index: bool 
         ref_count = rows.count_references(db)
         crop_headers = rows.crop_headers(db)
     problems += damaged
+    if generation < 0:
+        problems.append("the store's change counter (meta 'generation') is damaged: the next change repairs it")
     if fingerprint is None and (characters or damaged):
         problems.append("the store's model fingerprint (meta 'fingerprint') is missing, though it holds characters")
     problems += character_problems(characters, fingerprint, dim)

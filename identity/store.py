@@ -60,6 +60,11 @@ __all__ = ["Store", "default_store_path", "parse_image_spec", "ENV_STORE", "DB_N
 ENV_STORE = "CASTKEEP_STORE"
 
 
+def _wal_holds_data(db_path: Path) -> bool:
+    wal = db_path.with_name(db_path.name + "-wal")
+    return wal.is_file() and wal.stat().st_size > 0
+
+
 def default_store_path() -> Path:
     """$CASTKEEP_STORE, else `<user data dir>/castkeep/store`."""
     env = os.environ.get(ENV_STORE)
@@ -118,8 +123,11 @@ class Store:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot create store folder ({exc.strerror})", path=folder) from None
-        elif db_path.stat().st_size == 0 and not create:
-            raise StoreError("store database is empty", path=db_path)
+        elif db_path.stat().st_size == 0 and not _wal_holds_data(db_path):
+            # Never silently start over: an empty database where a store was is a failed copy or a full
+            # disk, and a new store in its place would hide that (a non-empty WAL still holds the store).
+            raise StoreError("store database is empty (0 bytes), not a castkeep store any more (a failed copy or "
+                             "a full disk?); move it away to start a new store here", path=db_path)
         if read_only is None:
             read_only = db_path.exists() and not (os.access(folder, os.W_OK) and os.access(db_path, os.W_OK))
         db = Database.connect(db_path, read_only=read_only)

@@ -591,6 +591,9 @@ DAMAGE: dict[str, tuple[str, str, int, int]] = {
     "crop-keypoints-not-json": ("UPDATE refs SET crop_kps = '{'", "keypoints", 0, 0),
     "unknown-index-kind": ("INSERT OR REPLACE INTO meta VALUES ('index_kind', 'weird')", "unknown index kind", 0, 0),
     "fingerprint-deleted": ("DELETE FROM meta WHERE key = 'fingerprint'", "fingerprint", 0, 0),
+    "generation-not-a-number": ("UPDATE meta SET value = 'many' WHERE key = 'generation'", "change counter", 0, 0),
+    "index-generation-not-a-number": ("INSERT OR REPLACE INTO meta VALUES ('index_generation', 'x');"
+                                      "UPDATE meta SET value = 'x' WHERE key = 'generation'", "change counter", 0, 0),
     # item 3: a character of another embedding size that got in anyway (consistent in itself)
     "256-values": (";".join(f"UPDATE {table} SET {column} = substr({column}, 1, 1024)" for table, column in (
         ("characters", "vector"), ("character_vectors", "vector"), ("refs", "embedding"), ("ref_embeddings", "vector")))
@@ -653,3 +656,23 @@ def test_a_store_that_lost_its_model_record_says_so(hostile, invoke, tmp_path):
                  ["import", str(hostile.export), "--name", "Copy"]):
         assert_one_error_line(invoke(*argv, "--store", str(store)), 7, "fingerprint")
     assert store_digest(store) == before
+
+
+@pytest.mark.slow
+def test_a_damaged_change_counter_is_survived_and_repaired(hostile, invoke, tmp_path):
+    """A non-numeric meta 'generation' (and index record) used to end every command in exit 70: queries
+    now rebuild the index, the next change repairs the counter, and verify is clean again."""
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(hostile.store, store)
+    with sqlite3.connect(store / "castkeep.sqlite3") as db:
+        db.executescript("UPDATE meta SET value = 'many' WHERE key = 'generation';"
+                         "INSERT OR REPLACE INTO meta VALUES ('index_generation', 'x')")
+    argv = ["--store", str(store)]
+    assert "Mara" in invoke("identify", str(hostile.photo), *argv, "--json").stdout
+    assert invoke("register", "Second", str(hostile.photo), *argv, "--force").returncode == 0
+    verified = invoke("verify", *argv)
+    assert verified.returncode == 0 and "change counter" not in verified.stdout, verified.stdout + verified.stderr
+    with sqlite3.connect(store / "castkeep.sqlite3") as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0].isdigit()

@@ -632,3 +632,16 @@ def test_export_import_carries_crops_and_every_space(store_copy, tmp_path, secon
     with Store.open(tmp_path / "third", create=True) as third:
         with pytest.raises(StoreError, match="checksum"):
             third.import_file(tampered)
+
+
+def test_an_empty_database_is_never_silently_replaced(tmp_path, fast_analyzer):
+    """Issue 13 item 20: registering into a folder whose castkeep.sqlite3 is 0 bytes (a failed copy, a full
+    disk) used to start a new store over it."""
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "castkeep.sqlite3").write_bytes(b"")
+    for create in (False, True):
+        with pytest.raises(StoreError, match="empty"):
+            Store.open(folder, analyzer=fast_analyzer, create=create)
+    assert (folder / "castkeep.sqlite3").stat().st_size == 0 and sorted(p.name for p in folder.iterdir()) == [
+        "castkeep.sqlite3"]
