@@ -162,10 +162,26 @@ class Database:
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise StoreError(self._busy_message(), path=self.path) from None
+            if "full" in str(exc) or "disk I/O" in str(exc):
+                raise StoreError(self._disk_message(str(exc)), path=self.path) from None
             raise StoreError(f"store database error ({exc})", path=self.path) from None
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"store database is corrupt ({exc}); restore it from a backup or "
                              f"an export", path=self.path) from None
+
+    def _disk_message(self, error: str) -> str:
+        """SQLite says "disk I/O error" for a full disk too: say which it is, and that nothing changed
+        (the transaction was rolled back)."""
+        import shutil
+
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            free = None
+        if "full" in error or (free is not None and free < 1 << 20):
+            return ("no space left for the store (the disk holding it is full): nothing was changed; free some "
+                    "space and try again")
+        return f"the disk failed while reading or writing the store ({error}): nothing was changed"
 
     def _busy_message(self) -> str:
         holder = lock_owner.describe(self.path.parent)
@@ -196,7 +212,8 @@ class Database:
             try:
                 yield
             except BaseException:
-                self.execute("ROLLBACK")
+                if self.connection.in_transaction:  # SQLite has rolled back itself after a full disk
+                    self.execute("ROLLBACK")
                 raise
             self.execute("COMMIT")
         finally:

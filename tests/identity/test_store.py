@@ -645,3 +645,18 @@ def test_an_empty_database_is_never_silently_replaced(tmp_path, fast_analyzer):
             Store.open(folder, analyzer=fast_analyzer, create=create)
     assert (folder / "castkeep.sqlite3").stat().st_size == 0 and sorted(p.name for p in folder.iterdir()) == [
         "castkeep.sqlite3"]
+
+
+def test_a_full_disk_is_named_and_changes_nothing(tmp_path, fast_analyzer, split):
+    """Issue 13 item 19: a full disk used to read "disk I/O error" / "database or disk is full". SQLite's own
+    page limit makes the next write fail exactly as a full disk does."""
+    names = list(split)
+    (a1, a2, _), _ = split[names[0]]
+    (b1, b2, _), _ = split[names[3]]
+    with Store.open(tmp_path / "s", analyzer=fast_analyzer, create=True) as store:
+        store.register("First", [a1, a2])
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(StoreError, match="no space left for the store"):
+            store.register("Second", [b1, b2])
+        assert [c.name for c in store.characters()] == ["First"]
