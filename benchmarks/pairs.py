@@ -86,8 +86,9 @@ def read_pairs(path: str | os.PathLike, root: str | os.PathLike | None = None, *
     """Parse a pairs file. `limit` keeps a balanced slice: the first limit/2 genuine and impostor
     pairs (a quick run that still has both kinds)."""
     path = Path(path)
-    if not path.is_file():
-        raise BenchmarkInputError("pairs file not found", path=path)
+    if not path.is_file():  # never opened otherwise: a FIFO or a device would hang or never end
+        raise BenchmarkInputError("pairs file not found" if not path.exists() else "is not a regular file",
+                                  path=path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
