@@ -25,6 +25,7 @@ cache) and integrity (verify).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -58,6 +59,13 @@ __all__ = ["Store", "default_store_path", "parse_image_spec", "ENV_STORE", "DB_N
            "MAX_REFERENCES", "MAX_REFERENCES_PER_CALL"]
 
 ENV_STORE = "CASTKEEP_STORE"
+
+
+CREATION_SECONDS = 30  # a new store's file is empty only while its creator writes the schema
+
+
+def _just_created(db_path: Path) -> bool:
+    return time.time() - db_path.stat().st_mtime < CREATION_SECONDS
 
 
 def _wal_holds_data(db_path: Path) -> bool:
@@ -123,9 +131,10 @@ class Store:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot create store folder ({exc.strerror})", path=folder) from None
-        elif db_path.stat().st_size == 0 and not _wal_holds_data(db_path):
+        elif db_path.stat().st_size == 0 and not _wal_holds_data(db_path) and not _just_created(db_path):
             # Never silently start over: an empty database where a store was is a failed copy or a full
-            # disk, and a new store in its place would hide that (a non-empty WAL still holds the store).
+            # disk, and a new store in its place would hide that (a non-empty WAL still holds the store;
+            # a file seconds old is another process creating this store right now).
             raise StoreError("store database is empty (0 bytes), not a castkeep store any more (a failed copy or "
                              "a full disk?); move it away to start a new store here", path=db_path)
         if read_only is None:

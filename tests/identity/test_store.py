@@ -4,11 +4,13 @@ reopening in another process, bad input, corrupt files, export/import and model-
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -640,6 +642,8 @@ def test_an_empty_database_is_never_silently_replaced(tmp_path, fast_analyzer):
     folder = tmp_path / "s"
     folder.mkdir()
     (folder / "castkeep.sqlite3").write_bytes(b"")
+    old = time.time() - 3600  # a file seconds old is a store being created by another process right now
+    os.utime(folder / "castkeep.sqlite3", (old, old))
     for create in (False, True):
         with pytest.raises(StoreError, match="empty"):
             Store.open(folder, analyzer=fast_analyzer, create=create)
