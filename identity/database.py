@@ -57,6 +57,12 @@ READ_ONLY_MESSAGE = ("store is read-only (its folder or database file cannot be 
                      "shown, searched, scored, exported and verified, but not changed")
 
 
+def wal_holds_data(path: Path) -> bool:
+    """Whether the database's -wal file holds changes not yet folded into the database file."""
+    wal = path.with_name(path.name + "-wal")
+    return wal.is_file() and wal.stat().st_size > 0
+
+
 def _connect_read_only(path: Path, timeout: float) -> sqlite3.Connection:
     """A read-only connection. `mode=ro` reads a WAL store with its -wal file but needs the -shm file, which
     a folder nobody may write cannot get; then the database file is read as immutable, which is the whole
@@ -68,10 +74,10 @@ def _connect_read_only(path: Path, timeout: float) -> sqlite3.Connection:
     except sqlite3.OperationalError as exc:
         if "unable to open" not in str(exc):
             raise
-    wal = path.with_name(path.name + "-wal")
-    if wal.exists() and wal.stat().st_size > 0:
+    if wal_holds_data(path):
         raise StoreError("store is read-only and its last changes are still in its -wal file (a writer "
-                         "stopped before folding them in); open it once where it can be written", path=wal)
+                         "stopped before folding them in); open it once where it can be written",
+                         path=path.with_name(path.name + "-wal"))
     return _checked(sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None,
                                     check_same_thread=False))
 

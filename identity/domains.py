@@ -26,7 +26,6 @@ calibrated log-odds of the same domain (`calibration.fit_fusion`), so its score 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from . import calibration, similarity
@@ -34,21 +33,6 @@ from .calibration import Calibration, Fusion
 
 DOMAINS = ("photo", "generated")
 
-
-def resolve_domain(domain: str, *sources: Any) -> str:
-    """`auto` → "generated" when any image carries a generator's metadata (castkeep's own outputs, A1111,
-    ComfyUI, InvokeAI PNGs), else "photo"; any other value as given. `path:N` face specs are understood."""
-    if domain != "auto":
-        return domain
-    from ..landmarks.images import generator_chunk
-
-    for source in sources:
-        path = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
-        if path is not None and not os.path.exists(path) and ":" in path:
-            path = path.rsplit(":", 1)[0]  # photo.png:1
-        if path is not None and generator_chunk(path) is not None:
-            return "generated"
-    return "photo"
 
 ARCFACE: dict[str, Calibration] = {
     # Unchanged: the LFW-gallery calibration castkeep has always used (fold 1 evaluates it).
@@ -73,3 +57,15 @@ FUSION: dict[str, Fusion] = {
 
 # dlib's own documented rule (distance < 0.6), for reference in reports; its slope is the photo fit's.
 DLIB_STANDARD = Calibration(threshold=0.6, slope=DLIB["photo"].slope)
+
+
+def resolve_domain(domain: str, *sources: Any) -> str:
+    """`auto` → "generated" when any image carries a generator's metadata (castkeep's own outputs, A1111,
+    ComfyUI, InvokeAI PNGs), else "photo"; any other value as given. `path:N` face specs are understood."""
+    if domain != "auto":
+        return domain
+    from ..landmarks.images import generator_chunk
+    from .enrolment import parse_image_spec
+
+    images = (parse_image_spec(source)[0] for source in sources)
+    return "generated" if any(generator_chunk(image) is not None for image in images) else "photo"

@@ -189,11 +189,16 @@ def gate_impostors(references: list[Reference], new: set[int], force: bool, warn
     stored = [i for i in range(len(references)) if i not in new]
     embeddings = np.stack([normalise(r.embedding) for r in references])
     weights = np.array([r.quality for r in references])
+
+    def below_threshold(anchors: list[int], candidates: list[int]) -> dict[int, float]:
+        """The candidates whose cosine to the anchors' combined vector is under the threshold."""
+        anchor = combine(embeddings[anchors], weights[anchors])
+        scores = {i: float(np.dot(anchor, embeddings[i])) for i in candidates}
+        return {i: v for i, v in scores.items() if v < threshold}
+
     if stored:  # references once kept with --force despite a flag do not speak for the character
         trusted = [i for i in stored if not references[i].flagged] or stored
-        anchor = combine(embeddings[trusted], weights[trusted])
-        scores = {i: float(np.dot(anchor, embeddings[i])) for i in sorted(new)}
-        outliers = {i: v for i, v in scores.items() if v < threshold}
+        outliers = below_threshold(trusted, sorted(new))
         what = "does not look like the same person as this character's stored references"
     elif len(references) == 2:
         pair = float(np.dot(embeddings[0], embeddings[1]))
@@ -206,10 +211,8 @@ def gate_impostors(references: list[Reference], new: set[int], force: bool, warn
                               for g in groups[:3])
             raise ImpostorReferenceError(f"these photos show more than one person and none is a clear majority "
                                          f"({shown}): register each person separately")
-        anchor = combine(embeddings[groups[0]], weights[groups[0]])
         # Outside the largest group yet close enough to it (a hard pose of the same person) is kept.
-        scores = {i: float(np.dot(anchor, embeddings[i])) for g in groups[1:] for i in g}
-        outliers = {i: v for i, v in scores.items() if v < threshold}
+        outliers = below_threshold(groups[0], [i for g in groups[1:] for i in g])
         what = "does not look like the same person as the other references"
     if not outliers:
         return

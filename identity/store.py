@@ -46,7 +46,7 @@ from ..utils import remove_stale_temporaries
 from . import integrity, migrations, rows, similarity
 from .calibration import probability
 from .characters import Character, CharacterScore, Match, Reference, Space, pack_of
-from .database import DB_NAME, READ_ONLY_MESSAGE, Database
+from .database import DB_NAME, READ_ONLY_MESSAGE, Database, wal_holds_data
 from .enrolment import MAX_REFERENCES, MAX_REFERENCES_PER_CALL, embed_references, gate_impostors, parse_image_spec
 from .index_cache import INDEX_NAME, IndexCache
 from .names import clean_description, clean_tags, name_key, normalize_name
@@ -66,11 +66,6 @@ CREATION_SECONDS = 30  # a new store's file is empty only while its creator writ
 
 def _just_created(db_path: Path) -> bool:
     return time.time() - db_path.stat().st_mtime < CREATION_SECONDS
-
-
-def _wal_holds_data(db_path: Path) -> bool:
-    wal = db_path.with_name(db_path.name + "-wal")
-    return wal.is_file() and wal.stat().st_size > 0
 
 
 def default_store_path() -> Path:
@@ -131,7 +126,7 @@ class Store:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot create store folder ({exc.strerror})", path=folder) from None
-        elif db_path.stat().st_size == 0 and not _wal_holds_data(db_path) and not _just_created(db_path):
+        elif db_path.stat().st_size == 0 and not wal_holds_data(db_path) and not _just_created(db_path):
             # Never silently start over: an empty database where a store was is a failed copy or a full
             # disk, and a new store in its place would hide that (a non-empty WAL still holds the store;
             # a file seconds old is another process creating this store right now).
