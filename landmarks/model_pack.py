@@ -70,8 +70,13 @@ def resolve_pack_dir(pack: str | os.PathLike | None = None, *, root: str | os.Pa
         raise ModelNotFoundError(f"model pack folder {direct} has no .onnx files")
     name = os.fspath(pack)
     roots = [Path(root).expanduser()] if root else []
+    env_pack = False
     if env and Path(env).expanduser().is_dir():
-        roots.append(Path(env).expanduser())
+        # CASTKEEP_MODELS may name a root of packs, or one pack: then its siblings are the other packs, and
+        # a download goes to insightface's own root, never inside that pack's folder.
+        env_path = Path(env).expanduser()
+        env_pack = _is_pack_dir(env_path)
+        roots.append(env_path.parent if env_pack else env_path)
     roots.append(Path(DEFAULT_ROOT).expanduser())
     for base in roots:
         for candidate in (base / "models" / name, base / name):
@@ -79,6 +84,8 @@ def resolve_pack_dir(pack: str | os.PathLike | None = None, *, root: str | os.Pa
                 return candidate.resolve()
     if not download or name not in INSIGHTFACE_PACKS:  # only insightface's own packs can be downloaded
         raise ModelNotFoundError(_missing_pack_message(name, roots))
+    if env_pack and not root:
+        roots = [roots[-1], *roots[:-1]]  # insightface's root first: where the download goes
     made = [folder for folder in (roots[0] / "models" / name, roots[0] / "models", roots[0]) if not folder.exists()]
     try:
         from insightface.utils.storage import ensure_available

@@ -112,3 +112,29 @@ def test_cuda_request_on_a_cpu_build_is_refused():
     assert select_providers("auto") == ["CPUExecutionProvider"]
     with pytest.raises(ModelNotFoundError, match="CUDA"):
         select_providers("cuda")
+
+
+def test_a_pack_in_castkeep_models_finds_its_sibling_packs_and_never_downloads_into_itself(tmp_path, pack_dir,
+                                                                                          monkeypatch):
+    """The README's main job sets CASTKEEP_MODELS to buffalo_s_lite's folder, then asks for `--models
+    buffalo_l`: that name was looked for (and downloaded) *inside* the buffalo_s_lite folder."""
+    import socket
+
+    packs, home = tmp_path / "packs", tmp_path / "home"
+    for name in ("buffalo_s_lite", "my_pack"):
+        (packs / name).mkdir(parents=True)
+        for onnx in pack_dir.glob("*.onnx"):
+            os.symlink(onnx, packs / name / onnx.name)
+    home.mkdir()
+    monkeypatch.setenv("CASTKEEP_MODELS", str(packs / "buffalo_s_lite"))
+    monkeypatch.setenv("HOME", str(home))
+    assert resolve_pack_dir("my_pack") == (packs / "my_pack").resolve()
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_pack_dir("buffalo_l")
+    assert str(home / ".insightface" / "models" / "buffalo_l") in str(info.value).split("put its .onnx files in ")[1]
+    assert sorted(p.name for p in (packs / "buffalo_s_lite").iterdir()) == sorted(p.name for p in pack_dir.glob("*.onnx"))
