@@ -91,7 +91,7 @@ def known_space(adapter: str | os.PathLike[str]) -> ConditioningSpace | None:
 def space_from_option(spec: str | os.PathLike[str]) -> ConditioningSpace:
     """`--conditioning-models`: a pack name (buffalo_l), a pack folder, or a full stored fingerprint."""
     text = os.fspath(spec)
-    if Path(text).expanduser().is_dir():
+    if os.sep in text or Path(text).expanduser().is_dir():  # a folder (a missing one: ModelNotFoundError)
         from ..landmarks.model_pack import ModelPack
 
         pack = ModelPack.from_pretrained(text)

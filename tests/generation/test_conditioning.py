@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from castkeep.errors import ConfigError, UnknownSpaceError
+from castkeep.errors import ConfigError, ModelNotFoundError, UnknownSpaceError
 from castkeep.generation.conditioning import conditioning_space, known_space, space_from_option, space_vector
 from castkeep.identity.characters import Character, Space
 
@@ -78,3 +78,8 @@ def test_the_option_takes_a_pack_name_a_fingerprint_or_a_folder(pack_dir):
     assert exact.matches(BUFFALO_L) and exact.matches(RENAMED_L) and not exact.matches(BUFFALO_S)
     folder = space_from_option(pack_dir)
     assert folder.fingerprint.startswith("buffalo_s_lite:w600k_mbf.onnx:") and folder.matches(folder.fingerprint)
+
+
+def test_a_missing_pack_folder_is_not_taken_for_a_pack_name(tmp_path):
+    with pytest.raises(ModelNotFoundError):
+        space_from_option(tmp_path / "no-such-pack")
