@@ -11,11 +11,12 @@ The weights ship in the `face_recognition_models` package. Its `__init__` import
 (gone from recent setuptools), so the files are found without importing it.
 
 The network runs on onnxruntime by default (backend "onnx"): identity/dlib_onnx.py converts dlib's `.dat`
-file to an ONNX graph in memory at load (about 0.1 s), and its descriptors equal dlib's own to float32
-rounding (largest difference measured over 258 real chips: 4.5e-7 per component, 1.2e-6 Euclidean), at
-about 9-11 ms per chip on 2 CPU cores against dlib-bin's 70-95 ms (built without BLAS). Backend "dlib"
-(`backend=` or $CASTKEEP_DLIB_BACKEND) runs dlib's own network, the reference. Both are the same weights
-in the same space, so they share one `fingerprint`: descriptors stored by either stay valid.
+file to an ONNX graph in memory at load (about 0.1 s; a cache would save little), and its descriptors
+equal dlib's own to float32 rounding (largest difference measured over 258 real chips: 4.5e-7 per
+component, 1.2e-6 Euclidean), at 2.5-8 ms per chip on 2 busy CPU cores against dlib-bin's 73-94 ms (built
+without BLAS). Backend "dlib" (`backend=` or $CASTKEEP_DLIB_BACKEND) runs dlib's own network, the
+reference. Both are the same weights in the same space, so they share one `fingerprint`: descriptors
+stored by either stay valid.
 """
 
 from __future__ import annotations
