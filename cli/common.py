@@ -8,8 +8,9 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -80,6 +81,30 @@ def emit(data: Any, as_json: bool, text: Callable[[Any], str] | str | None = Non
         click.echo(_UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", dumps(data)))
     elif text is not None:
         echo(text(data) if callable(text) else text)
+
+
+def expand_images(arguments: Sequence[Any]) -> list[str]:
+    """The images named on a command line: a folder becomes the image files under it (recursively, sorted,
+    hidden files and folders skipped, symbolic links to folders not followed); anything else stays as given
+    (a file, or PHOTO:N). A folder without images is an ImageError."""
+    from ..errors import ImageError
+    from ..utils import IMAGE_SUFFIXES
+
+    images: list[str] = []
+    for argument in arguments:
+        folder = Path(os.fspath(argument))
+        if not folder.is_dir():
+            images.append(os.fspath(argument))
+            continue
+        found = []
+        for root, folders, files in os.walk(folder):
+            folders[:] = [name for name in folders if not name.startswith(".")]
+            found += [os.path.join(root, name) for name in files
+                      if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES]
+        if not found:
+            raise ImageError("folder holds no images (jpg, png, webp, bmp, tiff)", path=folder)
+        images += sorted(found)
+    return images
 
 
 def make_analyzer(models: str | None, device: str, **kwargs: Any):

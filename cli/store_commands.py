@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ..errors import StoreError
-from ..utils import progress
+from ..utils import no_progress, progress
 from .common import (
     device_option,
     domain_option,
@@ -182,8 +182,56 @@ def remove(name: str, store_path: Path | None, models: str | None, device: str, 
     emit({"removed": removed}, as_json, f"removed {one_line(removed)}")
 
 
+images_argument = click.argument("images", nargs=-1, required=True)
+keep_going_option = click.option(
+    "--keep-going", is_flag=True,
+    help="With several images: report an image that cannot be read or has no face, and go on (exit 4 at the "
+         "end) instead of stopping there.")
+
+
+def _judge_images(images: tuple[str, ...], keep_going: bool, store: Any, judge: Callable[..., Any],
+                  face_index: int | None, scorer: str, domain: str) -> list[Any]:
+    """Every image judged in one batch, as `ImageJudgement`s; the first image error stops the batch unless
+    `keep_going` (a single image's error always does: it is that command's answer)."""
+    from ..identity.store_scoring import judge_many
+    from .common import expand_images
+
+    paths = expand_images(images)
+    results = []
+    for result in judge_many(store, paths, judge, face=face_index, scorer=scorer, domain=domain,
+                             progress=progress if len(paths) > 3 else no_progress):
+        if result.error is not None and not (keep_going and len(paths) > 1):
+            raise result.error
+        results.append(result)
+    return results
+
+
+def _emit_batch(results: list[Any], as_json: bool, one: Callable[[Any], Any],
+                single_text: Callable[[Any], str], line: Callable[[Any], str]) -> None:
+    """One image: its answer as the single-image command always printed it. Several: {"images": [...]}, one
+    line each; exit 4 when any image failed (with --keep-going)."""
+    if len(results) == 1 and results[0].error is None:
+        emit(one(results[0]), as_json, single_text)
+        return
+    rows = [{"image": r.image, "error": str(r.error)} if r.error is not None
+            else {"image": r.image, "domain": r.domain, **_result_dict(r.result)} for r in results]
+
+    def text(_: Any) -> str:
+        return "\n".join(f"error: {r.error}" if r.error is not None else f"{r.image}: {line(r)}" for r in results)
+
+    emit({"images": rows}, as_json, text)
+    if any(r.error is not None for r in results):
+        raise SystemExit(4)
+
+
+def _result_dict(result: Any) -> dict[str, Any]:
+    if isinstance(result, list):
+        return {"matches": [m.to_dict() for m in result]}
+    return dict(result.to_dict())
+
+
 @click.command()
-@click.argument("image")
+@images_argument
 @click.option("-k", "--top", "k", type=click.IntRange(min=1), default=5, show_default=True,
               help="How many characters to list.")
 @click.option("--fpir", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01, show_default=True,
@@ -192,57 +240,77 @@ def remove(name: str, store_path: Path | None, models: str | None, device: str, 
 @face_option
 @scorer_option
 @domain_option
+@keep_going_option
 @store_options
-def identify(image: str, k: int, fpir: float, face_index: int | None, scorer: str, domain: str,
-             store_path: Path | None, models: str | None, device: str, as_json: bool) -> None:
-    """The stored characters closest to the face in IMAGE, best first (--json: a list of matches, each with
-    its `open_set` threshold). "same person" is judged at the open-set threshold for the store's size.
-    dlib and fused re-rank ArcFace's nearest characters (at least 5), described from their stored face crops."""
-    from ..identity.domains import resolve_domain
+def identify(images: tuple[str, ...], k: int, fpir: float, face_index: int | None, scorer: str, domain: str,
+             keep_going: bool, store_path: Path | None, models: str | None, device: str, as_json: bool) -> None:
+    """The stored characters closest to the face in each of IMAGES (files or folders), best first (--json: a
+    list of matches, each with its `open_set` threshold; with several images, {"images": [...]}). "same
+    person" is judged at the open-set threshold for the store's size. dlib and fused re-rank ArcFace's
+    nearest characters (at least 5), described from their stored face crops. Several images are detected
+    and embedded as one batch, with a progress bar."""
+    from ..identity.open_set import open_set_threshold
     from ..identity.store_scoring import identify as identify_face
 
+    def judge(store: Any, image: Any, **kwargs: Any) -> Any:
+        return identify_face(store, image, k=k, fpir=fpir, **kwargs)
+
     with open_store(store_path, models, device) as store:
-        domain = resolve_domain(domain, image)
-        matches = identify_face(store, image, k=k, face=face_index, scorer=scorer, domain=domain, fpir=fpir)
-    rows = [m.to_dict() for m in matches]
+        open_set_threshold(scorer, "photo", len(store), fpir)  # a bad --fpir fails before any image is read
+        results = _judge_images(images, keep_going, store, judge, face_index, scorer, domain)
 
-    def text(_: Any) -> str:
-        if not rows:
+    def single(_: Any) -> str:
+        return _matches_text([m.to_dict() for m in results[0].result], results[0].domain)
+
+    def line(result: Any) -> str:
+        best = result.result[0].to_dict() if result.result else None
+        if best is None:
             return "no characters stored"
-        width = max(len(r["name"]) for r in rows)
-        metric = {"cosine": "cosine", "euclidean distance": "distance"}.get(rows[0]["metric"], rows[0]["metric"])
-        lines = [f"{i + 1}. {r['name']:<{width}}  {metric} {r['score']:.3f}  P(same) "
-                 f"{r['probability']:.2f}  {'same person' if r['same'] else '-'}" for i, r in enumerate(rows)]
-        rule = rows[0]["open_set"]
-        how = (f"for {rule['characters']} character(s) at FPIR {rule['target_fpir']:.2%}" if rule["fitted"]
-               else f"= 1:1: no impostor tail fitted for {rows[0]['scorer']} in {domain}")
-        return "\n".join(lines + [f"verdict at the open-set {metric} threshold {rule['threshold']:.3f} ({how}; "
-                                  f"1:1 threshold {rule['one_to_one_threshold']:.3f})"])
+        return (f"{best['name']} (P(same) {best['probability']:.2f}, "
+                f"{'same person' if best['same'] else 'not the same person'})")
 
-    emit(rows, as_json, text)
+    _emit_batch(results, as_json, lambda r: [m.to_dict() for m in r.result], single, line)
+
+
+def _matches_text(rows: list[dict[str, Any]], domain: str | None) -> str:
+    if not rows:
+        return "no characters stored"
+    width = max(len(r["name"]) for r in rows)
+    metric = {"cosine": "cosine", "euclidean distance": "distance"}.get(rows[0]["metric"], rows[0]["metric"])
+    lines = [f"{i + 1}. {r['name']:<{width}}  {metric} {r['score']:.3f}  P(same) "
+             f"{r['probability']:.2f}  {'same person' if r['same'] else '-'}" for i, r in enumerate(rows)]
+    rule = rows[0]["open_set"]
+    how = (f"for {rule['characters']} character(s) at FPIR {rule['target_fpir']:.2%}" if rule["fitted"]
+           else f"= 1:1: no impostor tail fitted for {rows[0]['scorer']} in {domain}")
+    return "\n".join(lines + [f"verdict at the open-set {metric} threshold {rule['threshold']:.3f} ({how}; "
+                              f"1:1 threshold {rule['one_to_one_threshold']:.3f})"])
 
 
 @click.command()
-@click.argument("image")
+@images_argument
 @click.option("--character", "-c", "name", required=True, help="The character to score against.")
 @face_option
 @scorer_option
 @domain_option
+@keep_going_option
 @store_options
-def score(image: str, name: str, face_index: int | None, scorer: str, domain: str, store_path: Path | None,
-          models: str | None, device: str, as_json: bool) -> None:
-    """Score the face in IMAGE against a character: the scorer's number, P(same person), verdict, leakage.
-    dlib and fused describe the character's stored face crops (or its reference photos, sha256-checked,
-    for references stored before crops were kept)."""
-    from ..identity.domains import resolve_domain
+def score(images: tuple[str, ...], name: str, face_index: int | None, scorer: str, domain: str, keep_going: bool,
+          store_path: Path | None, models: str | None, device: str, as_json: bool) -> None:
+    """Score the face in each of IMAGES (files or folders) against a character: the scorer's number,
+    P(same person), verdict, leakage. dlib and fused describe the character's stored face crops (or its
+    reference photos, sha256-checked, for references stored before crops were kept). Several images are
+    detected and embedded as one batch, with a progress bar (--json: {"images": [...]})."""
     from ..identity.store_scoring import score as score_face
 
-    with open_store(store_path, models, device) as store:
-        result = score_face(store, image, name, face=face_index, scorer=scorer,
-                            domain=resolve_domain(domain, image))
-    data = {"image": image, **result.to_dict()}
+    def judge(store: Any, image: Any, **kwargs: Any) -> Any:
+        return score_face(store, image, name, **kwargs)
 
-    def text(_: Any) -> str:
+    with open_store(store_path, models, device) as store:
+        store.get(name)  # an unknown character fails before any image is read
+        results = _judge_images(images, keep_going, store, judge, face_index, scorer, domain)
+
+    def single(data: Any) -> str:
+        result = results[0].result
         lines = [f"{data['name']}:"] + [f"  {verdict_text(s)}" for s in data["scores"].values()]
         if result.baseline_mean is not None:
             lines.append(f"  character baseline (leave-one-out mean cosine): {result.baseline_mean:.2f}")
@@ -253,7 +321,13 @@ def score(image: str, name: str, face_index: int | None, scorer: str, domain: st
                          + ("  <- identity leakage: closer to another character" if result.leakage else ""))
         return "\n".join(lines)
 
-    emit(data, as_json, text)
+    def line(result: Any) -> str:
+        data = result.result.to_dict()
+        return (f"P(same) {data['probability']:.2f} ({data['scorer']}), "
+                f"{'same person' if data['same'] else 'not the same person'}"
+                + ("; leakage: closer to " + data["closest_other"]["name"] if data["leakage"] else ""))
+
+    _emit_batch(results, as_json, lambda r: {"image": r.image, **r.result.to_dict()}, single, line)
 
 
 @click.command()

@@ -106,6 +106,7 @@ class ImageResult:
     source: str
     analysis: Analysis | None = None
     error: CastkeepError | None = None
+    image: np.ndarray | None = None  # the decoded BGR pixels, for work on the same faces (dlib, drawing)
 
 
 def _prefetched(sources: Iterable[ImageInput], ahead: int) -> Iterator[tuple[ImageInput, np.ndarray | CastkeepError]]:
@@ -208,7 +209,8 @@ class FaceAnalyzer:
                 continue
             own = embeddings[start:start + len(crops)]
             start += len(crops)
-            yield ImageResult(describe_source(source), self._analysis(source, loaded, detections, crops, own, dense))
+            yield ImageResult(describe_source(source), self._analysis(source, loaded, detections, crops, own, dense),
+                              image=loaded)
 
     def _detect(self, image: np.ndarray, max_faces: int) -> tuple[list[Detection], list[np.ndarray]]:
         """Faces ordered by `selection`, and their aligned crops."""

@@ -448,12 +448,13 @@ def convert(path: str | Path) -> bytes:
 
 
 def descriptor_session(model: bytes, providers: list[Any] | None = None) -> Any:
-    """An onnxruntime session on the converted model: full graph optimisation, `providers` as given
-    (default: CPU)."""
+    """An onnxruntime session on the converted model, with the session options of castkeep's face models
+    (full graph optimisation, no spinning threads), `providers` as given (default: CPU)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    from ..landmarks.model_pack import session_options
+
+    options = session_options()
     options.log_severity_level = 3
     return ort.InferenceSession(model, sess_options=options, providers=providers or ["CPUExecutionProvider"])
 

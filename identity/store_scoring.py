@@ -10,13 +10,15 @@ large store is never re-described in full, dlib and the fusion re-rank ArcFace's
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import CastkeepError, FaceIndexError, ImageError, NoFaceError, StoreError
 from ..landmarks.model_pack import same_space
+from ..utils import Progress, no_progress
 from .open_set import DEFAULT_FPIR, OpenSetThreshold, open_set_threshold
 from .scorers import FaceFeatures, ScoreResult, check_domain, describe_face, get_scorer, judge_all
 
@@ -119,11 +121,13 @@ class _Judge:
 
 
 def identify(store: Any, source: Any, *, k: int = 5, face: int | None = None, scorer: str = "arcface",
-             domain: str = "photo", recogniser: Any = None, fpir: float = DEFAULT_FPIR) -> list[ScoredMatch]:
+             domain: str = "photo", recogniser: Any = None, fpir: float = DEFAULT_FPIR,
+             features: FaceFeatures | None = None, references: ReferenceDescriptors | None = None) -> list[ScoredMatch]:
     """The k characters most likely to be the face in `source`, by `scorer` in `domain`, best first; each
-    verdict at the open-set threshold that accepts about `fpir` of faces not enrolled (identity/open_set.py)."""
+    verdict at the open-set threshold that accepts about `fpir` of faces not enrolled (identity/open_set.py).
+    `features` and `references` as for `score`."""
     open_set = open_set_threshold(scorer, domain, len(store), fpir)  # a bad fpir fails before any model loads
-    judge = _Judge(store, source, face, scorer, domain, recogniser)
+    judge = _Judge(store, source, face, scorer, domain, recogniser, features, references)
     shortlist = k if judge.scorer.name == "arcface" else max(k, SHORTLIST)
     matches = [judge.judge(m.name, m.score, open_set) for m in store.identify(judge.query, k=shortlist, face=face)]
     matches.sort(key=lambda m: -m.log_odds)
@@ -150,6 +154,55 @@ def score(store: Any, source: Any, name: str, *, face: int | None = None, scorer
     leakage = (stored.leakage if judge.scorer.name == "arcface"
                else closest is not None and closest.log_odds > own.log_odds)
     return CharacterJudgement(match=own, closest_other=closest, leakage=leakage, baseline_mean=stored.baseline_mean)
+
+
+@dataclass
+class ImageJudgement:
+    """One image of a batch: what was judged (a `score` or an `identify` answer), or why it could not be."""
+
+    image: str
+    domain: str | None = None
+    result: Any = None
+    error: CastkeepError | None = None
+
+
+def judge_many(store: Any, images: Iterable[Any], judge: Callable[..., Any], *, face: int | None = None,
+               scorer: str = "arcface", domain: str = "photo", recogniser: Any = None,
+               progress: Progress = no_progress) -> Iterator[ImageJudgement]:
+    """`judge(store, image, face=, scorer=, domain=, features=, references=, recogniser=)` (`score` with its
+    character bound, or `identify`) for each image, in order, detecting and embedding them as one batch
+    (`FaceAnalyzer.analyze_many`) and describing each chosen face with dlib when the scorer needs it.
+    `domain` "auto" is resolved per image. An image that cannot be read, has no face or lacks the asked
+    face is an `ImageJudgement` with its error; store errors stop the batch."""
+    from .domains import resolve_domain
+    from .enrolment import parse_image_spec
+
+    chosen = get_scorer(scorer)
+    recogniser = recogniser if recogniser is not None else (_dlib() if chosen.needs_dlib else None)
+    references = None
+    if recogniser is not None:
+        from .reference_faces import ReferenceDescriptors
+
+        references = ReferenceDescriptors(recogniser, store.analyzer.detector)  # once for the whole batch
+    specs = [(image, *parse_image_spec(image)) for image in images]
+    analyzed = store.analyzer.analyze_many(path for _, path, _ in specs)
+    for (label, path, spec_face), result in progress(zip(specs, analyzed, strict=True), label="images",
+                                                     total=len(specs)):
+        try:
+            if result.error is not None:
+                raise result.error
+            assert result.analysis is not None and result.image is not None  # set when there is no error
+            result.analysis.source = str(path)
+            picked = result.analysis.face(spec_face if spec_face is not None else face)
+            descriptor = None if recogniser is None else recogniser.describe(result.image, [picked.bbox])[0]
+            features = FaceFeatures(index=picked.index, embedding=picked.embedding, descriptor=descriptor)
+            image_domain = resolve_domain(domain, path)
+            answer = judge(store, path, face=picked.index, scorer=scorer, domain=image_domain, features=features,
+                           references=references, recogniser=recogniser)
+        except (ImageError, NoFaceError, FaceIndexError) as exc:
+            yield ImageJudgement(image=str(label), error=exc)
+            continue
+        yield ImageJudgement(image=str(label), domain=image_domain, result=answer)
 
 
 def _dlib() -> Any:

@@ -130,10 +130,14 @@ def decode_jpeg(path: Path) -> np.ndarray | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a bomb's warning is for load_pil to turn into its error
             with Image.open(path) as header:  # reads the header only
-                if (header.format != "JPEG" or header.mode not in ("RGB", "L")
-                        or header.size[0] * header.size[1] > MAX_IMAGE_PIXELS
+                pixels = header.size[0] * header.size[1]
+                if (header.format != "JPEG" or header.mode not in ("RGB", "L") or pixels > MAX_IMAGE_PIXELS
                         or header.getexif().get(_EXIF_ORIENTATION, 1) != 1):
                     return None
+        # OpenCV decodes from memory: a file larger than its own raw pixels (padding, trailing data) would be
+        # held whole, where PIL streams it.
+        if path.stat().st_size > 3 * pixels + (1 << 20):
+            return None
         data = np.fromfile(path, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, ImageError, Image.DecompressionBombError):
         return None

@@ -206,15 +206,23 @@ def test_a_v1_store_migrates_keeps_every_character_and_answers_as_before(tmp_pat
         mara = store.get("mara")
         assert (mara.description, mara.tags, len(mara.references)) == ("lead", ["cast", "v1"], 3)
         assert store.get("Ari").baseline["references"] == 3  # his add-refs refit survived
-        # The stored vectors are compared bit for bit above; the probes are embedded afresh, and other
-        # onnxruntime/OpenCV versions (CI's minimum-versions step) move a cosine by up to ~5e-4.
+        # The stored vectors are compared bit for bit above. The probes are embedded afresh, so their cosines
+        # are checked against the version-1 vectors read straight from the old tables (the frozen numbers
+        # were recorded by an older detector; the names and verdicts they give still hold).
+        def v1_cosine(probe: str, name: str) -> float:
+            fresh = fast_analyzer.embed(faces_dir / probe).embedding
+            return float(np.dot(fresh, np.frombuffer(v1_vectors[name], dtype=np.float32)))
+
         for probe, expected in V1_EXPECTED["identify"].items():
             found = [(m.name, m.score) for m in store.identify(faces_dir / probe, k=3)]
             assert [name for name, _ in found] == [name for name, _ in expected]
-            assert np.allclose([score for _, score in found], [score for _, score in expected], atol=2e-3)
+            assert np.allclose([score for _, score in found], [v1_cosine(probe, name) for name, _ in found],
+                               atol=1e-5)
+            assert np.allclose([score for _, score in found], [score for _, score in expected], atol=0.02)
         for probe, expected in V1_EXPECTED["score"].items():
             scored = store.score(faces_dir / probe, expected["name"])
-            assert scored.cosine == pytest.approx(expected["cosine"], abs=2e-3)
+            assert scored.cosine == pytest.approx(v1_cosine(probe, expected["name"]), abs=1e-5)
+            assert scored.cosine == pytest.approx(expected["cosine"], abs=0.02)
             assert (scored.same, scored.closest_other.name, scored.leakage) == (
                 expected["same"], expected["closest_other"], expected["leakage"])
     # The version-1 columns still hold the primary space, and the new tables a copy of it.
@@ -290,12 +298,14 @@ def test_reembedding_a_migrated_store_rereads_unchanged_photos_and_reports_the_r
         ari = store.get("Ari")
         assert [r.has_crop for r in ari.references] == [True, True, False]  # crops kept from now on
         assert (ari.spaces[V1_FINGERPRINT].references, ari.spaces[second].references) == (3, 2)
-        # The same ONNX model under another name: the photos re-read give the stored embeddings.
+        # The same ONNX model under another name: the photos re-read give the stored embeddings (to the
+        # detector's keypoints: the fixture was embedded when detection ran at 640x640 first, which moves an
+        # LFW embedding to a median cosine of 0.984 to today's, 0.95 at worst; another model gives ~0).
         for reference in ari.references[:2]:
-            assert float(np.dot(reference.embeddings[second], reference.embeddings[V1_FINGERPRINT])) > 0.999
+            assert float(np.dot(reference.embeddings[second], reference.embeddings[V1_FINGERPRINT])) > 0.95
         assert np.allclose(store.vector("Ari", second), combine(
-            np.stack([r.embedding for r in ari.references[:2]]), np.array([r.quality for r in ari.references[:2]])),
-            atol=1e-3)
+            np.stack([r.embeddings[second] for r in ari.references[:2]]),
+            np.array([r.quality for r in ari.references[:2]])), atol=1e-5)
         assert store.verify()["ok"]
         probe, expected = next(iter(V1_EXPECTED["identify"].items()))
         assert [m.name for m in store.identify(faces_dir / probe, k=3)] == [name for name, _ in expected]
