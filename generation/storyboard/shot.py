@@ -62,8 +62,9 @@ def region_mask(region: Region, width: int, height: int) -> Image.Image:
 
 
 class ShotScorer:
-    """Judges a shot's image: each character by its own scorer (the store's ArcFace + dlib, fused), on its
-    region of the image when the shot names several characters."""
+    """Judges a shot's image against its characters, each by its own scorer (the store's ArcFace + dlib,
+    fused). One character without a region: the main face, as `castkeep generate` judges. Otherwise every
+    face is judged against every character and faces are assigned to characters (cast.py)."""
 
     def __init__(self, shot: Shot, scorers: dict[str, Scorer], config: GenerationConfig) -> None:
         self.shot = shot
@@ -71,31 +72,79 @@ class ShotScorer:
         self.config = config
 
     def score(self, image: Image.Image) -> tuple[dict[str, Any], float, bool]:
-        characters: dict[str, dict[str, Any]] = {}
-        results: dict[str, OutputScore] = {}
-        for name in self.shot.characters:
-            region = self.shot.regions.get(name)
-            judged = image if region is None else image.crop(region_box(region, image.width, image.height))
-            result = self.scorers[name].score(judged)
-            results[name] = result
-            characters[name] = {**result.to_dict(), "region": None if region is None else region.label,
-                                "passed": passes(result, self.config)}
-        value = min(result.value for result in results.values())
+        if self.shot.regions:
+            characters, flags = self._cast(image)
+        else:
+            name = self.shot.characters[0]
+            result = self.scorers[name].score(image)
+            characters = {name: {**_entry(result), "region": None, "passed": passes(result, self.config)}}
+            flags = _flags(name, result, characters[name]["passed"])
+        values = [float("-inf") if entry["log_odds"] is None else entry["log_odds"] for entry in characters.values()]
+        value = min(values)
+        probabilities = [entry["probability"] for entry in characters.values() if entry["probability"] is not None]
         passed = all(entry["passed"] for entry in characters.values())
-        probabilities = [r.probability for r in results.values() if r.probability is not None]
-        flags = []
-        for name, result in results.items():
-            if not result.face_found:
-                flags.append(f"no face: {name}")
-            elif result.leakage:
-                other = (result.closest_other or {}).get("name", "another character")
-                flags.append(f"leakage: {name} looks more like {other}")
-            if result.face_found and not characters[name]["passed"]:
-                flags.append(f"below target: {name}")
         score = {"characters": characters, "value": None if value == float("-inf") else round(value, 4),
-                 "probability": round(float(min(probabilities)), 4) if len(probabilities) == len(results) else None,
-                 "face_found": all(r.face_found for r in results.values()), "passed": passed, "flags": flags}
+                 "probability": round(float(min(probabilities)), 4) if len(probabilities) == len(characters) else None,
+                 "face_found": all(entry["face_found"] for entry in characters.values()), "passed": passed,
+                 "flags": flags}
         return score, value, passed
+
+    def _cast(self, image: Image.Image) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        from ...errors import CastkeepError
+        from ...landmarks.images import load_image
+        from .cast import face_centre, place_characters
+
+        names = list(self.shot.characters)
+        scorers = [self.scorers[name] for name in names]
+        try:
+            pixels = load_image(image)
+            faces = list(scorers[0].analyzer.analyze(pixels, dense=False).faces)  # type: ignore[attr-defined]
+        except CastkeepError:
+            pixels, faces = None, []
+        results = [[scorer.score_face(pixels, face, faces=len(faces)) for scorer in scorers]  # type: ignore[attr-defined]
+                   for face in faces]
+        values = np.array([[r.value for r in row] for row in results], dtype=np.float64).reshape(len(faces), len(names))
+        masks = {name: np.asarray(region_mask(self.shot.regions[name], image.width, image.height)) > 127
+                 for name in names}
+
+        def centre_in(face: int, name: str) -> bool:
+            x, y = face_centre(faces[face].bbox)
+            mask = masks[name]
+            return bool(mask[min(mask.shape[0] - 1, max(0, int(y))), min(mask.shape[1] - 1, max(0, int(x)))])
+
+        placements = place_characters(values, names, centre_in)
+        characters: dict[str, dict[str, Any]] = {}
+        flags: list[str] = []
+        for column, name in enumerate(names):
+            placement = placements[name]
+            result = (results[placement.face][column] if placement.face is not None
+                      else OutputScore(face_found=False, faces=len(faces)))
+            ok = (placement.face is not None and placement.in_region and placement.better_match is None
+                  and passes(result, self.config))
+            characters[name] = {**_entry(result), "region": self.shot.regions[name].label, "face": placement.face,
+                                "in_region": placement.in_region, "better_match": placement.better_match, "passed": ok}
+            flags += placement.flags
+            if placement.face is not None and placement.in_region and placement.better_match is None:
+                flags += _flags(name, result, ok)
+        return characters, flags
+
+
+def _entry(result: OutputScore) -> dict[str, Any]:
+    """A character's score as recorded, with the log-odds that rank takes (None without a face)."""
+    return {**result.to_dict(), "log_odds": None if result.value == float("-inf") else result.value}
+
+
+def _flags(name: str, result: OutputScore, passed: bool) -> list[str]:
+    """What the report lists for one character's face: missing, leaking to another stored character, or
+    below the shot's min_score."""
+    if not result.face_found:
+        return [f"no face: {name}"]
+    flags = []
+    if result.leakage:
+        flags.append(f"leakage: {name} looks more like {(result.closest_other or {}).get('name', 'another character')}")
+    if not passed:
+        flags.append(f"below target: {name}")
+    return flags
 
 
 def conditioning(shot: Shot, identities: dict[str, Identity], width: int, height: int
