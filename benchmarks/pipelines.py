@@ -61,6 +61,10 @@ class CastkeepPipeline:
         """The full fast-path analysis of one image (every face embedded); returns the face count."""
         return len(self.analyzer.analyze(path).faces)
 
+    def analyze_all(self, paths: list[Path]) -> int:
+        """Every image analysed as one batch (how a folder is processed); returns the face count."""
+        return sum(len(r.analysis.faces) for r in self.analyzer.analyze_many(paths) if r.analysis is not None)
+
     def variants(self, path: Path) -> ImageEmbeddings:
         result = ImageEmbeddings(path=path)
         start = time.perf_counter()
@@ -77,8 +81,7 @@ class CastkeepPipeline:
             chosen = {s: select_face(detections, image.shape, s) for s in SELECTIONS}
             for index in sorted(set(chosen.values())):
                 crop = align_face(image, detections[index].kps, embedder.input_size)
-                plain = embedder.embed_aligned([crop], flip=False)[0]
-                mirrored = embedder.embed_aligned([np.ascontiguousarray(crop[:, ::-1])], flip=False)[0]
+                plain, mirrored = embedder.embed_aligned([crop, np.ascontiguousarray(crop[:, ::-1])], flip=False)
                 flipped = l2_normalize(plain + mirrored)
                 descriptor = (None if self.recogniser is None
                               else self.recogniser.describe(image, [detections[index].bbox])[0])
@@ -124,6 +127,9 @@ class InsightFaceBaseline:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             return len(self.app.get(image))
+
+    def analyze_all(self, paths: list[Path]) -> int:
+        return sum(self.analyze(path) for path in paths)
 
     def variants(self, path: Path) -> ImageEmbeddings:
         result = ImageEmbeddings(path=path)

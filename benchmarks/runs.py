@@ -116,17 +116,73 @@ def bench_store(sizes: Sequence[int], *, kinds: Sequence[str] = ("exact", "hnsw"
 
 def bench_throughput(images_dir: PathLike, *, limit: int = 100, rounds: int = 3, name: str = "throughput",
                      out_dir: PathLike = DEFAULT_OUT, models: PathLike | None = None, device: str = "cpu",
+                     scoring_images: PathLike | None = None, scoring_limit: int = 50, stages: bool = True,
                      progress: Progress = terminal_progress) -> dict[str, Any]:
-    """Images/s of castkeep's analyze+embed against insightface's FaceAnalysis.get, as a ratio."""
+    """Images/s of castkeep's analyze+embed against insightface's FaceAnalysis.get, as a ratio; with `stages`,
+    where the time of one image goes; with `scoring_images`, the latency of scoring one 512x512 generated
+    image with both scorers."""
     check_result_name(name)
+    from ..errors import MissingDependencyError
+    from ..identity.analyzer import FaceAnalyzer
+    from ..identity.dlib_recogniser import DlibRecogniser
+    from ..landmarks.mesh import DenseLandmarker, resolve_landmarker
     from .throughput import collect_images, run_throughput
 
     images = collect_images(images_dir, limit)
-    result = run_throughput(images, _pack(models, device), rounds=rounds, device=device, progress=progress)
+    pack = _pack(models, device)
+    result = run_throughput(images, pack, rounds=rounds, device=device, progress=progress)
     result["images_dir"] = str(images_dir)
+    notes: list[str] = []
+    if stages or scoring_images is not None:
+        with FaceAnalyzer(pack, dense=False, landmarks_106=False) as analyzer:
+            recogniser = _optional(lambda: DlibRecogniser(), "dlib", notes)
+            if stages:
+                from .stages import stage_breakdown
+
+                landmarker = _optional(lambda: DenseLandmarker(resolve_landmarker(search=(pack.path,), download=False)),
+                                       "dense mesh", notes)
+                try:
+                    result["stages"] = stage_breakdown(
+                        images, analyzer, recogniser=recogniser, landmarker=landmarker,
+                        landmarks_106=_landmarks_106(pack), progress=progress)
+                finally:
+                    if landmarker is not None:
+                        landmarker.close()
+            if scoring_images is not None:
+                if recogniser is None:
+                    raise MissingDependencyError("scoring latency needs dlib: pip install dlib-bin "
+                                                 "face_recognition_models")
+                from .scoring_latency import scoring_latency
+
+                result["scoring"] = scoring_latency(collect_images(scoring_images, scoring_limit), analyzer,
+                                                    recogniser, progress=progress)
+                result["scoring"]["images_dir"] = str(scoring_images)
+    result["notes"] = notes
     result["plots"] = {}
     save_result(result, out_dir, _name(name))
     return result
+
+
+def _optional(make: Any, what: str, notes: list[str]) -> Any:
+    """`make()`, or None with a note when its model or package is missing (that stage is then not timed)."""
+    from ..errors import CastkeepError
+
+    try:
+        return make()
+    except CastkeepError as exc:
+        notes.append(f"{what} not timed: {exc}")
+        return None
+
+
+def _landmarks_106(pack: Any) -> Any:
+    """insightface's 106-point model as a per-face callable, when the pack has one."""
+    if not pack.has("landmark_2d_106"):
+        return None
+    from insightface.app.common import Face as InsightFace
+
+    model = pack.model("landmark_2d_106")
+    return lambda image, detection: model.get(image, InsightFace(bbox=detection.bbox, kps=detection.kps,
+                                                                 det_score=detection.score))
 
 
 def _stored_reference(named: str, explicit: bool, store: PathLike | None, analyzer: Any, recogniser: Any,

@@ -146,19 +146,27 @@ def store_scale(sizes: str, kinds: str, queries: int, seed: int, name: str, out_
               help="Use at most this many photos (sorted by path).")
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Timed passes per pipeline, taken in turns; the median counts.")
+@click.option("--scoring-images", type=click.Path(path_type=Path), default=None,
+              help="Folder of generated images: also time scoring one of them, resized to 512x512 PNG, with "
+                   "both scorers (decode, detect, ArcFace, dlib), image by image.")
+@click.option("--scoring-limit", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Use at most this many --scoring-images.")
+@click.option("--stages/--no-stages", default=True, show_default=True,
+              help="Also time each stage (decode, detect, align, embed, flip, dense mesh, dlib) image by image.")
 @click.option("--name", default="throughput", show_default=True, help="Result file name.")
 @out_option
 @model_options
 @json_option
-def throughput(images_dir: Path, limit: int, rounds: int, name: str, out_dir: Path, models: str | None,
-               device: str, as_json: bool) -> None:
+def throughput(images_dir: Path, limit: int, rounds: int, scoring_images: Path | None, scoring_limit: int,
+               stages: bool, name: str, out_dir: Path, models: str | None, device: str, as_json: bool) -> None:
     """Images/s of castkeep's analyze+embed against insightface's FaceAnalysis.get on the same
-    model pack and photos, in the same run, as a ratio."""
+    model pack and photos, in the same run, as a ratio; where the time goes, stage by stage."""
     from ..benchmarks.runs import bench_throughput
     from ..benchmarks.throughput import summary_text
 
     result = bench_throughput(images_dir, limit=limit, rounds=rounds, name=name, out_dir=out_dir, models=models,
-                              device=device)
+                              device=device, scoring_images=scoring_images, scoring_limit=scoring_limit,
+                              stages=stages)
     _print(result, as_json, summary_text)
 
 

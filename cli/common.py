@@ -37,8 +37,9 @@ models_option = click.option(
     help="Model pack: an insightface pack name (e.g. buffalo_l, downloaded by insightface when "
          "missing) or a folder of .onnx files.")
 device_option = click.option(
-    "--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
-    help="onnxruntime device. `auto` uses CUDA when onnxruntime-gpu really has it.")
+    "--device", type=click.Choice(["cpu", "cuda", "tensorrt", "auto"]), default="cpu", show_default=True,
+    help="onnxruntime device for the face models. `auto` uses CUDA when onnxruntime-gpu really has it; "
+         "`tensorrt` needs onnxruntime-gpu with TensorRT (its first run per image size builds an engine).")
 face_option = click.option(
     "--face", "face_index", type=click.IntRange(min=0), default=None,
     help="Which face to use when an image holds several (0 = largest, as `analyze` lists them).")

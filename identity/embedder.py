@@ -56,8 +56,17 @@ class ArcFaceEmbedder:
         if not crops:
             return np.zeros((0, self.dim), dtype=np.float32)
         flip = self.flip if flip is None else flip
-        features = np.asarray(self.model.get_feat(crops), dtype=np.float32)
-        if flip:
-            mirrored = [np.ascontiguousarray(crop[:, ::-1]) for crop in crops]
-            features = l2_normalize(features) + l2_normalize(self.model.get_feat(mirrored))
-        return l2_normalize(features)
+        if not flip:
+            return l2_normalize(self._features(crops))
+        # The crops and their mirror images in one batch: one model run instead of two.
+        mirrored = [np.ascontiguousarray(crop[:, ::-1]) for crop in crops]
+        features = l2_normalize(self._features(crops + mirrored))
+        return l2_normalize(features[:len(crops)] + features[len(crops):])
+
+    def _features(self, crops: list[np.ndarray]) -> np.ndarray:
+        """Raw features of all crops in as few model runs as the model allows: a recogniser exported with a
+        fixed batch size (1 in some converted packs) takes its crops that many at a time."""
+        batch = (self.model.input_shape or [None])[0]
+        step = batch if isinstance(batch, int) and batch > 0 else len(crops)
+        return np.concatenate([np.asarray(self.model.get_feat(crops[i:i + step]), dtype=np.float32)
+                               for i in range(0, len(crops), step)])

@@ -112,6 +112,36 @@ def load_pil(path: str | os.PathLike) -> Image.Image:
         raise ImageError(f"cannot decode image ({exc})", path=path) from None
 
 
+# EXIF tag 0x0112: how the camera was held. Only upright files (1 or no tag) take the JPEG fast path.
+_EXIF_ORIENTATION = 0x0112
+_JPEG_END = b"\xff\xd9"
+
+
+def decode_jpeg(path: Path) -> np.ndarray | None:
+    """A baseline 8-bit RGB or grayscale JPEG decoded straight to BGR by OpenCV (about 2x faster than PIL
+    plus the RGB->BGR copy, and pixel-identical: both use libjpeg-turbo with the same settings; a test
+    checks it on the shared photos). None for anything else — rotated by EXIF, CMYK, over the size limit,
+    unreadable, or not ending in the JPEG end marker (a truncated download: OpenCV would fill the missing
+    rows with grey where PIL refuses) — which `load_pil` then reads, or rejects with its clear message."""
+    import cv2
+
+    try:
+        check_image_file(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a bomb's warning is for load_pil to turn into its error
+            with Image.open(path) as header:  # reads the header only
+                if (header.format != "JPEG" or header.mode not in ("RGB", "L")
+                        or header.size[0] * header.size[1] > MAX_IMAGE_PIXELS
+                        or header.getexif().get(_EXIF_ORIENTATION, 1) != 1):
+                    return None
+        data = np.fromfile(path, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, ImageError, Image.DecompressionBombError):
+        return None
+    if data[-2:].tobytes() != _JPEG_END:
+        return None
+    return cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+
+
 def load_image(source: ImageInput) -> np.ndarray:
     """Return an HxWx3 BGR uint8 array from a path, a PIL image or an array (assumed BGR)."""
     if isinstance(source, np.ndarray):
@@ -126,6 +156,9 @@ def load_image(source: ImageInput) -> np.ndarray:
     if isinstance(source, Image.Image):
         rgb = _to_rgb(ImageOps.exif_transpose(source) or source)
     else:
+        fast = decode_jpeg(Path(source)) if Path(source).suffix.lower() in (".jpg", ".jpeg", ".jpe", ".jfif") else None
+        if fast is not None:
+            return fast
         rgb = load_pil(source)
     return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
 
