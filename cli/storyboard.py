@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ..errors import GenerationError
 from ..generation.config import DEVICES, DTYPES
 from ..utils import progress, slug
 from .common import emit, json_option, log_to_stderr
@@ -111,3 +112,7 @@ def storyboard(plan: Path, out_dir: Path | None, base_model: str | None, ip_adap
     emit({**result.summary, "run_dir": str(result.run_dir), "report": str(result.report_path),
           "pipeline_calls": result.pipeline_calls, "images_generated": result.images_generated},
          as_json, lambda _: _text(result))
+    failed = [shot for shot in result.summary["shots"] if shot["state"] == "error"]
+    if failed:  # the others are written; a re-run tries these again
+        raise GenerationError(f"{len(failed)} shot(s) could not be generated (first: {failed[0]['id']}: "
+                              f"{'; '.join(failed[0]['flags'])}); run the same command again to retry them")

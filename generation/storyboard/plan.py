@@ -252,6 +252,13 @@ def _region(value: Any, base_dir: Path) -> Region:
         mask = mask if mask.is_absolute() else base_dir / mask
         if not mask.is_file():
             raise _FieldError(f"mask file not found: {value}")
+        from PIL import Image
+
+        try:
+            with Image.open(mask) as image:
+                image.verify()
+        except (OSError, SyntaxError, ValueError):  # PIL's ways of saying "not an image I can read"
+            raise _FieldError(f"mask file is not a readable image: {value}") from None
         return Region(mask=mask, label=Path(value).name)
     if isinstance(value, list) and len(value) == 4:
         box = tuple(_number(0, 1)(v) for v in value)

@@ -191,20 +191,31 @@ class Storyboard:
 # ---------------------------------------------------------------------------------- checks before loading
 def _prefixed(exc: CastkeepError, shot: Shot) -> CastkeepError:
     """The same error class (so the same exit code), saying which shot asked for it."""
-    error = type(exc)(f"{shot.where}: {' '.join(str(exc).split())}")
-    return error
+    return type(exc)(f"{shot.where}: {' '.join(str(exc).split())}")
+
+
+def _first_shot(plan: Plan, name: str) -> Shot:
+    return next(shot for shot in plan.shots if name in shot.characters)
+
+
+def check_cast(plan: Plan, store: Any) -> None:
+    """Every character the plan names is in the store; the first shot naming a missing one says so."""
+    for name in plan.characters:
+        try:
+            store.get(name)
+        except CastkeepError as exc:
+            raise _prefixed(exc, _first_shot(plan, name)) from None
 
 
 def resolve_cast(plan: Plan, store: Any, adapter: Path, conditioning_models: ModelsSpec) -> dict[str, Identity]:
-    """Each character the plan names, in the adapter's space; the first shot naming a missing one says so."""
-    first_shot = {name: next(s for s in plan.shots if name in s.characters) for name in plan.characters}
+    """Each character the plan names, in the adapter's space (the first shot naming one without it says so)."""
     space = conditioning_space(adapter, pack_option(conditioning_models))
     identities = {}
-    for name, shot in first_shot.items():
+    for name in plan.characters:
         try:
             identities[name] = identity_from_store(store, name, space, adapter.name)
         except CastkeepError as exc:
-            raise _prefixed(exc, shot) from None
+            raise _prefixed(exc, _first_shot(plan, name)) from None
     return identities
 
 
@@ -227,13 +238,7 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
     base, adapter = weights_specs(base_model, ip_adapter)
     with ExitStack() as stack:
         opened = open_store(stack, store)
-        for name in plan.characters:  # an unknown name fails before any weights are looked for
-            if name not in opened:
-                shot = next(s for s in plan.shots if name in s.characters)
-                try:
-                    opened.get(name)
-                except CastkeepError as exc:
-                    raise _prefixed(exc, shot) from None
+        check_cast(plan, opened)  # an unknown name fails before any weights are looked for
         identities = resolve_cast(plan, opened, resolve_weights(base, adapter), conditioning_models)
         analyzer = load_scoring_analyzer(models)
         for identity in identities.values():

@@ -129,6 +129,18 @@ def test_a_malformed_plan_is_one_line_naming_shot_and_field(tmp_path, case):
     assert caught.value.exit_code == 21
 
 
+def test_mask_regions_are_read_relative_to_the_plan(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (8, 8), 255).save(tmp_path / "ada.png")
+    (tmp_path / "bo.png").write_text("not an image")
+    text = '[[shots]]\nprompt="x"\ncharacters=["Ada","Bo"]\nregions={Ada="ada.png", Bo="right"}\n'
+    plan = load_plan(write(tmp_path, text))
+    assert plan.shots[0].regions["Ada"].mask == tmp_path / "ada.png"
+    with pytest.raises(PlanError, match="regions: Bo: mask file is not a readable image: bo.png"):
+        load_plan(write(tmp_path, text.replace('Bo="right"', 'Bo="bo.png"')))
+
+
 @pytest.mark.parametrize(("name", "text", "expected"), [
     ("plan.yaml", "shots:\n  - {prompt: x, characters: Ada, aspect: 3:2}\n", "quote it: YAML reads an unquoted 3:2 as 182"),
     ("plan.yaml", "shots: [\n", "not valid YAML at line"),
