@@ -123,6 +123,12 @@ class ConfigError(CastkeepError):
     exit_code = 14
 
 
+class PlanError(ConfigError):
+    """A storyboard plan file that cannot be run: unreadable, malformed, or a shot with a bad field."""
+
+    exit_code = 21
+
+
 class SizeError(ConfigError):
     """An aspect ratio or width/height the pipelines cannot use."""
 

@@ -30,6 +30,7 @@ COMMANDS = {
     "verify": "store_commands:verify",
     "reembed": "store_commands:reembed",
     "generate": "generate:generate",
+    "storyboard": "storyboard:storyboard",
     "bench": "bench:bench",
 }
 

@@ -109,17 +109,17 @@ def choose_judge(config: GenerationConfig, identity: Identity, analyzer: FaceAna
     return config, []
 
 
-def _weights_specs(base_model: PathSpec | None, ip_adapter: PathSpec | None) -> tuple[str, str]:
+def weights_specs(base_model: PathSpec | None, ip_adapter: PathSpec | None) -> tuple[str, str]:
     return (os.fspath(base_model) if base_model is not None else DEFAULT_BASE_MODEL,
             os.fspath(ip_adapter) if ip_adapter is not None else DEFAULT_IP_ADAPTER)
 
 
-def _pack_option(models: ModelsSpec) -> str | os.PathLike[str] | None:
+def pack_option(models: ModelsSpec) -> str | os.PathLike[str] | None:
     """A pack given as a name, a folder or a loaded ModelPack → a name or folder."""
     return models if models is None or isinstance(models, (str, os.PathLike)) else models.path
 
 
-def _open_store(stack: ExitStack, store: Any) -> Store:
+def open_store(stack: ExitStack, store: Any) -> Store:
     """A Store as given, or the one at a path (None: the default store), opened read-only here.
     Scoring hands the store vectors, never images, so it needs no face models of its own."""
     from ..identity.store import Store
@@ -134,12 +134,12 @@ def _resolve(stack: ExitStack, character: CharacterOrIdentity, store: Any, space
     """The identity to generate (its vector in the adapter's space), and the store to score it against
     (if any)."""
     if isinstance(character, Identity):
-        opened = None if store is None else _open_store(stack, store)
+        opened = None if store is None else open_store(stack, store)
         # Scoring by the store needs the character's own row; a vector from elsewhere is scored by
         # ArcFace cosine only.
         return (checked_identity(character, space, adapter_name),
                 opened if opened is not None and character.name in opened else None)
-    opened = _open_store(stack, store)
+    opened = open_store(stack, store)
     return identity_from_store(opened, character, space, adapter_name), opened
 
 
@@ -156,7 +156,7 @@ class Generator:
                         device: str = "auto", dtype: str = "auto", hash_base_model: bool = True) -> Generator:
         """Load SD1.5/SDXL (a diffusers folder or Hub id) with FaceID weights (a file, a folder or a Hub
         `repo[/file]`) on `device` (auto: cuda, mps, cpu) in `dtype` (auto: float16 on GPUs)."""
-        base, adapter = _weights_specs(base_model, ip_adapter)
+        base, adapter = weights_specs(base_model, ip_adapter)
         logger.info("loading %s + %s ...", base, adapter)
         return cls._build(base, adapter, device, dtype, hash_base_model)
 
@@ -197,7 +197,7 @@ class Generator:
 
     def conditioning_space(self, conditioning_models: ModelsSpec = None) -> ConditioningSpace:
         """The embedding space the loaded adapter takes (see generation/conditioning.py)."""
-        return conditioning_space(self.loaded.checkpoint.path, _pack_option(conditioning_models))
+        return conditioning_space(self.loaded.checkpoint.path, pack_option(conditioning_models))
 
     def generate(self, character: CharacterOrIdentity, prompt: str | None = None, *,
                  config: GenerationConfig | None = None, store: StoreSpec = None, models: ModelsSpec = None,
@@ -242,14 +242,14 @@ def generate(character: CharacterOrIdentity, prompt: str | None = None, *, base_
     loaded.
     """
     config = make_config(prompt, config, settings)
-    base, adapter = _weights_specs(base_model, ip_adapter)
+    base, adapter = weights_specs(base_model, ip_adapter)
     with ExitStack() as stack:
         if not isinstance(character, Identity):  # an unknown name fails before any weights are looked for
-            store = _open_store(stack, store)
+            store = open_store(stack, store)
             store.get(character)
         logger.info("loading %s + %s ...", base, adapter)
         weights = resolve_weights(base, adapter)  # finds the files; loads nothing
-        space = conditioning_space(weights, _pack_option(conditioning_models))
+        space = conditioning_space(weights, pack_option(conditioning_models))
         identity, opened = _resolve(stack, character, store, space, weights.name)
         analyzer = load_scoring_analyzer(models)
         check_scoring_model(identity, analyzer, opened)

@@ -28,14 +28,17 @@ def uses_guidance(pipe: Any, guidance: float) -> bool:
 
 def identity_embeds(vector: Any, *, guidance: bool, device: Any = "cpu", dtype: Any = None,
                     dim: int | None = None) -> list[Any]:
-    """`[cat([negative, positive])]`, each (1, 1, dim): one IP-Adapter, one reference vector.
+    """`[cat([negative, positive])]`, each (1, n, dim): one IP-Adapter, n identities (a 2-D `vector` holds
+    one per row: several characters in one image, each confined to its region by `ip_adapter_masks`).
 
     The negative is a zero vector, as in the FaceID reference code and diffusers' docs; diffusers
     repeats both for `num_images_per_prompt`.
     """
     import torch
 
-    identity = normalised_identity(vector, dim)
-    positive = torch.from_numpy(identity).reshape(1, 1, identity.size)
+    rows = np.asarray(vector, dtype=np.float32)
+    rows = rows.reshape(1, -1) if rows.ndim < 2 else rows
+    identities = np.stack([normalised_identity(row, dim) for row in rows])
+    positive = torch.from_numpy(identities).reshape(1, *identities.shape)
     embeds = torch.cat([torch.zeros_like(positive), positive]) if guidance else positive
     return [embeds.to(device=device, dtype=dtype)]

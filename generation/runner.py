@@ -80,9 +80,11 @@ class RunResult:
 
 
 def generate_images(loaded: LoadedPipeline, config: GenerationConfig, vector: np.ndarray, seeds: list[int],
-                    width: int, height: int) -> tuple[list[Image.Image], list[bool | None]]:
+                    width: int, height: int, *, masks: list[Image.Image] | None = None
+                    ) -> tuple[list[Image.Image], list[bool | None]]:
     """One pipeline call: len(seeds) images, image i from its own seeded generator, with the
-    identity applied at `config.id_scale`.
+    identity applied at `config.id_scale`. Several identities (`vector` of shape (n, dim)) need one mask
+    each (white where that identity applies): diffusers' `ip_adapter_masks`.
 
     Generators live on the CPU so a seed gives the same starting noise on every device.
     """
@@ -94,17 +96,42 @@ def generate_images(loaded: LoadedPipeline, config: GenerationConfig, vector: np
     embeds = identity_embeds(vector, guidance=guidance, device=loaded.device, dtype=pipe.unet.dtype,
                              dim=loaded.checkpoint.id_dim)
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+    extra: dict[str, Any] = {}
+    if masks is not None:
+        from diffusers.image_processor import IPAdapterMaskProcessor
+
+        processed = IPAdapterMaskProcessor().preprocess(masks, height=height, width=width)
+        extra["cross_attention_kwargs"] = {"ip_adapter_masks": [processed.reshape(1, len(masks), *processed.shape[2:])]}
     try:
         output = pipe(prompt=config.prompt, negative_prompt=config.negative_prompt or None,
                       num_inference_steps=config.steps, guidance_scale=config.guidance, width=width,
                       height=height, num_images_per_prompt=len(seeds),
                       generator=generators if len(generators) > 1 else generators[0],
-                      ip_adapter_image_embeds=embeds, output_type="pil")
+                      ip_adapter_image_embeds=embeds, output_type="pil", **extra)
     except torch.OutOfMemoryError:
         raise GenerationError(f"out of memory on {loaded.device} at {width}x{height} x{len(seeds)}: lower "
                               "--batch-size, the size, or use --dtype float16") from None
     nsfw = getattr(output, "nsfw_content_detected", None) or [None] * len(seeds)
     return list(output.images), list(nsfw)
+
+
+def passes(score: OutputScore, config: GenerationConfig) -> bool:
+    """Whether an output meets the run's --min-score (every output passes without one)."""
+    if config.min_score is None:
+        return True
+    return score.face_found and score.probability is not None and score.probability >= config.min_score
+
+
+def next_attempts(config: GenerationConfig, made: int, passing: int) -> list[int]:
+    """The attempt numbers of the next pipeline call, given how many images were made and how many passed:
+    the best-of-N candidates first, then (with a min_score) retries until enough pass or the budget is
+    spent, at most `batch_size` at a time; [] when the run is complete. A resumed run replays the same
+    calls, so every batch holds the same images as in an uninterrupted run."""
+    if made < config.candidates:
+        wanted = config.candidates - made
+    else:
+        wanted = max(0, min(config.num_images - passing, config.budget - made))
+    return list(range(made, made + min(wanted, config.batch_size)))
 
 
 class GenerationRunner:
@@ -119,22 +146,13 @@ class GenerationRunner:
         self.warnings = list(warnings or [])
 
     def _passes(self, score: OutputScore, config: GenerationConfig) -> bool:
-        if config.min_score is None:
-            return True
-        return score.face_found and score.probability is not None and score.probability >= config.min_score
+        return passes(score, config)
 
     def attempts(self, config: GenerationConfig, identity: Identity, width: int, height: int) -> list[Attempt]:
         """Generate and score until best-of-N is done and (with --min-score) enough outputs pass."""
         attempts: list[Attempt] = []
-
-        def still_needed() -> int:
-            if len(attempts) < config.candidates:
-                return config.candidates - len(attempts)
-            passing = sum(a.passed for a in attempts)
-            return max(0, min(config.num_images - passing, config.budget - len(attempts)))
-
-        while (wanted := still_needed()) > 0:
-            seeds = [config.seed_for(len(attempts) + i) for i in range(min(wanted, config.batch_size))]
+        while indices := next_attempts(config, len(attempts), sum(a.passed for a in attempts)):
+            seeds = [config.seed_for(i) for i in indices]
             started = time.perf_counter()
             images, nsfw = generate_images(self.loaded, config, identity.vector, seeds, width, height)
             seconds = (time.perf_counter() - started) / len(seeds)

@@ -118,9 +118,12 @@ class IdentityScorer:
             return OutputScore(face_found=False, error=str(exc))
         if not analysis.faces:
             return OutputScore(face_found=False, faces=0)
-        face = analysis.faces[0]
+        return self.score_face(pixels, analysis.faces[0], faces=len(analysis.faces))
+
+    def score_face(self, pixels: np.ndarray, face: Any, *, faces: int = 1) -> OutputScore:
+        """One detected face of an image (`self.analyzer`'s analysis of `pixels`) judged against the character."""
         result = OutputScore(
-            face_found=True, faces=len(analysis.faces), embedding=np.asarray(face.embedding, dtype=np.float32),
+            face_found=True, faces=faces, embedding=np.asarray(face.embedding, dtype=np.float32),
             pose=face.pose.to_dict(), det_score=float(face.det_score),
             bbox=[round(float(v), 1) for v in face.bbox], quality=face.quality.to_dict())
         if self.store is not None and self.name is not None:
