@@ -43,9 +43,16 @@ class ServeState:
 
     @contextmanager
     def store(self, worker: Worker | None = None, *, enrol: bool = False) -> Iterator[Store]:
-        """The store for one request (each request has its own connection; SQLite serialises writers), with
-        the worker's analyzer: its registration analyzer when `enrol`."""
-        analyzer: Any = None if worker is None else (worker.enrol if enrol else worker.query)
+        """The store for one request. With a worker, for queries: the worker's own store, kept open between
+        requests (its search index stays loaded until the store changes; a worker serves one request at a
+        time). Otherwise a store opened for this request (its own SQLite connection: SQLite serialises
+        writers), with the worker's registration analyzer when `enrol`."""
+        if worker is not None and not enrol:
+            if worker.store is None:
+                worker.store = Store.open(self.store_path, analyzer=worker.query)
+            yield worker.store
+            return
+        analyzer: Any = None if worker is None else worker.enrol
         with Store.open(self.store_path, analyzer=analyzer) as store:
             yield store
 

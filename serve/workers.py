@@ -47,6 +47,7 @@ class Worker:
                                   landmarker_path=landmarker)
         self.recogniser = DlibRecogniser()
         self.references = ReferenceDescriptors(self.recogniser, self.query.detector)
+        self.store: Any = None  # the store this worker queries, opened by the server on first use
         self.query.detector.detect(np.zeros((64, 64, 3), dtype=np.uint8))  # first-run set-up, before a client waits
 
     @property
@@ -54,6 +55,8 @@ class Worker:
         return self.query.fingerprint
 
     def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
         self.enrol.close()
         self.query.close()
 
@@ -94,8 +97,3 @@ class WorkerPool:
         for worker in self.workers:
             worker.close()
         self.workers = []
-
-
-def store_kwargs(worker: Worker | None) -> dict[str, Any]:
-    """Store.open's keyword for a request: its worker's query analyzer, or none (list, show, remove)."""
-    return {} if worker is None else {"analyzer": worker.query}

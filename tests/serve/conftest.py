@@ -31,7 +31,7 @@ def client(served) -> TestClient:
     return served[0]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def live_server(tmp_path_factory) -> Iterator[LiveServer]:
     """A real server (uvicorn, in its own process) on a store with Mara and Theo, registered over HTTP."""
     import httpx
