@@ -47,6 +47,11 @@ def serve(store_path: Path | None, models: str | None, device: str, host: str, p
         raise click.UsageError(exc.args[0]) from None
     config = ServeConfig(store=store_path, models=models, device=device, token=token, workers=workers,
                          max_upload_bytes=max_upload_mb * 2**20)
+    # Requests run side by side: FAISS's OpenMP threads, spin-waiting after each search of a store's few hundred
+    # vectors, would take cores from the other requests' face models (a single-thread search is well under 1 ms).
+    import faiss
+
+    faiss.omp_set_num_threads(1)
     click.echo(f"loading the face models ({workers} worker(s)) ...", err=True)
     app = create_app(config)
     where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
