@@ -32,6 +32,7 @@ COMMANDS = {
     "generate": "generate:generate",
     "storyboard": "storyboard:storyboard",
     "bench": "bench:bench",
+    "serve": "serve:serve",
 }
 
 
