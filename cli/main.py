@@ -31,6 +31,10 @@ COMMANDS = {
     "reembed": "store_commands:reembed",
     "generate": "generate:generate",
     "storyboard": "storyboard:storyboard",
+    "fix-face": "edits:fix_face",
+    "edit": "edits:edit",
+    "outpaint": "edits:outpaint",
+    "upscale": "edits:upscale",
     "bench": "bench:bench",
     "serve": "serve:serve",
 }

@@ -129,7 +129,7 @@ def open_store(stack: ExitStack, store: Any) -> Store:
     return stack.enter_context(Store.open(store, create=False))
 
 
-def _resolve(stack: ExitStack, character: CharacterOrIdentity, store: Any, space: ConditioningSpace,
+def resolve_identity(stack: ExitStack, character: CharacterOrIdentity, store: Any, space: ConditioningSpace,
              adapter_name: str) -> tuple[Identity, Store | None]:
     """The identity to generate (its vector in the adapter's space), and the store to score it against
     (if any)."""
@@ -217,7 +217,7 @@ class Generator:
         config = make_config(prompt, config, settings)
         space = self.conditioning_space(conditioning_models)
         with ExitStack() as stack:
-            identity, opened = _resolve(stack, character, store, space, self.loaded.checkpoint.path.name)
+            identity, opened = resolve_identity(stack, character, store, space, self.loaded.checkpoint.path.name)
             scoring = analyzer if analyzer is not None else self.scoring_analyzer(models)
             check_scoring_model(identity, scoring, opened)
             config, warnings = choose_judge(config, identity, scoring, opened)
@@ -250,7 +250,7 @@ def generate(character: CharacterOrIdentity, prompt: str | None = None, *, base_
         logger.info("loading %s + %s ...", base, adapter)
         weights = resolve_weights(base, adapter)  # finds the files; loads nothing
         space = conditioning_space(weights, pack_option(conditioning_models))
-        identity, opened = _resolve(stack, character, store, space, weights.name)
+        identity, opened = resolve_identity(stack, character, store, space, weights.name)
         analyzer = load_scoring_analyzer(models)
         check_scoring_model(identity, analyzer, opened)
         choose_judge(config, identity, analyzer, opened)
