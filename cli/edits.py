@@ -65,10 +65,11 @@ def scoring_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _run(as_json: bool, call: Callable[[], Any]) -> None:
-    from ..generation.loading import quiet_generation_libraries
+def _run(as_json: bool, call: Callable[[], Any], *, diffusion: bool = True) -> None:
+    if diffusion:  # a Lanczos upscale imports no torch, diffusers or transformers
+        from ..generation.loading import quiet_generation_libraries
 
-    quiet_generation_libraries()
+        quiet_generation_libraries()
     with log_to_stderr("castkeep.generation", verbose=not as_json):
         result = call()
     report = {**result.report, "output": str(result.path), "sidecar_path": str(result.sidecar_path)}
@@ -232,4 +233,5 @@ def upscale(image: Path, to: str, mode: str, character: str | None, prompt: str 
     settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, scheduler, scorer)
     _run(as_json, lambda: run(image, character, to=to, mode=mode, strength=strength, tile=tile, out=out,
                               base_model=base_model, ip_adapter=ip_adapter, device=device, dtype=dtype,
-                              store=store_path, models=models, conditioning_models=conditioning_models, **settings))
+                              store=store_path, models=models, conditioning_models=conditioning_models, **settings),
+         diffusion=mode == "diffusion")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigError
 from ..config import GenerationConfig
@@ -15,6 +15,9 @@ from .inpaint import derived_pipe, inpaint_region, work_region
 from .masks import MASK_KINDS, landmark_mask, load_mask, mask_image, mask_stats
 from .output import EditResult, output_path, write_edit
 from .session import edit_session
+
+if TYPE_CHECKING:
+    from ...identity.analyzer import Face
 
 STRENGTH = 0.75  # an edit changes what the prompt says, more than fix-face's refinement
 MARGIN = 0.25
@@ -45,6 +48,7 @@ def edit_image(image: str | os.PathLike[str], character: CharacterOrIdentity, pr
         member = session.cast[0]
         bgr = pixels(original)
         faces = session.analyzer.analyze(bgr, dense=False).faces
+        target: Face | None
         if file_mask is None:
             meshed = meshed_faces(session.analyzer, original, [face], str(source))[0]
             region_mask = landmark_mask(str(mask), (original.height, original.width), meshed.points)

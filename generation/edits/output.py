@@ -3,6 +3,7 @@ metadata.save_png like every generated image) and the JSON sidecar beside it."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +32,7 @@ class EditResult:
     report: dict[str, Any]
 
 
-def output_path(out: str | Path | None, source: Path, command: str) -> Path:
+def output_path(out: str | os.PathLike[str] | None, source: Path, command: str) -> Path:
     """`out`, or `castkeep-out/STEM-COMMAND-TIMESTAMP.png`; never the source image itself."""
     path = Path(out) if out is not None else OUT_ROOT / (
         f"{slug(source.stem, fallback='image')}-{command}" + datetime.now().strftime("-%Y%m%d-%H%M%S") + ".png")

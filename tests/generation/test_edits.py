@@ -160,15 +160,33 @@ def test_outpaint_keeps_the_original_pixels(invoke, tiny_models, store_dir, phot
 
 
 def test_upscale_gives_the_requested_size(invoke, tiny_models, store_dir, photo, tmp_path):
+    """The tiled detail pass on a 124 px crop of the face, to 128 px: 3 x 3 overlapping 64 px tiles of
+    the tiny model (every tile path: the first, the inner, the last flush with the edge)."""
+    small = tmp_path / "small.png"
+    Image.open(photo).crop((63, 63, 187, 187)).save(small)
     out = tmp_path / "big.png"
-    report = run_json(invoke, "upscale", str(photo), "--to", "256", "--character", PERSON, "--steps", "2",
+    report = run_json(invoke, "upscale", str(small), "--to", "128", "--character", PERSON, "--steps", "2",
                       "--strength", "0.5", "--store", str(store_dir), "--out", str(out),
                       *weights(tiny_models["pipeline"], tiny_models["faceid"]))
-    assert Image.open(out).size == (256, 256) and report["settings"]["tiles"] == 25
-    assert report["face"]["before"]["face_found"] and "after" in report["face"]
+    assert Image.open(out).size == (128, 128) and report["settings"]["tiles"] == 9
+    assert set(report["face"]) == {"before", "after"} and report["settings"]["mode"] == "diffusion"
     # Lanczos: no model at all, 2K on the long side.
     plain = run_json(invoke, "upscale", str(photo), "--to", "2k", "--mode", "lanczos", "--out", str(tmp_path / "2k.png"))
     assert Image.open(tmp_path / "2k.png").size == (2048, 2048) and plain["models"] is None
+
+
+def test_tiles_cover_the_image_and_blend_to_the_identity():
+    """Tile starts cover every pixel with the last flush to the edge; the blending weights never vanish, so
+    tiles that return their input give back the input exactly."""
+    from castkeep.generation.edits.upscale import positions, ramp
+
+    for length, tile in ((128, 64), (200, 64), (64, 64), (1000, 512)):
+        starts = positions(length, tile, tile // 8)
+        covered = np.zeros(length, bool)
+        for start in starts:
+            covered[start:start + tile] = True
+        assert covered.all() and starts[0] == 0 and starts[-1] + tile == length
+        assert (ramp(tile, tile // 8) > 0).all()
 
 
 def test_bad_input_is_one_line(invoke, tiny_models, store_dir, photo, tmp_path, bad_image):
