@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingDependencyError
 
 _OPTIONS = (
     click.option("--no-watermark", is_flag=True,
@@ -39,5 +39,8 @@ def make_provenance(no_watermark: bool, c2pa_cert: Path | None, c2pa_key: Path |
         raise ConfigError("--c2pa-cert and --c2pa-key go together: C2PA signing needs the certificate and its key")
     credentials = None if c2pa_cert is None or c2pa_key is None else C2paCredentials.from_files(c2pa_cert, c2pa_key)
     provenance = Provenance(watermark=not no_watermark, credentials=credentials)
-    provenance.check()
+    try:
+        provenance.check()
+    except MissingDependencyError as exc:
+        raise MissingDependencyError(f"{exc} (or pass --no-watermark)") from None
     return provenance

@@ -110,9 +110,14 @@ class C2paCredentials:
             raise ConfigError(f"not a PEM certificate ({' '.join(str(exc).split())[:120]})", path=cert_path) from None
         credentials = cls(certificate=cert_pem, key=key_pem, algorithm=algorithm, signer=signer)
         try:
-            credentials.sign_png(_ONE_PIXEL_PNG, output_manifest("check.png", {"character": {}}))
+            signed = credentials.sign_png(_ONE_PIXEL_PNG, output_manifest("check.png", {"character": {}}))
         except ConfigError as exc:
             raise ConfigError(f"{cert_path} and {key_path}: {exc}") from None
+        # Read it back: some c2pa releases sign with a key that is not the certificate's without a word.
+        problems = (read_credentials(signed, "image/png") or {"problems": [{"code": "no manifest written"}]})["problems"]
+        if problems:
+            codes = ", ".join(str(problem["code"]) for problem in problems)
+            raise ConfigError(f"{cert_path} and {key_path}: a test signature does not verify ({codes})")
         return credentials
 
     def record(self) -> dict[str, Any]:

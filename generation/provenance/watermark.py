@@ -64,8 +64,8 @@ def _embedder_class() -> Any:
     locations = list(package.submodule_search_locations or []) if package is not None else []
     module_file = Path(locations[0]) / "dwtDctSvd.py" if locations else None
     if module_file is None or not module_file.is_file():
-        raise MissingDependencyError("the invisible watermark needs invisible-watermark: pip install "
-                                     "'castkeep[generate]' (or pass --no-watermark)")
+        raise MissingDependencyError("castkeep's invisible watermark needs invisible-watermark: pip install "
+                                     "'castkeep[generate]'")
     spec = importlib.util.spec_from_file_location("castkeep_imwatermark_dwtdctsvd", module_file)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from c2pa_certs import SIGNER, write_chain
 from PIL import Image
 
 from castkeep.errors import ConfigError
@@ -32,9 +31,9 @@ pytestmark = pytest.mark.generation
 
 CHARACTER = {"name": "Ada", "source": "store", "fingerprint": "buffalo_l:w600k_r50.onnx:0123",
              "vector_sha256": "0123456789abcdef"}
-SIDECAR = {"castkeep_version": "0.1.0", "seed": 7, "character": CHARACTER,
-           "models": {"base_model": "models/sd15", "base_model_hash": "a" * 64, "ip_adapter_file": "ip-adapter-faceid_sd15.bin",
-                      "ip_adapter_hash": "b" * 64, "conditioning": {"pack": "buffalo_l", "fingerprint": CHARACTER["fingerprint"]}}}
+MODELS = {"base_model": "models/sd15", "base_model_hash": "a" * 64, "ip_adapter_file": "ip-adapter-faceid_sd15.bin",
+          "ip_adapter_hash": "b" * 64, "conditioning": {"pack": "buffalo_l", "fingerprint": CHARACTER["fingerprint"]}}
+SIDECAR = {"castkeep_version": "0.1.0", "seed": 7, "character": CHARACTER, "models": MODELS}
 
 
 def generated_images(faces_dir: Path, count: int) -> list[Path]:
@@ -64,6 +63,12 @@ def marked(faces_dir, tmp_path_factory) -> list[tuple[Path, Image.Image]]:
         save(Provenance(), original, folder / f"out{number}.png")
         pairs.append((folder / f"out{number}.png", original))
     return pairs
+
+
+def write_chain(folder: Path, **options):
+    from c2pa_certs import write_chain  # cryptography comes with [generate]
+
+    return write_chain(folder, **options)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +146,7 @@ def test_signed_output_validates_but_for_the_untrusted_signer(chain, tmp_path):
     # A throwaway chain no trust list anchors: intact and valid, the signer untrusted (by definition).
     assert credentials["validation_state"] == "Valid" and credentials["problems"] == []
     assert [failure["code"] for failure in credentials["failures"]] == [UNTRUSTED]
-    assert credentials["signer"]["common_name"] == SIGNER
+    assert credentials["signer"]["common_name"] == "castkeep test signer"
     assert credentials["actions"] == [{"action": "c2pa.created", "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA,
                                        "softwareAgent": {"name": "castkeep", "version": "0.1.0"}}]
     generation = credentials["castkeep"]
@@ -153,8 +158,8 @@ def test_signed_output_validates_but_for_the_untrusted_signer(chain, tmp_path):
     # The watermark and the text chunks survive signing, and the sidecar names the signer.
     carried = inspect_image(path)
     assert carried["watermark"]["status"] == "found" and carried["parameters"]["fields"]["Seed"] == "7"
-    assert carried["castkeep"]["provenance"]["c2pa"] == {"algorithm": "es256",
-                                                         "signer": {"common_name": SIGNER, "organization": "castkeep tests"}}
+    assert carried["castkeep"]["provenance"]["c2pa"] == {
+        "algorithm": "es256", "signer": {"common_name": "castkeep test signer", "organization": "castkeep tests"}}
 
 
 def test_a_single_self_signed_certificate_signs_too(tmp_path):
@@ -190,7 +195,7 @@ def test_a_changed_pixel_breaks_the_credentials(chain, tmp_path):
 
 def test_unusable_certificates_and_keys_are_one_line_config_errors(chain, tmp_path):
     other = write_chain(tmp_path / "other")
-    cases = [(chain.cert, other.key, "signature does not match"), (chain.cert, chain.cert, "private key"),
+    cases = [(chain.cert, other.key, "signature"), (chain.cert, chain.cert, "private key"),
              (chain.key, chain.key, "certificate"), (tmp_path / "missing.pem", chain.key, "cannot read")]
     for cert, key, reason in cases:
         with pytest.raises(ConfigError) as caught:
@@ -201,3 +206,35 @@ def test_unusable_certificates_and_keys_are_one_line_config_errors(chain, tmp_pa
 def test_a_file_without_credentials_reads_as_none(marked):
     assert read_credentials(marked[0][0].read_bytes(), "image/png") is None
     assert json.loads(json.dumps(inspect_image(marked[0][0])))["c2pa"] is None
+
+
+# ---------------------------------------------------------------------------------- storyboard files
+@pytest.mark.slow
+def test_storyboard_takes_are_marked_and_kept_copies_keep_the_marks(faces_dir, chain, tmp_path):
+    """generation/storyboard/files.py writes every take through the same marking: watermark on by default,
+    C2PA when asked; a kept shot is a byte copy, so it keeps both."""
+    from castkeep.generation.runner import Identity
+    from castkeep.generation.storyboard.files import write_kept, write_take
+    from castkeep.generation.storyboard.plan import Shot
+    from castkeep.generation.storyboard.shot import Take
+
+    shot = Shot(number=1, id="p01", prompt="Ada at the market", negative="", characters=("Ada",), seed=7, settings={})
+    identities = {"Ada": Identity("Ada", np.ones(512, np.float32), fingerprint=CHARACTER["fingerprint"], source="store")}
+    image = Image.open(generated_images(faces_dir, 1)[0]).convert("RGB")
+    take = Take(attempt=0, seed=7, image=image, score={"probability": 0.8}, value=1.4, passed=True)
+    settings = {"sampler": "DDIM"}
+    models = {**SIDECAR["models"], "base_model_kind": "sd15"}
+
+    default = write_take(tmp_path / "default", shot, shot.config(), take, identities, settings, models)
+    assert inspect_image(tmp_path / "default" / default.file)["watermark"]["status"] == "found"
+    plain = write_take(tmp_path / "plain", shot, shot.config(), take, identities, settings, models,
+                       Provenance(watermark=False))
+    carried = inspect_image(tmp_path / "plain" / plain.file)
+    assert carried["watermark"]["status"] == "not found" and carried["castkeep"]["provenance"]["watermark"] is None
+
+    signed = Provenance(credentials=C2paCredentials.from_files(chain.cert, chain.key))
+    row = write_take(tmp_path / "signed", shot, shot.config(), take, identities, settings, models, signed)
+    (entry,) = write_kept(tmp_path / "signed", shot, shot.config(), [row], [row])
+    kept = inspect_image(tmp_path / "signed" / entry["file"])
+    assert kept["watermark"]["status"] == "found" and kept["c2pa"]["problems"] == []
+    assert [c["name"] for c in kept["c2pa"]["castkeep"]["characters"]] == ["Ada"]
