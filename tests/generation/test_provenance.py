@@ -84,9 +84,9 @@ def test_the_watermark_round_trips_through_the_png_and_inspect(marked):
         assert carried["watermark"]["bit_errors"] == 0 and carried["watermark"]["payload"] == PAYLOAD.hex()
         assert carried["castkeep"]["provenance"]["watermark"] == {"method": "dwtDctSvd", "payload": PAYLOAD.hex(),
                                                                   "applied": True, "reason": None}
-        # Invisible: a peak signal-to-noise ratio above 35 dB against the unmarked image (measured 37.7-41).
+        # Invisible: a peak signal-to-noise ratio above 40 dB against the unmarked image (measured 41.6-42.0).
         difference = np.asarray(Image.open(path), np.float64) - np.asarray(original, np.float64)[:, :, :3]
-        assert 10 * np.log10(255**2 / np.mean(difference**2)) > 35
+        assert 10 * np.log10(255**2 / np.mean(difference**2)) > 40
 
 
 def test_the_watermark_survives_jpeg_quality_90(marked):
