@@ -33,6 +33,7 @@ COMMANDS = {
     "storyboard": "storyboard:storyboard",
     "inspect": "inspect:inspect",
     "bench": "bench:bench",
+    "serve": "serve:serve",
 }
 
 

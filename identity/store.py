@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -296,7 +296,8 @@ class Store:
     # ------------------------------------------------------------------ changes
     def register(self, name: str, images: Sequence[Any], *, description: str = "",
                  tags: Iterable[str] = (), force: bool = False, face: int | None = None,
-                 strict: bool = False, progress: Callable[[Any], Any] | None = None) -> Character:
+                 strict: bool = False, progress: Callable[[Any], Any] | None = None,
+                 labels: Mapping[str, str] | None = None) -> Character:
         """Register a character from 1–13 reference photos (paths, `path:N`, arrays or PIL images).
 
         Every photo must hold a face (one, or name one with `face` / `path:N`). Photos the quality gate
@@ -305,7 +306,8 @@ class Store:
         borderline photos are kept with a warning. A photo that is not the same person as the others
         raises ImpostorReferenceError. `force` keeps refused photos (impostors flagged). Warnings
         (left-out and borderline photos, duplicate registration, repeated photo) are in the returned
-        character's `warnings`.
+        character's `warnings`. `labels` maps a photo's path to the source name to record for it (the
+        server's uploads: the client's file name, not the temporary file holding its bytes).
         """
         name = normalize_name(name)
         self._check_writable()
@@ -318,7 +320,7 @@ class Store:
         with self._db.guard():
             self._check_fingerprint(analyzer.fingerprint)
         references, warnings = embed_references(analyzer, images, face=face, force=force, strict=strict,
-                                                progress=progress)
+                                                progress=progress, labels=labels)
         gate_impostors(references, set(range(len(references))), force, warnings)
         embeddings = np.stack([r.embedding for r in references])
         weights = np.array([r.quality for r in references])
@@ -377,16 +379,17 @@ class Store:
         return stored
 
     def add_refs(self, name: str, images: Sequence[Any], *, force: bool = False, face: int | None = None,
-                 strict: bool = False, progress: Callable[[Any], Any] | None = None) -> Character:
+                 strict: bool = False, progress: Callable[[Any], Any] | None = None,
+                 labels: Mapping[str, str] | None = None) -> Character:
         """Give an existing character more reference photos; its vector and baseline are refit. Unusable
-        photos are left out (or, with `strict`, refused) as in `register`."""
+        photos are left out (or, with `strict`, refused) and `labels` used as in `register`."""
         existing = self.get(name)
         self._check_writable()
         analyzer = self._get_analyzer(dense=True)
         with self._db.guard():
             fingerprint = self._check_fingerprint(analyzer.fingerprint)
         new_refs, warnings = embed_references(analyzer, images, face=face, force=force, strict=strict,
-                                              progress=progress, anchors=existing.references)
+                                              progress=progress, anchors=existing.references, labels=labels)
         for ref in new_refs:
             ref.rename_space(analyzer.fingerprint, fingerprint)
         stored = {r.sha256 for r in existing.references}
