@@ -31,6 +31,7 @@ COMMANDS = {
     "reembed": "store_commands:reembed",
     "generate": "generate:generate",
     "storyboard": "storyboard:storyboard",
+    "inspect": "inspect:inspect",
     "bench": "bench:bench",
     "serve": "serve:serve",
 }
