@@ -24,6 +24,7 @@ from .common import (
     verdict_text,
 )
 
+
 class StoreLocation(click.ParamType):
     """A store folder (a Path), or a PostgreSQL store's `postgresql://` URL (kept as text)."""
 

@@ -66,10 +66,12 @@ class StoreDatabase(ABC):
     def index_vector(self, character_id: int, vector: np.ndarray) -> None:
         """Inside a write: the character's primary-space vector was written (SQLite's search is the FAISS
         cache beside it, rebuilt from the rows; a server keeps its search column in the same transaction)."""
+        return None
 
     def restore_ids(self) -> None:
         """Inside a write, after rows were inserted with explicit ids (`castkeep store copy`): new rows
         must get ids above them (SQLite's AUTOINCREMENT does this by itself)."""
+        return None
 
     # -- the meta table ---------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:

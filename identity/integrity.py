@@ -13,9 +13,9 @@ import numpy as np
 
 from ..errors import CastkeepError, StoreError
 from . import rows
+from .backend import StoreDatabase
 from .characters import Character, Space
 from .crops import FaceCrop
-from .backend import StoreDatabase
 from .enrolment import MAX_REFERENCES
 from .fields import UNIT_TOLERANCE
 from .index_cache import SearchIndex, checked_kind

@@ -21,9 +21,9 @@ import numpy as np
 
 from ..errors import StoreError
 from . import fields
+from .backend import StoreDatabase
 from .characters import Character, Reference, Space
 from .crops import FaceCrop
-from .backend import StoreDatabase
 from .vectors import from_blob, to_blob
 
 CHUNK = 500  # SQLite caps the number of bound parameters per statement

@@ -44,9 +44,9 @@ from ..errors import (
 from ..landmarks.model_pack import same_space
 from ..utils import remove_stale_temporaries
 from . import integrity, migrations, rows, similarity
+from .backend import StoreDatabase
 from .calibration import probability
 from .characters import Character, CharacterScore, Match, Reference, Space, pack_of
-from .backend import StoreDatabase
 from .database import DB_NAME, READ_ONLY_MESSAGE, Database, wal_holds_data
 from .enrolment import MAX_REFERENCES, MAX_REFERENCES_PER_CALL, embed_references, gate_impostors, parse_image_spec
 from .index_cache import INDEX_NAME, IndexCache, SearchIndex
