@@ -29,6 +29,7 @@ COMMANDS = {
     "import": "store_commands:import_character",
     "verify": "store_commands:verify",
     "reembed": "store_commands:reembed",
+    "store": "store_group:store",
     "generate": "generate:generate",
     "storyboard": "storyboard:storyboard",
     "inspect": "inspect:inspect",
