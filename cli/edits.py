@@ -15,6 +15,7 @@ from ..generation.config import DEVICES, DTYPES
 from ..generation.schedulers import SCHEDULER_NAMES
 from ..identity.scorers import SCORERS
 from .common import emit, json_option, log_to_stderr
+from .provenance import make_provenance, provenance_options
 from .store_commands import store_option
 
 image_argument = click.argument("image", type=click.Path(path_type=Path))
@@ -119,26 +120,29 @@ def _config(prompt: str | None, negative_prompt: str, seed: int | None, steps: i
 @out_option
 @scoring_options
 @weights_options
+@provenance_options
 @json_option
 def fix_face(image: Path, characters: tuple[str, ...], faces: tuple[int, ...], prompt: str | None, strength: float,
              margin: float, keep: str, out: Path | None, store_path: Path | None, models: str | None, scorer: str,
              base_model: str | None, ip_adapter: str | None, conditioning_models: str | None, negative_prompt: str,
              seed: int | None, steps: int, guidance: float, id_scale: float, scheduler: str, device: str, dtype: str,
-             as_json: bool) -> None:
+             no_watermark: bool, c2pa_cert: Path | None, c2pa_key: Path | None, as_json: bool) -> None:
     """Restore the faces of IMAGE as stored characters, ADetailer-style.
 
     Each face is cropped with a margin, repainted at the model's resolution with its character's identity
     (IP-Adapter FaceID) and pasted back through a feathered mask of the MediaPipe face oval: pixels outside
-    the mask are unchanged, byte for byte. The face is scored before and after by --scorer; with --keep
+    the mask are unchanged, byte for byte (with --no-watermark: the watermark, on by default, touches every
+    pixel faintly). The face is scored before and after by --scorer; with --keep
     improved (default) a repaint that does not score higher is dropped. The mask is written beside the
     output (OUT.mask.png)."""
     from ..generation.edits import fix_face as run
 
     settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, scheduler, scorer)
+    provenance = make_provenance(no_watermark, c2pa_cert, c2pa_key)
     _run(as_json, lambda: run(image, list(characters), faces=list(faces) or None, strength=strength, margin=margin,
                               keep=keep, out=out, base_model=base_model, ip_adapter=ip_adapter, device=device,
                               dtype=dtype, store=store_path, models=models, conditioning_models=conditioning_models,
-                              **settings))
+                              provenance=provenance, **settings))
 
 
 @click.command("edit")
@@ -156,21 +160,26 @@ def fix_face(image: Path, characters: tuple[str, ...], faces: tuple[int, ...], p
 @out_option
 @scoring_options
 @weights_options
+@provenance_options
 @json_option
 def edit(image: Path, prompt: str, character: str, mask: str, face: int | None, strength: float, margin: float,
          out: Path | None, store_path: Path | None, models: str | None, scorer: str, base_model: str | None,
          ip_adapter: str | None, conditioning_models: str | None, negative_prompt: str, seed: int | None, steps: int,
-         guidance: float, id_scale: float, scheduler: str, device: str, dtype: str, as_json: bool) -> None:
+         guidance: float, id_scale: float, scheduler: str, device: str, dtype: str,
+         no_watermark: bool, c2pa_cert: Path | None, c2pa_key: Path | None, as_json: bool) -> None:
     """Repaint the --mask region of IMAGE from PROMPT, conditioned on --character's identity (inpainting).
 
-    Only pixels where the feathered mask is above 0 change; the character's face is scored before and after."""
+    Only pixels where the feathered mask is above 0 change (with --no-watermark); the character's face is
+    scored before and after."""
     from ..generation.edits import edit_image
 
     settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, scheduler, scorer)
+    provenance = make_provenance(no_watermark, c2pa_cert, c2pa_key)
     _run(as_json, lambda: edit_image(image, character, mask=mask, face=face, strength=strength, margin=margin,
                                      out=out, base_model=base_model, ip_adapter=ip_adapter, device=device,
                                      dtype=dtype, store=store_path, models=models,
-                                     conditioning_models=conditioning_models, **settings))
+                                     conditioning_models=conditioning_models, provenance=provenance,
+                                     **settings))
 
 
 @click.command("outpaint")
@@ -187,21 +196,24 @@ def edit(image: Path, prompt: str, character: str, mask: str, face: int | None, 
 @out_option
 @scoring_options
 @weights_options
+@provenance_options
 @json_option
 def outpaint(image: Path, character: str, aspect: str | None, left: int, right: int, top: int, bottom: int,
              prompt: str | None, strength: float, out: Path | None, store_path: Path | None, models: str | None,
              scorer: str, base_model: str | None, ip_adapter: str | None, conditioning_models: str | None,
              negative_prompt: str, seed: int | None, steps: int, guidance: float, id_scale: float, scheduler: str,
-             device: str, dtype: str, as_json: bool) -> None:
-    """Extend IMAGE's canvas and fill the new area; the original pixels are kept exactly and the
-    character's face is re-scored on the new canvas."""
+             device: str, dtype: str,
+         no_watermark: bool, c2pa_cert: Path | None, c2pa_key: Path | None, as_json: bool) -> None:
+    """Extend IMAGE's canvas and fill the new area; the original pixels are kept exactly (with
+    --no-watermark) and the character's face is re-scored on the new canvas."""
     from ..generation.edits import outpaint as run
 
     settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, scheduler, scorer)
+    provenance = make_provenance(no_watermark, c2pa_cert, c2pa_key)
     _run(as_json, lambda: run(image, character, aspect=aspect, left=left, right=right, top=top, bottom=bottom,
                               strength=strength, out=out, base_model=base_model, ip_adapter=ip_adapter, device=device,
                               dtype=dtype, store=store_path, models=models, conditioning_models=conditioning_models,
-                              **settings))
+                              provenance=provenance, **settings))
 
 
 @click.command("upscale")
@@ -221,17 +233,20 @@ def outpaint(image: Path, character: str, aspect: str | None, left: int, right: 
 @out_option
 @scoring_options
 @weights_options
+@provenance_options
 @json_option
 def upscale(image: Path, to: str, mode: str, character: str | None, prompt: str | None, strength: float,
             tile: int | None, out: Path | None, store_path: Path | None, models: str | None, scorer: str,
             base_model: str | None, ip_adapter: str | None, conditioning_models: str | None, negative_prompt: str,
             seed: int | None, steps: int, guidance: float, id_scale: float, scheduler: str, device: str, dtype: str,
-            as_json: bool) -> None:
+            no_watermark: bool, c2pa_cert: Path | None, c2pa_key: Path | None, as_json: bool) -> None:
     """Upscale IMAGE to 2K/4K (the long side) or --to PIXELS, with the face re-scored after."""
     from ..generation.edits import upscale as run
 
     settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, scheduler, scorer)
+    provenance = make_provenance(no_watermark, c2pa_cert, c2pa_key)
     _run(as_json, lambda: run(image, character, to=to, mode=mode, strength=strength, tile=tile, out=out,
                               base_model=base_model, ip_adapter=ip_adapter, device=device, dtype=dtype,
-                              store=store_path, models=models, conditioning_models=conditioning_models, **settings),
+                              store=store_path, models=models, conditioning_models=conditioning_models,
+                              provenance=provenance, **settings),
          diffusion=mode == "diffusion")

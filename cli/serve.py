@@ -26,7 +26,7 @@ from .store_commands import store_option
               help="Requests that run the face models at once (each holds its own model sessions).")
 @click.option("--max-upload-mb", type=click.IntRange(1, 4096), default=64, show_default=True,
               help="Largest request body (all files of one request together), in MiB.")
-def serve(store_path: Path | None, models: str | None, device: str, host: str, port: int, token: str | None,
+def serve(store_path: Path | str | None, models: str | None, device: str, host: str, port: int, token: str | None,
           workers: int, max_upload_mb: int) -> None:
     """Serve the store over HTTP: a web page at /, the API under /api, its documentation at /docs.
 

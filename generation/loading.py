@@ -334,6 +334,10 @@ def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAU
             f"UNet but the base model is {architecture(unet_dim)}: use "
             f"{FACEID_FILES[kind]} with this base model", path=weights)
     warnings = _load_faceid(pipe, weights)
+    # diffusers' SDXL pipelines embed their own dwtDct watermark whenever invisible-watermark is installed;
+    # castkeep marks every output itself (one mark it can read back, off with --no-watermark).
+    if getattr(pipe, "watermark", None) is not None:
+        pipe.watermark = None
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     unet_file = _unet_weights(folder)

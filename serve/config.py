@@ -39,8 +39,12 @@ class ServeConfig:
             raise ConfigError(f"the upload limit must be at least 1 KiB, not {self.max_upload_bytes} bytes")
 
     @property
-    def store_path(self) -> Path | None:
-        return None if self.store is None else Path(self.store).expanduser()
+    def store_path(self) -> Path | str | None:
+        """The store folder, or a PostgreSQL store's URL as given."""
+        if self.store is None:
+            return None
+        text = str(self.store)
+        return text if text.startswith(("postgresql://", "postgres://")) else Path(text).expanduser()
 
 
 def is_local_host(host: str) -> bool:

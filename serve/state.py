@@ -23,7 +23,16 @@ class ServeState:
     config: ServeConfig
     pool: WorkerPool
     spool: Spool
-    store_path: Path
+    store_path: Path | str
+
+    @property
+    def store_name(self) -> str:
+        """The store folder's name, or a PostgreSQL store's database name (never its URL: it may hold a password)."""
+        if isinstance(self.store_path, Path):
+            return self.store_path.name
+        from urllib.parse import urlsplit
+
+        return urlsplit(self.store_path).path.lstrip("/") or "postgresql"
 
     @classmethod
     def start(cls, config: ServeConfig) -> ServeState:
@@ -32,10 +41,10 @@ class ServeState:
         pool = WorkerPool(config.models, config.device, config.workers)
         try:
             with Store.open(store_path, create=True) as store:
-                stored = store.fingerprint
+                stored, location = store.fingerprint, store.location  # (a URL's password masked)
             if stored is not None and not same_space(stored, pool.fingerprint):
                 raise StoreError(f"this store holds embeddings of '{stored}', and the models loaded are "
-                                 f"'{pool.fingerprint}': start the server with the store's --models", path=store_path)
+                                 f"'{pool.fingerprint}': start the server with the store's --models", path=location)
         except BaseException:
             pool.close()
             raise

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import ConfigError
 from ..config import GenerationConfig
 from ..generator import CharacterOrIdentity, Generator, make_config
+from ..provenance.output import Provenance
 from .faces import meshed_faces, pixels, score_at, score_record
 from .inpaint import derived_pipe, inpaint_region, work_region
 from .masks import MASK_KINDS, landmark_mask, load_mask, mask_image, mask_stats
@@ -28,7 +29,8 @@ def edit_image(image: str | os.PathLike[str], character: CharacterOrIdentity, pr
                strength: float = STRENGTH, margin: float = MARGIN, out: str | os.PathLike[str] | None = None,
                generator: Generator | None = None, base_model: Any = None, ip_adapter: Any = None,
                device: str = "auto", dtype: str = "auto", store: Any = None, models: Any = None,
-               conditioning_models: Any = None, **settings: Any) -> EditResult:
+               conditioning_models: Any = None, provenance: Provenance | None = None,
+             **settings: Any) -> EditResult:
     """Repaint the `mask` region of `image` from `prompt` as `character`: mask is face, hair or background
     (from face `face`'s mesh, default the largest) or a mask file (white = repaint) of the image's size.
     The character's face is scored before and after."""
@@ -39,7 +41,7 @@ def edit_image(image: str | os.PathLike[str], character: CharacterOrIdentity, pr
     config = make_config(prompt, config, settings)
     source = Path(image)
     original = load_pil(source)
-    path = output_path(out, source, "edit")
+    path = output_path(out, source, "edit", provenance)
     # A mask file is checked before the face models even look at the image.
     file_mask = None if str(mask) in MASK_KINDS else load_mask(mask, original.size)
     with edit_session([character], config, generator=generator, base_model=base_model, ip_adapter=ip_adapter,
@@ -73,6 +75,6 @@ def edit_image(image: str | os.PathLike[str], character: CharacterOrIdentity, pr
                       "before": score_record(before) if before is not None else None,
                       "after": score_record(after) if after is not None else None}}
         result = write_edit(edited, path, command="edit", source=source, session=session, config=config,
-                            settings=settings_out, report=report)
+                            settings=settings_out, report=report, provenance=provenance)
         mask_image(region_mask).save(mask_file)
         return result

@@ -15,6 +15,7 @@ from PIL import Image
 from ...errors import ConfigError
 from ..config import GenerationConfig
 from ..generator import CharacterOrIdentity, Generator, make_config
+from ..provenance.output import Provenance
 from .faces import improved, meshed_faces, pixels, score_at, score_record
 from .inpaint import derived_pipe, inpaint_region, work_region
 from .masks import face_mask, mask_image, mask_stats
@@ -48,7 +49,8 @@ def fix_face(image: str | os.PathLike[str], characters: CharacterOrIdentity | li
              strength: float = STRENGTH, margin: float = MARGIN, keep: str = "improved",
              out: str | os.PathLike[str] | None = None, generator: Generator | None = None,
              base_model: Any = None, ip_adapter: Any = None, device: str = "auto", dtype: str = "auto",
-             store: Any = None, models: Any = None, conditioning_models: Any = None, **settings: Any) -> EditResult:
+             store: Any = None, models: Any = None, conditioning_models: Any = None,
+             provenance: Provenance | None = None, **settings: Any) -> EditResult:
     """Repaint faces of `image` as their characters (see the module docstring). `faces` are indices as
     `castkeep analyze` numbers them (default: the largest); `characters` one for all, or one per face.
     `settings` are GenerationConfig fields (seed, steps, guidance, id_scale, scheduler, scorer, ...).
@@ -67,7 +69,7 @@ def fix_face(image: str | os.PathLike[str], characters: CharacterOrIdentity | li
     pairs = pair_faces(cast_list, faces)
     source = Path(image)
     original = load_pil(source)
-    path = output_path(out, source, "fixface")
+    path = output_path(out, source, "fixface", provenance)
     with edit_session(cast_list, config, generator=generator, base_model=base_model, ip_adapter=ip_adapter,
                       device=device, dtype=dtype, store=store, models=models,
                       conditioning_models=conditioning_models) as session:
@@ -102,7 +104,7 @@ def fix_face(image: str | os.PathLike[str], characters: CharacterOrIdentity | li
         mask_file = path.with_suffix(".mask.png")
         report = {"faces": records, "changed": any(r["kept"] for r in records), "mask_file": mask_file.name}
         result = write_edit(current, path, command="fix-face", source=source, session=session, config=config,
-                            settings=settings_out, report=report)
+                            settings=settings_out, report=report, provenance=provenance)
         mask_image(union).save(mask_file)
         return result
 

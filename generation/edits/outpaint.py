@@ -16,6 +16,7 @@ from ...errors import ConfigError
 from ..aspect import parse_aspect
 from ..config import GenerationConfig
 from ..generator import CharacterOrIdentity, Generator, make_config
+from ..provenance.output import Provenance
 from .faces import pixels, score_at, score_record
 from .inpaint import Region, check_output_size, derived_pipe, inpaint_region, model_size
 from .output import EditResult, output_path, write_edit
@@ -66,7 +67,8 @@ def outpaint(image: str | os.PathLike[str], character: CharacterOrIdentity, prom
              config: GenerationConfig | None = None, strength: float = STRENGTH,
              out: str | os.PathLike[str] | None = None, generator: Generator | None = None, base_model: Any = None,
              ip_adapter: Any = None, device: str = "auto", dtype: str = "auto", store: Any = None,
-             models: Any = None, conditioning_models: Any = None, **settings: Any) -> EditResult:
+             models: Any = None, conditioning_models: Any = None, provenance: Provenance | None = None,
+             **settings: Any) -> EditResult:
     """Extend `image` to `aspect` (or by pixels per side) and fill the new area as `character`'s scene."""
     from ...landmarks.images import load_pil
 
@@ -78,7 +80,7 @@ def outpaint(image: str | os.PathLike[str], character: CharacterOrIdentity, prom
     sides = extension(original.size, aspect, left=left, right=right, top=top, bottom=bottom)
     width, height = original.width + sides[0] + sides[2], original.height + sides[1] + sides[3]
     check_output_size(width, height, "the outpainted canvas")
-    path = output_path(out, source, "outpaint")
+    path = output_path(out, source, "outpaint", provenance)
     with edit_session([character], config, generator=generator, base_model=base_model, ip_adapter=ip_adapter,
                       device=device, dtype=dtype, store=store, models=models,
                       conditioning_models=conditioning_models) as session:
@@ -105,4 +107,4 @@ def outpaint(image: str | os.PathLike[str], character: CharacterOrIdentity, prom
                   "face": None if before is None else {"before": score_record(before),
                                                        "after": score_record(after) if after is not None else None}}
         return write_edit(filled, path, command="outpaint", source=source, session=session, config=config,
-                          settings=settings_out, report=report)
+                          settings=settings_out, report=report, provenance=provenance)

@@ -1,5 +1,6 @@
-"""An edit's output: the PNG (A1111 `parameters` + the sidecar as a `castkeep` chunk, through
-metadata.save_png like every generated image) and the JSON sidecar beside it."""
+"""An edit's output: the PNG (A1111 `parameters` + the sidecar as a `castkeep` chunk, marked by
+`Provenance.save_png` like every generated image: the invisible watermark unless turned off, C2PA Content
+Credentials when given) and the JSON sidecar beside it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from ...errors import ConfigError
 from ...utils import file_sha256, slug, write_json_atomic
 from ..config import GenerationConfig
 from ..generator import OUT_ROOT
-from ..metadata import a1111_parameters, save_png
+from ..metadata import a1111_parameters
+from ..provenance.output import Provenance
 from .session import EditSession
 
 EDIT_SIDECAR_SCHEMA_ID = "castkeep.edit.sidecar/1"
@@ -32,8 +34,11 @@ class EditResult:
     report: dict[str, Any]
 
 
-def output_path(out: str | os.PathLike[str] | None, source: Path, command: str) -> Path:
-    """`out`, or `castkeep-out/STEM-COMMAND-TIMESTAMP.png`; never the source image itself."""
+def output_path(out: str | os.PathLike[str] | None, source: Path, command: str,
+                provenance: Provenance | None = None) -> Path:
+    """`out`, or `castkeep-out/STEM-COMMAND-TIMESTAMP.png`; never the source image itself. Also checks,
+    before any model loads, that `provenance` can mark it (the watermark's package is installed)."""
+    (provenance if provenance is not None else Provenance()).check()
     path = Path(out) if out is not None else OUT_ROOT / (
         f"{slug(source.stem, fallback='image')}-{command}" + datetime.now().strftime("-%Y%m%d-%H%M%S") + ".png")
     if path.suffix.lower() != ".png":
@@ -44,8 +49,11 @@ def output_path(out: str | os.PathLike[str] | None, source: Path, command: str) 
 
 
 def write_edit(image: Image.Image, path: Path, *, command: str, source: Path, session: EditSession | None,
-               config: GenerationConfig | None, settings: dict[str, Any], report: dict[str, Any]) -> EditResult:
-    """Write `image` with its sidecar; `report` (what the command found and did) goes into the sidecar."""
+               config: GenerationConfig | None, settings: dict[str, Any], report: dict[str, Any],
+               provenance: Provenance | None = None) -> EditResult:
+    """Write `image` with its sidecar; `report` (what the command found and did) goes into the sidecar.
+    `provenance` marks the PNG (default: castkeep's invisible watermark, which changes low-amplitude pixels
+    all over the image: pass Provenance(watermark=False) for outputs equal to the input outside the mask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     cast = [] if session is None else [member.identity.to_dict() for member in session.cast]
     sidecar: dict[str, Any] = {
@@ -71,7 +79,8 @@ def write_edit(image: Image.Image, path: Path, *, command: str, source: Path, se
     fields.update({"Character": ", ".join(c["name"] for c in cast) or None, "Version": f"castkeep {__version__}"})
     prompt = "" if config is None else config.prompt
     negative = "" if config is None else config.negative_prompt
-    save_png(image, path, a1111_parameters(prompt, negative, fields), sidecar)
+    marker = provenance if provenance is not None else Provenance()
+    sidecar = marker.save_png(image, path, a1111_parameters(prompt, negative, fields), sidecar)
     sidecar_path = path.with_suffix(".json")
     write_json_atomic(sidecar_path, sidecar)
     return EditResult(image=image, path=path, sidecar_path=sidecar_path, report=sidecar)

@@ -18,6 +18,7 @@ from ...errors import ConfigError, SizeError
 from ..config import GenerationConfig
 from ..generator import CharacterOrIdentity, Generator, make_config
 from ..loading import LoadedPipeline
+from ..provenance.output import Provenance
 from .faces import pixels, score_at, score_record
 from .inpaint import check_output_size, derived_pipe, run_pipe
 from .output import EditResult, output_path, write_edit
@@ -103,7 +104,8 @@ def upscale(image: str | os.PathLike[str], character: CharacterOrIdentity | None
             strength: float = STRENGTH, tile: int | None = None, out: str | os.PathLike[str] | None = None,
             generator: Generator | None = None, base_model: Any = None, ip_adapter: Any = None,
             device: str = "auto", dtype: str = "auto", store: Any = None, models: Any = None,
-            conditioning_models: Any = None, **settings: Any) -> EditResult:
+            conditioning_models: Any = None, provenance: Provenance | None = None,
+             **settings: Any) -> EditResult:
     """Upscale `image` so its long side is `to`; `diffusion` mode needs `character` (its identity conditions
     the detail pass), `lanczos` scores it only when one is given."""
     from ...landmarks.images import load_pil
@@ -117,17 +119,19 @@ def upscale(image: str | os.PathLike[str], character: CharacterOrIdentity | None
     source = Path(image)
     original = load_pil(source)
     size = target_size(original.size, to)
-    path = output_path(out, source, "upscale")
+    path = output_path(out, source, "upscale", provenance)
     enlarged = original.resize(size, Image.Resampling.LANCZOS)
     if mode == "lanczos":
         if character is None:
             return write_edit(enlarged, path, command="upscale", source=source, session=None, config=None,
-                              settings={"mode": mode, "to": str(to)}, report={"face": None})
+                              settings={"mode": mode, "to": str(to)},
+                              report={"face": None}, provenance=provenance)
         lanczos_config = make_config(DEFAULT_PROMPT, None, {"scorer": settings.get("scorer", "fused")})
         with edit_session([character], lanczos_config, store=store, models=models, needs_weights=False) as session:
             return write_edit(enlarged, path, command="upscale", source=source, session=session, config=None,
                               settings={"mode": mode, "to": str(to)},
-                              report={"face": _scores(session, original, enlarged)})
+                              report={"face": _scores(session, original, enlarged)},
+                              provenance=provenance)
     if character is None:
         raise ConfigError("--mode diffusion conditions the detail pass on a character: pass --character (or use "
                           "--mode lanczos)")
@@ -145,4 +149,5 @@ def upscale(image: str | os.PathLike[str], character: CharacterOrIdentity | None
                         "tile": tile_size, "tiles": count, "device": loaded.device, "dtype": loaded.dtype}
         settings_out.pop("prompt"), settings_out.pop("negative_prompt")
         return write_edit(result, path, command="upscale", source=source, session=session, config=config,
-                          settings=settings_out, report={"face": _scores(session, original, result)})
+                          settings=settings_out, report={"face": _scores(session, original, result)},
+                          provenance=provenance)

@@ -38,6 +38,7 @@ from ..generator import (
     weights_specs,
 )
 from ..loading import resolve_weights
+from ..provenance.output import Provenance
 from ..runner import Identity, identity_from_store, next_attempts
 from ..schedulers import apply_scheduler
 from ..scoring import DOMAIN, IdentityScorer, Scorer
@@ -88,13 +89,14 @@ class Storyboard:
 
     def __init__(self, generator: Generator, plan: Plan, identities: dict[str, Identity],
                  scorers: dict[tuple[str, str], Scorer], analyzer_fingerprint: str, run_dir: Path, *,
-                 batch_size: int = 1) -> None:
+                 batch_size: int = 1, provenance: Provenance | None = None) -> None:
         self.generator = generator
         self.plan = plan
         self.identities = identities
         self.scorers = scorers  # (character, judge) → scorer
         self.run_dir = run_dir
         self.batch_size = batch_size
+        self.provenance = provenance if provenance is not None else Provenance()
         loaded = generator.loaded
         self.models = {**loaded.models_dict(), "face_analyzer": analyzer_fingerprint,
                        "conditioning": next(iter(identities.values())).conditioning}
@@ -165,7 +167,8 @@ class Storyboard:
             ledger.count_pipeline_call(len(batch))
             for take in takes:
                 started = time.perf_counter()
-                written = write_take(self.run_dir, shot, config, take, self.identities, settings, self.models)
+                written = write_take(self.run_dir, shot, config, take, self.identities, settings, self.models,
+                                     self.provenance)
                 written.write_s = time.perf_counter() - started
                 ledger.record_attempt(shot.id, key, written)
                 made.append(written)
@@ -223,13 +226,17 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
                    base_model: PathSpec | None = None, ip_adapter: PathSpec | None = None, device: str = "auto",
                    dtype: str = "auto", models: ModelsSpec = None, conditioning_models: ModelsSpec = None,
                    batch_size: int = 1, retry_failed: bool = False,
-                   on_shot: Callable[[ShotEvent], None] | None = None) -> StoryboardResult:
+                   on_shot: Callable[[ShotEvent], None] | None = None,
+                   provenance: Provenance | None = None) -> StoryboardResult:
     """Run (or resume) every shot of `plan` into `out_dir` with one pipeline load.
 
     The plan, the characters (in the store and in the adapter's embedding space), the scorers and every
     shot's size are checked before the diffusion weights load. Re-running into the same folder resumes;
-    `retry_failed` gives shots that missed their min_score another budget of takes (new seeds).
+    `retry_failed` gives shots that missed their min_score another budget of takes (new seeds). Every take is
+    marked as `provenance` says (default: castkeep's invisible watermark).
     """
+    provenance = provenance if provenance is not None else Provenance()
+    provenance.check()
     if not isinstance(plan, Plan):
         plan = load_plan(plan)
     if batch_size < 1:
@@ -257,7 +264,8 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
             (name, judge): IdentityScorer(analyzer, identity.vector, name=name, store=opened, judge=judge,
                                           recogniser=recogniser)
             for name, identity in identities.items() for judge in judges}
-        board = Storyboard(generator, plan, identities, scorers, analyzer.fingerprint, run_dir, batch_size=batch_size)
+        board = Storyboard(generator, plan, identities, scorers, analyzer.fingerprint, run_dir, batch_size=batch_size,
+                           provenance=provenance)
         if plan.path is not None:
             write_bytes_atomic(run_dir / f"plan{plan.path.suffix.lower()}", plan.path.read_bytes())
         ledger.start_session()

@@ -23,7 +23,7 @@ def status(request: Request) -> dict[str, Any]:
     serve = state(request)
     with serve.store() as store:
         characters, read_only = len(store), store.read_only
-    return {"version": __version__, "models": serve.pool.fingerprint, "store": serve.store_path.name,
+    return {"version": __version__, "models": serve.pool.fingerprint, "store": serve.store_name,
             "characters": characters, "read_only": read_only, "workers": len(serve.pool.workers),
             "writes_need_token": serve.config.token is not None,
             "limits": {"max_upload_bytes": serve.config.max_upload_bytes, "max_image_pixels": MAX_IMAGE_PIXELS}}

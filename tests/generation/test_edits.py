@@ -64,7 +64,8 @@ def rgb(path: Path) -> np.ndarray:
 
 
 def weights(base: Path, adapter: Path) -> tuple[str, ...]:
-    return ("--base-model", str(base), "--ip-adapter", str(adapter), "--device", "cpu")
+    """The tiny weights, and no watermark: it changes every pixel faintly, and these tests check bytes."""
+    return ("--base-model", str(base), "--ip-adapter", str(adapter), "--device", "cpu", "--no-watermark")
 
 
 def run_json(invoke, *args: str) -> dict:
@@ -173,6 +174,7 @@ def test_upscale_gives_the_requested_size(invoke, tiny_models, store_dir, photo,
     # Lanczos: no model at all, 2K on the long side.
     plain = run_json(invoke, "upscale", str(photo), "--to", "2k", "--mode", "lanczos", "--out", str(tmp_path / "2k.png"))
     assert Image.open(tmp_path / "2k.png").size == (2048, 2048) and plain["models"] is None
+    assert plain["provenance"]["watermark"]["applied"] is True  # marked like every output, by default
 
 
 def test_tiles_cover_the_image_and_blend_to_the_identity():
