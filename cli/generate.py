@@ -90,7 +90,9 @@ def _text(result: Any) -> str:
 @click.option("--guidance", type=click.FloatRange(min=0), default=7.5, show_default=True,
               help="Classifier-free guidance (CFG) scale.")
 @click.option("--id-scale", type=click.FloatRange(0, 5), default=0.8, show_default=True,
-              help="IP-Adapter scale: how strongly the identity steers the image.")
+              help="IP-Adapter scale: how strongly the identity steers the image (0: identity and FaceID LoRA off).")
+@click.option("--lora-scale", type=click.FloatRange(0, 2), default=1.0, show_default=True,
+              help="Weight of the FaceID LoRA the checkpoint carries (0.6-0.7 often follows the prompt better).")
 @click.option("--aspect", default=None, metavar="W:H",
               help="Aspect ratio (1:1, 4:3, 3:2, 16:9, 9:16, ...) at the model's native pixel count.")
 @click.option("--width", type=click.IntRange(min=8), default=None, help="Width in pixels (multiple of 8).")
@@ -122,7 +124,7 @@ def _text(result: Any) -> str:
 @json_option
 def generate(name: str, prompt: str, negative_prompt: str, base_model: str | None, ip_adapter: str | None,
              store_path: Path | None, models: str | None, conditioning_models: str | None, out_dir: Path | None,
-             seed: int | None, steps: int, guidance: float, id_scale: float, aspect: str | None,
+             seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, aspect: str | None,
              width: int | None, height: int | None, num_images: int, scheduler: str, best_of: int, scorer: str,
              min_score: float | None, max_tries: int | None,
              batch_size: int, device: str, dtype: str, keep_rejected: bool, no_watermark: bool, c2pa_cert: Path | None,
@@ -143,7 +145,8 @@ def generate(name: str, prompt: str, negative_prompt: str, base_model: str | Non
 
     quiet_generation_libraries()
     config = GenerationConfig(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
-                              guidance=guidance, id_scale=id_scale, width=width, height=height, aspect=aspect,
+                              guidance=guidance, id_scale=id_scale, lora_scale=lora_scale, width=width, height=height,
+                              aspect=aspect,
                               num_images=num_images, scheduler=scheduler, best_of=best_of, scorer=scorer,
                               min_score=min_score,
                               max_tries=max_tries, batch_size=batch_size)

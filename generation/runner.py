@@ -21,6 +21,7 @@ from .aspect import resolve_size
 from .conditioning import ConditioningSpace, space_vector
 from .config import GenerationConfig
 from .contact_sheet import contact_sheet
+from .faceid_lora import apply_faceid_lora_scale, effective_lora_scale
 from .identity_embeds import identity_embeds, normalised_identity, uses_guidance
 from .loading import LoadedPipeline
 from .metadata import SIDECAR_SCHEMA_ID, a1111_parameters
@@ -93,6 +94,7 @@ def generate_images(loaded: LoadedPipeline, config: GenerationConfig, vector: np
 
     pipe = loaded.pipe
     pipe.set_ip_adapter_scale(config.id_scale)  # per call: one loaded pipeline serves many configs
+    apply_faceid_lora_scale(pipe, config.id_scale, config.lora_scale)
     guidance = uses_guidance(pipe, config.guidance)
     embeds = identity_embeds(vector, guidance=guidance, device=loaded.device, dtype=pipe.unet.dtype,
                              dim=loaded.checkpoint.id_dim)
@@ -272,7 +274,9 @@ class GenerationRunner:
             "Seed": attempt.seed, "Size": f"{attempt.image.width}x{attempt.image.height}",
             "Model hash": (models["base_model_hash"] or "")[:10], "Model": Path(models["base_model"]).name,
             "IP-Adapter": models["ip_adapter_file"], "IP-Adapter hash": models["ip_adapter_hash"][:10],
-            "IP-Adapter weight": config.id_scale, "Character": identity.name, "Identity cosine": cosine_text,
+            "IP-Adapter weight": config.id_scale, "FaceID LoRA weight": effective_lora_scale(
+                config.id_scale, config.lora_scale) if models["faceid_lora"] else None,
+            "Character": identity.name, "Identity cosine": cosine_text,
             "Identity P(same)": judged_text,
             "Version": f"castkeep {__version__}",
         }

@@ -20,6 +20,7 @@ from PIL import Image
 from ...errors import GenerationError, SizeError
 from ..aspect import size_for_aspect
 from ..config import GenerationConfig
+from ..faceid_lora import apply_faceid_lora_scale
 from ..identity_embeds import identity_embeds, uses_guidance
 from ..loading import INPAINT_KINDS, LoadedPipeline
 from ..schedulers import apply_scheduler
@@ -66,6 +67,7 @@ def run_pipe(loaded: LoadedPipeline, pipe: Any, config: GenerationConfig, vector
     import torch
 
     pipe.set_ip_adapter_scale(config.id_scale)
+    apply_faceid_lora_scale(pipe, config.id_scale, config.lora_scale)
     embeds = identity_embeds(vector, guidance=uses_guidance(pipe, config.guidance), device=loaded.device,
                              dtype=pipe.unet.dtype, dim=loaded.checkpoint.id_dim)
     if int(config.steps * strength) < 1:
