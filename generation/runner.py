@@ -178,7 +178,8 @@ class GenerationRunner:
                                   "--out", path=out_dir)
         pipe = self.loaded.pipe
         width, height = resolve_size(width=config.width, height=config.height, aspect=config.aspect,
-                                     base=self.loaded.native_size, model=f"this {self.loaded.kind} model")
+                                     base=self.loaded.native_size, model=f"this {self.loaded.kind} model",
+                                     kind=self.loaded.kind)
         sampler = apply_scheduler(pipe, config.scheduler)
         started = time.perf_counter()
         attempts = self.attempts(config, identity, width, height)
