@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ..generation.config import DEVICES, DTYPES, GenerationConfig
+from ..generation.memory import OFFLOADS
 from ..generation.schedulers import SCHEDULER_NAMES
 from ..identity.scorers import SCORERS as GENERATION_SCORERS
 from ..utils import progress
@@ -119,6 +120,13 @@ def _text(result: Any) -> str:
               help="torch device; auto = cuda, then mps, then cpu.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto",
               show_default=True, help="Weights precision; auto = float16 on GPUs, float32 on CPU.")
+@click.option("--offload", type=click.Choice(OFFLOADS), default="none", show_default=True,
+              help="Small GPUs: keep weights in CPU RAM and move each model (model) or each layer (sequential, "
+                   "least memory, slowest) to the GPU as it runs.")
+@click.option("--vae-tiling/--no-vae-tiling", default=None,
+              help="Decode in tiles (less memory for large images) [default: on above 2x the model's native pixels].")
+@click.option("--vae-slicing/--no-vae-slicing", default=None,
+              help="Decode a batch one image at a time [default: on with --batch-size > 1].")
 @click.option("--keep-rejected", is_flag=True, help="Also write the outputs best-of/retry dropped (rejected/).")
 @provenance_options
 @json_option
@@ -127,7 +135,8 @@ def generate(name: str, prompt: str, negative_prompt: str, base_model: str | Non
              seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, aspect: str | None,
              width: int | None, height: int | None, num_images: int, scheduler: str, best_of: int, scorer: str,
              min_score: float | None, max_tries: int | None,
-             batch_size: int, device: str, dtype: str, keep_rejected: bool, no_watermark: bool, c2pa_cert: Path | None,
+             batch_size: int, device: str, dtype: str, offload: str, vae_tiling: bool | None,
+             vae_slicing: bool | None, keep_rejected: bool, no_watermark: bool, c2pa_cert: Path | None,
              c2pa_key: Path | None, as_json: bool) -> None:
     """Generate images of character NAME from PROMPT, conditioned on its identity (IP-Adapter FaceID),
     and score every output against it.
@@ -149,13 +158,14 @@ def generate(name: str, prompt: str, negative_prompt: str, base_model: str | Non
                               aspect=aspect,
                               num_images=num_images, scheduler=scheduler, best_of=best_of, scorer=scorer,
                               min_score=min_score,
-                              max_tries=max_tries, batch_size=batch_size)
+                              max_tries=max_tries, batch_size=batch_size, vae_tiling=vae_tiling,
+                              vae_slicing=vae_slicing)
     provenance = make_provenance(no_watermark, c2pa_cert, c2pa_key)
     bar = _AttemptBar(name, config.budget)
     with log_to_stderr("castkeep.generation", verbose=not as_json):
         try:
             result = generate_run(name, config=config, base_model=base_model, ip_adapter=ip_adapter, device=device,
-                                  dtype=dtype, store=store_path, models=models,
+                                  dtype=dtype, offload=offload, store=store_path, models=models,
                                   conditioning_models=conditioning_models, out_dir=out_dir,
                                   keep_rejected=keep_rejected, on_attempt=bar.advance, provenance=provenance)
         finally:

@@ -41,6 +41,8 @@ class GenerationConfig:
     min_score: float | None = None  # regenerate until this many outputs reach this P(same) by `scorer`...
     max_tries: int | None = None  # ...or this many images have been generated in all
     batch_size: int = 1
+    vae_tiling: bool | None = None  # None: on for large images (generation/memory.py)
+    vae_slicing: bool | None = None  # None: on when a call decodes several images
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

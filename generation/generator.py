@@ -53,7 +53,7 @@ def default_out_dir(name: str) -> Path:
 
 def make_config(prompt: str | None, config: GenerationConfig | None, settings: dict[str, Any]) -> GenerationConfig:
     """A config from either a ready `GenerationConfig` or a prompt plus keyword settings."""
-    load_time = sorted({"device", "dtype"} & set(settings))
+    load_time = sorted({"device", "dtype", "offload"} & set(settings))
     if load_time:  # a common slip: they belong to the loaded pipeline, not to one run
         raise TypeError(f"{', '.join(load_time)} is chosen once, when the weights load: "
                         "Generator.from_pretrained(..., device=..., dtype=...)")
@@ -154,16 +154,20 @@ class Generator:
 
     @classmethod
     def from_pretrained(cls, base_model: PathSpec | None = None, ip_adapter: PathSpec | None = None, *,
-                        device: str = "auto", dtype: str = "auto", hash_base_model: bool = True) -> Generator:
+                        device: str = "auto", dtype: str = "auto", hash_base_model: bool = True,
+                        offload: str = "none") -> Generator:
         """Load SD1.5/SDXL (a diffusers folder or Hub id) with FaceID weights (a file, a folder or a Hub
-        `repo[/file]`) on `device` (auto: cuda, mps, cpu) in `dtype` (auto: float16 on GPUs)."""
+        `repo[/file]`) on `device` (auto: cuda, mps, cpu) in `dtype` (auto: float16 on GPUs); `offload`
+        "model"/"sequential" for small GPUs (generation/memory.py)."""
         base, adapter = weights_specs(base_model, ip_adapter)
         logger.info("loading %s + %s ...", base, adapter)
-        return cls._build(base, adapter, device, dtype, hash_base_model)
+        return cls._build(base, adapter, device, dtype, hash_base_model, offload)
 
     @classmethod
-    def _build(cls, base: str, adapter: str, device: str, dtype: str, hash_base_model: bool = True) -> Generator:
-        loaded = build_pipeline(base, adapter, device=device, dtype=dtype, hash_base_model=hash_base_model)
+    def _build(cls, base: str, adapter: str, device: str, dtype: str, hash_base_model: bool = True,
+               offload: str = "none") -> Generator:
+        loaded = build_pipeline(base, adapter, device=device, dtype=dtype, hash_base_model=hash_base_model,
+                                offload=offload)
         for message in loaded.warnings:
             logger.warning(message)
         return cls(loaded)
@@ -236,7 +240,7 @@ class Generator:
 
 
 def generate(character: CharacterOrIdentity, prompt: str | None = None, *, base_model: PathSpec | None = None,
-             ip_adapter: PathSpec | None = None, device: str = "auto", dtype: str = "auto",
+             ip_adapter: PathSpec | None = None, device: str = "auto", dtype: str = "auto", offload: str = "none",
              config: GenerationConfig | None = None, store: StoreSpec = None, models: ModelsSpec = None,
              conditioning_models: ModelsSpec = None, out_dir: PathSpec | None = None, keep_rejected: bool = False,
              on_attempt: Callable[[Attempt], None] | None = None, provenance: Provenance | None = None,
@@ -262,7 +266,7 @@ def generate(character: CharacterOrIdentity, prompt: str | None = None, *, base_
         analyzer = load_scoring_analyzer(models)
         check_scoring_model(identity, analyzer, opened)
         choose_judge(config, identity, analyzer, opened)
-        generator = Generator._build(base, adapter, device, dtype)
+        generator = Generator._build(base, adapter, device, dtype, offload=offload)
         return generator.generate(identity, config=config, store=opened, analyzer=analyzer,
                                   conditioning_models=conditioning_models, out_dir=out_dir,
                                   keep_rejected=keep_rejected, on_attempt=on_attempt, provenance=provenance)

@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import ConfigError, GenerationError, ModelNotFoundError
 from ..utils import file_sha256
 from .config import DEVICES, DTYPES
+from .memory import check_offload, place_pipeline
 
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_IP_ADAPTER = "h94/IP-Adapter-FaceID"
@@ -255,6 +256,7 @@ class LoadedPipeline:
     ip_adapter_hash: str
     warnings: list[str] = field(default_factory=list)
     requested_device: str = "auto"  # what the caller asked for; `device` is what it resolved to
+    offload: str = "none"  # "model" | "sequential": accelerate hooks move each part to `device` as it runs
 
     @property
     def native_size(self) -> int:
@@ -300,13 +302,15 @@ def resolve_weights(base_model: str, ip_adapter: str) -> Path:
 
 def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAULT_IP_ADAPTER, *,
                    device: str = "auto", dtype: str = "auto", hash_base_model: bool = True,
-                   inpaint: bool = False) -> LoadedPipeline:
+                   inpaint: bool = False, offload: str = "none") -> LoadedPipeline:
     """Base model + FaceID weights, on `device`, ready for `ip_adapter_image_embeds`. `inpaint` also
-    accepts an inpainting checkpoint as the base model (the edit commands).
+    accepts an inpainting checkpoint as the base model (the edit commands). `offload` ("model",
+    "sequential") keeps the weights in CPU RAM and moves each part to the GPU as it runs (generation/memory.py).
 
     The IP-Adapter scale is not set here: it is a per-run setting (`GenerationConfig.id_scale`),
     applied by `generate_images` on every call."""
     check_load_options(device, dtype)
+    check_offload(offload)
     requested_device = device
     folder, kind = resolve_base(base_model)
     weights = resolve_ip_adapter(ip_adapter, kind)
@@ -322,6 +326,7 @@ def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAU
             raise GenerationError("this FaceID checkpoint carries LoRA weights that diffusers loads only "
                                   "with `peft`: pip install peft", path=weights)
     device = resolve_device(device)
+    check_offload(offload, device)
     torch_dtype = resolve_dtype(dtype, device)
     pipe = load_base_pipeline(folder, dtype=torch_dtype, inpaint=inpaint)
     unet_dim = int(pipe.unet.config.cross_attention_dim)
@@ -338,7 +343,7 @@ def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAU
     # castkeep marks every output itself (one mark it can read back, off with --no-watermark).
     if getattr(pipe, "watermark", None) is not None:
         pipe.watermark = None
-    pipe.to(device)
+    place_pipeline(pipe, device, offload)
     pipe.set_progress_bar_config(disable=True)
     unet_file = _unet_weights(folder)
     return LoadedPipeline(
@@ -346,7 +351,7 @@ def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAU
         base_model=base_model, base_model_folder=folder,
         base_model_hash=file_sha256(unet_file) if hash_base_model and unet_file else None,
         ip_adapter=ip_adapter, checkpoint=checkpoint, ip_adapter_hash=file_sha256(weights), warnings=warnings,
-        requested_device=requested_device)
+        requested_device=requested_device, offload=offload)
 
 
 # diffusers warnings that say nothing about this use: FaceID takes embeddings, never images, and the

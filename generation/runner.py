@@ -24,6 +24,7 @@ from .contact_sheet import contact_sheet
 from .faceid_lora import apply_faceid_lora_scale, effective_lora_scale
 from .identity_embeds import identity_embeds, normalised_identity, uses_guidance
 from .loading import LoadedPipeline
+from .memory import apply_vae_memory, tiling_wanted
 from .metadata import SIDECAR_SCHEMA_ID, a1111_parameters
 from .provenance.output import Provenance
 from .schedulers import apply_scheduler
@@ -95,6 +96,8 @@ def generate_images(loaded: LoadedPipeline, config: GenerationConfig, vector: np
     pipe = loaded.pipe
     pipe.set_ip_adapter_scale(config.id_scale)  # per call: one loaded pipeline serves many configs
     apply_faceid_lora_scale(pipe, config.id_scale, config.lora_scale)
+    apply_vae_memory(pipe, tiling=tiling_wanted(config.vae_tiling, width, height, loaded.native_size, loaded.offload),
+                     slicing=config.vae_slicing if config.vae_slicing is not None else len(seeds) > 1)
     guidance = uses_guidance(pipe, config.guidance)
     embeds = identity_embeds(vector, guidance=guidance, device=loaded.device, dtype=pipe.unet.dtype,
                              dim=loaded.checkpoint.id_dim)
