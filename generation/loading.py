@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, GenerationError, ModelNotFoundError
-from ..utils import file_sha256
 from .config import DEVICES, DTYPES
 from .memory import check_offload, place_pipeline
+from .model_hash import cached_sha256
 
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_IP_ADAPTER = "h94/IP-Adapter-FaceID"
@@ -349,8 +349,8 @@ def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAU
     return LoadedPipeline(
         pipe=pipe, kind=kind, device=device, dtype=str(torch_dtype).replace("torch.", ""),
         base_model=base_model, base_model_folder=folder,
-        base_model_hash=file_sha256(unet_file) if hash_base_model and unet_file else None,
-        ip_adapter=ip_adapter, checkpoint=checkpoint, ip_adapter_hash=file_sha256(weights), warnings=warnings,
+        base_model_hash=cached_sha256(unet_file) if hash_base_model and unet_file else None,
+        ip_adapter=ip_adapter, checkpoint=checkpoint, ip_adapter_hash=cached_sha256(weights), warnings=warnings,
         requested_device=requested_device, offload=offload)
 
 
