@@ -70,12 +70,18 @@ def _text(result: Any) -> str:
 @click.argument("name")
 @click.argument("prompt")
 @click.option("--negative", "negative_prompt", default="", help="Negative prompt.")
-@click.option("--base-model", default=None, envvar="CASTKEEP_BASE_MODEL", show_envvar=True, metavar="ID|DIR",
-              help="Stable Diffusion 1.5 or SDXL: a diffusers folder or a Hugging Face id "
+@click.option("--base-model", default=None, envvar="CASTKEEP_BASE_MODEL", show_envvar=True, metavar="ID|DIR|FILE",
+              help="Stable Diffusion 1.5 or SDXL: a diffusers folder, a single-file .safetensors checkpoint "
+                   "(A1111/Civitai) or a Hugging Face id "
                    "[default: stable-diffusion-v1-5/stable-diffusion-v1-5].")
 @click.option("--ip-adapter", default=None, envvar="CASTKEEP_IP_ADAPTER", show_envvar=True, metavar="ID|FILE",
               help="IP-Adapter FaceID weights: a .safetensors/.bin file, a folder holding one, or a Hub "
                    "repo[/file] [default: h94/IP-Adapter-FaceID, ip-adapter-faceid_sd15.bin or _sdxl.bin].")
+@click.option("--base-config", default=None, metavar="DIR",
+              help="For a single-file --base-model (.safetensors): a diffusers folder of the same architecture whose "
+                   "configs convert it [default: the SD1.5/SDXL reference configs from the Hugging Face cache].")
+@click.option("--vae", default=None, metavar="ID|DIR|FILE",
+              help="A VAE in place of the base model's: a diffusers folder, a .safetensors file or a Hub id.")
 @store_option
 @click.option("--models", default=None, envvar="CASTKEEP_MODELS", show_envvar=True, metavar="PACK",
               help="Face model pack used to score outputs (the store's own, the one it was created with).")
@@ -131,6 +137,7 @@ def _text(result: Any) -> str:
 @provenance_options
 @json_option
 def generate(name: str, prompt: str, negative_prompt: str, base_model: str | None, ip_adapter: str | None,
+             base_config: str | None, vae: str | None,
              store_path: Path | None, models: str | None, conditioning_models: str | None, out_dir: Path | None,
              seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, aspect: str | None,
              width: int | None, height: int | None, num_images: int, scheduler: str, best_of: int, scorer: str,
@@ -165,7 +172,7 @@ def generate(name: str, prompt: str, negative_prompt: str, base_model: str | Non
     with log_to_stderr("castkeep.generation", verbose=not as_json):
         try:
             result = generate_run(name, config=config, base_model=base_model, ip_adapter=ip_adapter, device=device,
-                                  dtype=dtype, offload=offload, store=store_path, models=models,
+                                  dtype=dtype, offload=offload, base_config=base_config, vae=vae, store=store_path, models=models,
                                   conditioning_models=conditioning_models, out_dir=out_dir,
                                   keep_rejected=keep_rejected, on_attempt=bar.advance, provenance=provenance)
         finally:

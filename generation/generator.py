@@ -115,6 +115,10 @@ def weights_specs(base_model: PathSpec | None, ip_adapter: PathSpec | None) -> t
             os.fspath(ip_adapter) if ip_adapter is not None else DEFAULT_IP_ADAPTER)
 
 
+def _spec(value: PathSpec | None) -> str | None:
+    return None if value is None else os.fspath(value)
+
+
 def pack_option(models: ModelsSpec) -> str | os.PathLike[str] | None:
     """A pack given as a name, a folder or a loaded ModelPack → a name or folder."""
     return models if models is None or isinstance(models, (str, os.PathLike)) else models.path
@@ -155,19 +159,21 @@ class Generator:
     @classmethod
     def from_pretrained(cls, base_model: PathSpec | None = None, ip_adapter: PathSpec | None = None, *,
                         device: str = "auto", dtype: str = "auto", hash_base_model: bool = True,
-                        offload: str = "none") -> Generator:
+                        offload: str = "none", base_config: PathSpec | None = None,
+                        vae: PathSpec | None = None) -> Generator:
         """Load SD1.5/SDXL (a diffusers folder or Hub id) with FaceID weights (a file, a folder or a Hub
         `repo[/file]`) on `device` (auto: cuda, mps, cpu) in `dtype` (auto: float16 on GPUs); `offload`
-        "model"/"sequential" for small GPUs (generation/memory.py)."""
+        "model"/"sequential" for small GPUs (generation/memory.py). A single-file `base_model` (.safetensors)
+        loads with the diffusers configs in `base_config`; `vae` replaces the base model's VAE."""
         base, adapter = weights_specs(base_model, ip_adapter)
         logger.info("loading %s + %s ...", base, adapter)
-        return cls._build(base, adapter, device, dtype, hash_base_model, offload)
+        return cls._build(base, adapter, device, dtype, hash_base_model, offload, _spec(base_config), _spec(vae))
 
     @classmethod
     def _build(cls, base: str, adapter: str, device: str, dtype: str, hash_base_model: bool = True,
-               offload: str = "none") -> Generator:
+               offload: str = "none", base_config: str | None = None, vae: str | None = None) -> Generator:
         loaded = build_pipeline(base, adapter, device=device, dtype=dtype, hash_base_model=hash_base_model,
-                                offload=offload)
+                                offload=offload, base_config=base_config, vae=vae)
         for message in loaded.warnings:
             logger.warning(message)
         return cls(loaded)
@@ -241,6 +247,7 @@ class Generator:
 
 def generate(character: CharacterOrIdentity, prompt: str | None = None, *, base_model: PathSpec | None = None,
              ip_adapter: PathSpec | None = None, device: str = "auto", dtype: str = "auto", offload: str = "none",
+             base_config: PathSpec | None = None, vae: PathSpec | None = None,
              config: GenerationConfig | None = None, store: StoreSpec = None, models: ModelsSpec = None,
              conditioning_models: ModelsSpec = None, out_dir: PathSpec | None = None, keep_rejected: bool = False,
              on_attempt: Callable[[Attempt], None] | None = None, provenance: Provenance | None = None,
@@ -260,13 +267,14 @@ def generate(character: CharacterOrIdentity, prompt: str | None = None, *, base_
             store = open_store(stack, store)
             store.get(character)
         logger.info("loading %s + %s ...", base, adapter)
-        weights = resolve_weights(base, adapter)  # finds the files; loads nothing
+        weights = resolve_weights(base, adapter, _spec(base_config))  # finds the files; loads nothing
         space = conditioning_space(weights, pack_option(conditioning_models))
         identity, opened = resolve_identity(stack, character, store, space, weights.name)
         analyzer = load_scoring_analyzer(models)
         check_scoring_model(identity, analyzer, opened)
         choose_judge(config, identity, analyzer, opened)
-        generator = Generator._build(base, adapter, device, dtype, offload=offload)
+        generator = Generator._build(base, adapter, device, dtype, offload=offload, base_config=_spec(base_config),
+                                     vae=_spec(vae))
         return generator.generate(identity, config=config, store=opened, analyzer=analyzer,
                                   conditioning_models=conditioning_models, out_dir=out_dir,
                                   keep_rejected=keep_rejected, on_attempt=on_attempt, provenance=provenance)
