@@ -8,7 +8,7 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-from tiny_pipelines import STEPS, ldm_vae_state, build_tiny_pipeline, save_tiny_single_file, unit
+from tiny_pipelines import STEPS, build_tiny_pipeline, ldm_vae_state, save_tiny_single_file, unit
 
 from castkeep.errors import GenerationError, ModelNotFoundError
 from castkeep.generation.config import GenerationConfig
