@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 
 # The plan, its characters and the CLI helpers are test_storyboard.py's (tests/generation is on sys.path).
-from test_storyboard import PLAN, arguments, cast_store, invoke_cli, kept_pixels, pixels, plan_file  # noqa: F401
+import test_storyboard as story
+from test_storyboard import PLAN, arguments, invoke_cli, kept_pixels, pixels
+
+cast_store, plan_file = story.cast_store, story.plan_file  # its module fixtures, run again for this module
 
 pytestmark = [pytest.mark.generation, pytest.mark.slow, pytest.mark.subprocess]
 
@@ -51,7 +54,7 @@ def no_ray_left_behind():
 
 
 @pytest.fixture(scope="module")
-def one_thread_run(tmp_path_factory, plan_file, tiny_models, cast_store) -> Path:  # noqa: F811
+def one_thread_run(tmp_path_factory, plan_file, tiny_models, cast_store) -> Path:
     """The plan in this process with torch on one thread, as each CPU Ray worker runs it (Ray sets
     OMP_NUM_THREADS=1 for a one-CPU actor): summing floats in another order can move a pixel by one."""
     import torch
@@ -89,7 +92,7 @@ def assert_same_files(run: Path, reference: Path) -> None:
 
 
 def test_two_ray_workers_make_the_same_files_as_one_process(tmp_path, one_thread_run, plan_file, tiny_models,
-                                                             cast_store, no_ray_left_behind):  # noqa: F811
+                                                             cast_store, no_ray_left_behind):
     ray = no_ray_left_behind
     out = tmp_path / "run"
     result = invoke_cli(*arguments(plan_file, out, tiny_models, cast_store), "--ray", "auto", "--workers", "2",
@@ -109,7 +112,7 @@ def test_two_ray_workers_make_the_same_files_as_one_process(tmp_path, one_thread
 
 
 def test_a_worker_killed_mid_run_loses_only_its_request(tmp_path, one_thread_run, plan_file, tiny_models,
-                                                        cast_store, no_ray_left_behind):  # noqa: F811
+                                                        cast_store, no_ray_left_behind):
     ray = no_ray_left_behind
     from castkeep.generation.storyboard.ray_workers import ACTOR_PREFIX
     from castkeep.generation.storyboard.runner import run_storyboard
@@ -141,7 +144,7 @@ def test_a_worker_killed_mid_run_loses_only_its_request(tmp_path, one_thread_run
     assert result.images_generated == result.pipeline_calls == 12
 
 
-def test_a_run_without_ray_never_imports_it(tmp_path, tiny_models, cast_store):  # noqa: F811
+def test_a_run_without_ray_never_imports_it(tmp_path, tiny_models, cast_store):
     plan = tmp_path / "one.toml"
     plan.write_text(PLAN.split("[[shots]]")[0] + "[[shots]]" + PLAN.split("[[shots]]")[1], encoding="utf-8")
     argv = arguments(plan, tmp_path / "run", tiny_models, cast_store)
@@ -155,3 +158,32 @@ def test_a_run_without_ray_never_imports_it(tmp_path, tiny_models, cast_store): 
 
     usage = invoke_cli(*argv, "--workers", "2")
     assert usage.returncode == 2 and "--workers needs --ray" in usage.stderr
+
+
+def test_bench_series_splits_each_shots_time(tmp_path, one_thread_run):
+    """`castkeep bench series RUN_DIR`: per shot, pipeline / scoring / castkeep's overhead (files, ledger,
+    the rest), which add up to the shot's time; the overhead against the pipeline and a 2.3 s GPU image."""
+    result = invoke_cli("bench", "series", str(one_thread_run), "--out", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    bench = json.loads(result.stdout)
+    assert bench["shots"] == bench["shots_measured"] == 6 and bench["images"] == 12
+    assert bench["workers"] == ["in-process"] and bench["requeued"] == 0
+    summary = json.loads((one_thread_run / "summary.json").read_text())
+    for shot, measured in zip(summary["shots"], bench["per_shot"], strict=True):
+        split = shot["timing"]["split"]
+        assert measured["id"] == shot["id"] and measured["images"] == shot["attempts"]
+        parts = split["files_s"] + split["ledger_s"] + split["other_s"]
+        assert split["overhead_s"] == pytest.approx(parts, abs=1e-4) and split["files_s"] > 0 and split["ledger_s"] > 0
+        # In one process the parts are the shot's whole time (transfer is Ray's).
+        whole = split["pipeline_s"] + split["scoring_s"] + split["overhead_s"]
+        assert split["transfer_s"] < 1e-3 and whole == pytest.approx(split["wall_s"], rel=0.05)
+        assert measured["overhead_share"] == pytest.approx(split["overhead_s"] / split["pipeline_s"])
+        assert measured["gpu_share"] == pytest.approx(split["overhead_s"] / split["images"] / 2.3, rel=1e-3)
+    projection = bench["projection"]
+    assert projection["gpu_image_s"] == 2.3 and projection["meets_goal"] == (projection["share"]["median"] < 0.1)
+    assert json.loads((tmp_path / f"series-{one_thread_run.name}.json").read_text())["images"] == 12
+
+    text = invoke_cli("bench", "series", str(one_thread_run), "--out", str(tmp_path), "--gpu-image-s", "1.0")
+    assert text.returncode == 0 and "castkeep overhead per image" in text.stdout and "of a 1 s GPU image" in text.stdout
+    missing = invoke_cli("bench", "series", str(tmp_path), "--out", str(tmp_path))
+    assert missing.returncode == 16 and "no summary.json" in missing.stderr
