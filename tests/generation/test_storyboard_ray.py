@@ -1,7 +1,7 @@
 """`castkeep storyboard --ray`: a local Ray cluster of two CPU workers runs the 6-shot, 2-character plan of
 test_storyboard.py into the same files as one process; a worker killed mid-run loses only the request it
 held, which another worker makes again; a run without --ray never imports Ray; no Ray process outlives a
-test."""
+test. And `castkeep bench series` on a run: each shot's time split into pipeline / scoring / overhead."""
 
 from __future__ import annotations
 
