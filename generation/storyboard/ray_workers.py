@@ -23,9 +23,10 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ...errors import CastkeepError, GenerationError, MissingDependencyError
+from .board import ShotEvent, Storyboard
 from .ledger import Ledger
 from .shot_run import ShotRun
 from .worker import PipelineInfo, ShotWorker, TakeBatch, TakeRequest, WorkerSpec
@@ -35,9 +36,6 @@ try:
     from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 except ImportError:  # pragma: no cover - the optional extra is missing
     raise MissingDependencyError("--ray needs Ray: pip install 'castkeep[ray]'") from None
-
-if TYPE_CHECKING:
-    from .runner import ShotEvent, Storyboard
 
 logger = logging.getLogger("castkeep.generation")
 LOCAL = "auto"

@@ -12,23 +12,20 @@ In-process, one worker (worker.py) makes the takes; with `ray=` a pool of Ray ac
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...errors import CastkeepError, GenerationError, SizeError
+from ...errors import CastkeepError, GenerationError
 from ...landmarks.model_pack import ENV_MODELS
-from ...utils import dumps, write_bytes_atomic
-from ..aspect import resolve_size
+from ...utils import write_bytes_atomic
 from ..conditioning import conditioning_space
-from ..config import GenerationConfig
 from ..generator import (
     Generator,
     ModelsSpec,
@@ -43,25 +40,14 @@ from ..generator import (
 )
 from ..loading import resolve_weights
 from ..runner import Identity, identity_from_store
+from .board import ShotEvent, Storyboard
 from .ledger import Ledger
 from .plan import Plan, Shot, load_plan
 from .report import write_report
 from .shot_run import ShotRun
-from .worker import PipelineInfo, ShotWorker, WorkerSpec
+from .worker import ShotWorker, WorkerSpec
 
 logger = logging.getLogger("castkeep.generation")
-
-
-@dataclass
-class ShotEvent:
-    """What the progress callback hears after each shot."""
-
-    shot: Shot
-    outcome: str  # "skipped" (finished earlier), "done", "failed-target", "error"
-    index: int  # shots handled so far in this run, this one included
-    total: int
-    probability: float | None = None
-    worker: str | None = None  # which worker made it ("in-process", or a Ray actor's name)
 
 
 @dataclass
@@ -74,69 +60,23 @@ class StoryboardResult:
     images_generated: int
 
 
-def shot_key(shot: Shot, identities: dict[str, Identity], models: dict[str, Any]) -> str:
-    """Everything that decides a shot's takes and their selection. Its number and caption do not (reordering
-    shots or rewording a caption regenerates nothing); nor do device, dtype, batch size and workers."""
-    content = {**shot.to_dict(), "characters": [identities[n].to_dict() for n in shot.characters], "models": models}
-    content.pop("number"), content.pop("caption")
-    return hashlib.sha256(dumps(content, indent=None).encode()).hexdigest()
-
-
-class Storyboard:
-    """A checked plan with its characters and the workers' pipeline, run into one folder. The driver's
-    side: it decides what each shot still needs and writes everything (shot_run.ShotRun); workers only
-    make takes."""
-
-    def __init__(self, pipeline: PipelineInfo, plan: Plan, identities: dict[str, Identity], run_dir: Path, *,
-                 batch_size: int = 1) -> None:
-        self.pipeline = pipeline
-        self.plan = plan
-        self.identities = identities
-        self.run_dir = run_dir
-        self.batch_size = batch_size
-        self.models = {**pipeline.models, "conditioning": next(iter(identities.values())).conditioning}
-        self.sizes = {shot.id: self._size(shot) for shot in plan.shots}  # all checked before the first image
-
-    def _size(self, shot: Shot) -> tuple[int, int]:
-        settings = shot.settings
-        try:
-            return resolve_size(width=settings.get("width"), height=settings.get("height"),
-                                aspect=settings.get("aspect"), base=self.pipeline.native_size,
-                                model=f"this {self.pipeline.kind} model")
-        except SizeError as exc:
-            raise SizeError(f"{shot.where}: {exc}") from None
-
-    def key(self, shot: Shot) -> str:
-        return shot_key(shot, self.identities, self.models)
-
-    def config(self, shot: Shot, rounds: int) -> GenerationConfig:
-        config = shot.config(batch_size=self.batch_size)
-        # --retry-failed: each round adds one more budget of takes, continuing the shot's seed sequence.
-        return config if rounds <= 1 else replace(config, max_tries=config.budget * rounds)
-
-    def event(self, ledger: Ledger, shot: Shot, outcome: str, index: int, worker: str | None = None) -> ShotEvent:
-        row = ledger.shot(shot.id)
-        best = ledger.attempts(shot.id).get(row.kept[0]["attempt"]) if row and row.kept else None
-        return ShotEvent(shot, outcome, index, len(self.plan.shots),
-                         None if best is None else best.score.get("probability"), worker)
-
-    def run(self, ledger: Ledger, worker: ShotWorker, *, retry_failed: bool = False,
-            on_shot: Callable[[ShotEvent], None] | None = None) -> None:
-        """Every shot in plan order, in this process."""
-        for index, shot in enumerate(self.plan.shots, start=1):
-            task = ShotRun(self, ledger, shot)
-            outcome = task.begin(retry_failed=retry_failed)
-            if outcome is None:
-                try:
-                    while (request := task.next_request()) is not None:
-                        started = time.perf_counter()
-                        batch = worker.make(request)
-                        task.record(batch, time.perf_counter() - started)
-                    outcome = task.finish()
-                except GenerationError as exc:  # out of memory and the like: this shot only, the run goes on
-                    outcome = task.fail(str(exc))
-            if on_shot is not None:
-                on_shot(self.event(ledger, shot, outcome, index, worker.info.label))
+def run_in_process(board: Storyboard, ledger: Ledger, worker: ShotWorker, *, retry_failed: bool = False,
+                   on_shot: Callable[[ShotEvent], None] | None = None) -> None:
+    """Every shot in plan order, made by one worker in this process."""
+    for index, shot in enumerate(board.plan.shots, start=1):
+        task = ShotRun(board, ledger, shot)
+        outcome = task.begin(retry_failed=retry_failed)
+        if outcome is None:
+            try:
+                while (request := task.next_request()) is not None:
+                    started = time.perf_counter()
+                    batch = worker.make(request)
+                    task.record(batch, time.perf_counter() - started)
+                outcome = task.finish()
+            except GenerationError as exc:  # out of memory and the like: this shot only, the run goes on
+                outcome = task.fail(str(exc))
+        if on_shot is not None:
+            on_shot(board.event(ledger, shot, outcome, index, worker.info.label))
 
 
 # ---------------------------------------------------------------------------------- checks before loading
@@ -211,7 +151,8 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
             generator = Generator.from_pretrained(base, adapter, device=device, dtype=dtype)
             worker = ShotWorker.build(generator, analyzer, opened, identities, judges)
             board = Storyboard(worker.info, plan, identities, run_dir, batch_size=batch_size)
-            _drive(board, ledger, lambda: board.run(ledger, worker, retry_failed=retry_failed, on_shot=on_shot))
+            _drive(board, ledger, lambda: run_in_process(board, ledger, worker, retry_failed=retry_failed,
+                                                         on_shot=on_shot))
         else:
             from .ray_workers import RayPool
 

@@ -18,16 +18,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..runner import next_attempts
+from .board import Storyboard
 from .files import forget_shot_files, write_kept, write_take
 from .ledger import FAILED_TARGET, AttemptRow, Ledger
 from .plan import Shot
 from .worker import TakeBatch, TakeRequest
-
-if TYPE_CHECKING:
-    from .runner import Storyboard
 
 logger = logging.getLogger("castkeep.generation")
 SKIPPED = "skipped"
