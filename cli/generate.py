@@ -14,6 +14,7 @@ from ..generation.schedulers import SCHEDULER_NAMES
 from ..identity.scorers import SCORERS as GENERATION_SCORERS
 from ..utils import progress
 from .common import emit, json_option, log_to_stderr
+from .provenance import make_provenance, provenance_options
 from .store_commands import store_option
 
 
@@ -117,13 +118,15 @@ def _text(result: Any) -> str:
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto",
               show_default=True, help="Weights precision; auto = float16 on GPUs, float32 on CPU.")
 @click.option("--keep-rejected", is_flag=True, help="Also write the outputs best-of/retry dropped (rejected/).")
+@provenance_options
 @json_option
 def generate(name: str, prompt: str, negative_prompt: str, base_model: str | None, ip_adapter: str | None,
              store_path: Path | None, models: str | None, conditioning_models: str | None, out_dir: Path | None,
              seed: int | None, steps: int, guidance: float, id_scale: float, aspect: str | None,
              width: int | None, height: int | None, num_images: int, scheduler: str, best_of: int, scorer: str,
              min_score: float | None, max_tries: int | None,
-             batch_size: int, device: str, dtype: str, keep_rejected: bool, as_json: bool) -> None:
+             batch_size: int, device: str, dtype: str, keep_rejected: bool, no_watermark: bool, c2pa_cert: Path | None,
+             c2pa_key: Path | None, as_json: bool) -> None:
     """Generate images of character NAME from PROMPT, conditioned on its identity (IP-Adapter FaceID),
     and score every output against it.
 
@@ -131,8 +134,9 @@ def generate(name: str, prompt: str, negative_prompt: str, base_model: str | Non
     buffalo_l; add that space with `castkeep reembed NAME --models buffalo_l`). Outputs are judged as
     generated images by ArcFace and dlib, ranked by --scorer, and flagged where the two disagree.
 
-    Writes a PNG per output (A1111 `parameters` metadata) with a JSON sidecar, summary.json with the
-    pairwise identity-consistency matrix, and contact_sheet.png.
+    Writes a PNG per output (A1111 `parameters` metadata, castkeep's invisible watermark, and C2PA Content
+    Credentials with --c2pa-cert/--c2pa-key) with a JSON sidecar, summary.json with the pairwise
+    identity-consistency matrix, and contact_sheet.png. `castkeep inspect` reads them back.
     """
     from ..generation.generator import generate as generate_run
     from ..generation.loading import quiet_generation_libraries
@@ -143,13 +147,14 @@ def generate(name: str, prompt: str, negative_prompt: str, base_model: str | Non
                               num_images=num_images, scheduler=scheduler, best_of=best_of, scorer=scorer,
                               min_score=min_score,
                               max_tries=max_tries, batch_size=batch_size)
+    provenance = make_provenance(no_watermark, c2pa_cert, c2pa_key)
     bar = _AttemptBar(name, config.budget)
     with log_to_stderr("castkeep.generation", verbose=not as_json):
         try:
             result = generate_run(name, config=config, base_model=base_model, ip_adapter=ip_adapter, device=device,
                                   dtype=dtype, store=store_path, models=models,
                                   conditioning_models=conditioning_models, out_dir=out_dir,
-                                  keep_rejected=keep_rejected, on_attempt=bar.advance)
+                                  keep_rejected=keep_rejected, on_attempt=bar.advance, provenance=provenance)
         finally:
             bar.close()
     if not result.target_met:

@@ -27,6 +27,7 @@ from ..utils import slug
 from .conditioning import ConditioningSpace, conditioning_space
 from .config import GenerationConfig
 from .loading import DEFAULT_BASE_MODEL, DEFAULT_IP_ADAPTER, LoadedPipeline, build_pipeline, resolve_weights
+from .provenance.output import Provenance
 from .runner import Attempt, GenerationRunner, Identity, RunResult, identity_from_store
 from .scoring import IdentityScorer
 
@@ -129,7 +130,7 @@ def open_store(stack: ExitStack, store: Any) -> Store:
     return stack.enter_context(Store.open(store, create=False))
 
 
-def _resolve(stack: ExitStack, character: CharacterOrIdentity, store: Any, space: ConditioningSpace,
+def resolve_identity(stack: ExitStack, character: CharacterOrIdentity, store: Any, space: ConditioningSpace,
              adapter_name: str) -> tuple[Identity, Store | None]:
     """The identity to generate (its vector in the adapter's space), and the store to score it against
     (if any)."""
@@ -203,7 +204,8 @@ class Generator:
                  config: GenerationConfig | None = None, store: StoreSpec = None, models: ModelsSpec = None,
                  analyzer: FaceAnalyzer | None = None, conditioning_models: ModelsSpec = None,
                  out_dir: PathSpec | None = None, keep_rejected: bool = False,
-                 on_attempt: Callable[[Attempt], None] | None = None, **settings: Any) -> RunResult:
+                 on_attempt: Callable[[Attempt], None] | None = None, provenance: Provenance | None = None,
+                 **settings: Any) -> RunResult:
         """Generate `character` (a stored name, or an `Identity`) from `prompt` and score every output.
 
         `settings` are `GenerationConfig` fields (negative_prompt, seed, steps, guidance, id_scale,
@@ -212,12 +214,15 @@ class Generator:
         store). The adapter is conditioned on the character's vector in the space it was trained on (known
         checkpoints by file name; else `conditioning_models`, a pack name or folder). Outputs are scored
         with `analyzer`, or the `models` pack (the store's own), and dlib, and ranked by `scorer`
-        (a config field: fused by default). Files go to `out_dir` (default `castkeep-out/NAME-TIMESTAMP`).
+        (a config field: fused by default). Files go to `out_dir` (default `castkeep-out/NAME-TIMESTAMP`),
+        each PNG marked as `provenance` says (default: castkeep's invisible watermark, no C2PA signature).
         """
         config = make_config(prompt, config, settings)
+        provenance = provenance if provenance is not None else Provenance()
+        provenance.check()
         space = self.conditioning_space(conditioning_models)
         with ExitStack() as stack:
-            identity, opened = _resolve(stack, character, store, space, self.loaded.checkpoint.path.name)
+            identity, opened = resolve_identity(stack, character, store, space, self.loaded.checkpoint.path.name)
             scoring = analyzer if analyzer is not None else self.scoring_analyzer(models)
             check_scoring_model(identity, scoring, opened)
             config, warnings = choose_judge(config, identity, scoring, opened)
@@ -225,7 +230,7 @@ class Generator:
             scorer = IdentityScorer(scoring, identity.vector, name=identity.name, store=opened, judge=config.scorer,
                                     recogniser=recogniser)
             runner = GenerationRunner(self.loaded, scorer, analyzer_fingerprint=scoring.fingerprint,
-                                      on_attempt=on_attempt, warnings=warnings)
+                                      on_attempt=on_attempt, warnings=warnings, provenance=provenance)
             target = Path(out_dir) if out_dir is not None else default_out_dir(identity.name)
             return runner.run(config, identity, target, keep_rejected=keep_rejected)
 
@@ -234,7 +239,8 @@ def generate(character: CharacterOrIdentity, prompt: str | None = None, *, base_
              ip_adapter: PathSpec | None = None, device: str = "auto", dtype: str = "auto",
              config: GenerationConfig | None = None, store: StoreSpec = None, models: ModelsSpec = None,
              conditioning_models: ModelsSpec = None, out_dir: PathSpec | None = None, keep_rejected: bool = False,
-             on_attempt: Callable[[Attempt], None] | None = None, **settings: Any) -> RunResult:
+             on_attempt: Callable[[Attempt], None] | None = None, provenance: Provenance | None = None,
+             **settings: Any) -> RunResult:
     """Load the pipeline and run one scored generation (see `Generator` to reuse the loaded weights).
 
     Everything cheap is checked first: the settings, the character in the store and in the adapter's
@@ -242,6 +248,8 @@ def generate(character: CharacterOrIdentity, prompt: str | None = None, *, base_
     loaded.
     """
     config = make_config(prompt, config, settings)
+    provenance = provenance if provenance is not None else Provenance()
+    provenance.check()
     base, adapter = weights_specs(base_model, ip_adapter)
     with ExitStack() as stack:
         if not isinstance(character, Identity):  # an unknown name fails before any weights are looked for
@@ -250,11 +258,11 @@ def generate(character: CharacterOrIdentity, prompt: str | None = None, *, base_
         logger.info("loading %s + %s ...", base, adapter)
         weights = resolve_weights(base, adapter)  # finds the files; loads nothing
         space = conditioning_space(weights, pack_option(conditioning_models))
-        identity, opened = _resolve(stack, character, store, space, weights.name)
+        identity, opened = resolve_identity(stack, character, store, space, weights.name)
         analyzer = load_scoring_analyzer(models)
         check_scoring_model(identity, analyzer, opened)
         choose_judge(config, identity, analyzer, opened)
         generator = Generator._build(base, adapter, device, dtype)
         return generator.generate(identity, config=config, store=opened, analyzer=analyzer,
                                   conditioning_models=conditioning_models, out_dir=out_dir,
-                                  keep_rejected=keep_rejected, on_attempt=on_attempt)
+                                  keep_rejected=keep_rejected, on_attempt=on_attempt, provenance=provenance)

@@ -25,6 +25,8 @@ DEFAULT_IP_ADAPTER = "h94/IP-Adapter-FaceID"
 # Plain FaceID checkpoint per architecture in the h94/IP-Adapter-FaceID repository.
 FACEID_FILES = {"sd15": "ip-adapter-faceid_sd15.bin", "sdxl": "ip-adapter-faceid_sdxl.bin"}
 PIPELINE_KINDS = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
+# Inpainting checkpoints (9-channel UNets): loaded only for the edit commands (`build_pipeline(inpaint=True)`).
+INPAINT_KINDS = {"StableDiffusionInpaintPipeline": "sd15", "StableDiffusionXLInpaintPipeline": "sdxl"}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
@@ -128,20 +130,25 @@ def resolve_base_model(spec: str) -> Path:
                                  f"({reason}): "+ _download_hint(spec, "folder", "--base-model")) from None
 
 
-def load_base_pipeline(folder: Path, *, dtype: Any) -> Any:
-    """from_pretrained(folder), local files only; SD1.5 and SDXL pipelines are supported."""
-    from diffusers import AutoPipelineForText2Image
+def load_base_pipeline(folder: Path, *, dtype: Any, inpaint: bool = False) -> Any:
+    """from_pretrained(folder), local files only; SD1.5 and SDXL pipelines are supported, and with `inpaint`
+    their inpainting checkpoints too."""
+    from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image
 
     try:
         config = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"unreadable model_index.json ({exc})", path=folder) from None
     class_name = config.get("_class_name", "?")
-    if class_name not in PIPELINE_KINDS:
+    if class_name in INPAINT_KINDS and not inpaint:
+        raise GenerationError(f"{class_name} is an inpainting checkpoint: use it with fix-face, edit or outpaint; "
+                              "generate needs the text-to-image model")
+    if class_name not in PIPELINE_KINDS and class_name not in INPAINT_KINDS:
         raise GenerationError(f"{class_name} is not supported: castkeep generates with Stable Diffusion 1.5 "
                               f"or SDXL pipelines ({', '.join(PIPELINE_KINDS)})")
     try:
-        return AutoPipelineForText2Image.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        auto = AutoPipelineForInpainting if class_name in INPAINT_KINDS else AutoPipelineForText2Image
+        return auto.from_pretrained(folder, dtype=dtype, local_files_only=True)
     except _hub_errors() as exc:
         raise ModelNotFoundError(f"cannot load the pipeline folder ({' '.join(str(exc).split())[:300]})",
                                  path=folder) from None
@@ -275,7 +282,8 @@ def resolve_base(base_model: str) -> tuple[Path, str]:
     folder = resolve_base_model(base_model)
     try:
         with open(folder / "model_index.json", encoding="utf-8") as handle:
-            kind = PIPELINE_KINDS.get(json.load(handle).get("_class_name"), "sd15")
+            class_name = json.load(handle).get("_class_name")
+        kind = PIPELINE_KINDS.get(class_name) or INPAINT_KINDS.get(class_name, "sd15")
     except (OSError, ValueError, AttributeError):
         raise ModelNotFoundError("not a diffusers model folder (unreadable model_index.json)", path=folder) from None
     return folder, kind
@@ -291,8 +299,10 @@ def resolve_weights(base_model: str, ip_adapter: str) -> Path:
 
 
 def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAULT_IP_ADAPTER, *,
-                   device: str = "auto", dtype: str = "auto", hash_base_model: bool = True) -> LoadedPipeline:
-    """Base model + FaceID weights, on `device`, ready for `ip_adapter_image_embeds`.
+                   device: str = "auto", dtype: str = "auto", hash_base_model: bool = True,
+                   inpaint: bool = False) -> LoadedPipeline:
+    """Base model + FaceID weights, on `device`, ready for `ip_adapter_image_embeds`. `inpaint` also
+    accepts an inpainting checkpoint as the base model (the edit commands).
 
     The IP-Adapter scale is not set here: it is a per-run setting (`GenerationConfig.id_scale`),
     applied by `generate_images` on every call."""
@@ -313,7 +323,7 @@ def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAU
                                   "with `peft`: pip install peft", path=weights)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    pipe = load_base_pipeline(folder, dtype=torch_dtype)
+    pipe = load_base_pipeline(folder, dtype=torch_dtype, inpaint=inpaint)
     unet_dim = int(pipe.unet.config.cross_attention_dim)
     if checkpoint.cross_attention_dim != unet_dim:
         def architecture(dim: int) -> str:
@@ -324,6 +334,10 @@ def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAU
             f"UNet but the base model is {architecture(unet_dim)}: use "
             f"{FACEID_FILES[kind]} with this base model", path=weights)
     warnings = _load_faceid(pipe, weights)
+    # diffusers' SDXL pipelines embed their own dwtDct watermark whenever invisible-watermark is installed;
+    # castkeep marks every output itself (one mark it can read back, off with --no-watermark).
+    if getattr(pipe, "watermark", None) is not None:
+        pipe.watermark = None
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     unet_file = _unet_weights(folder)

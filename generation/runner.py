@@ -23,11 +23,12 @@ from .config import GenerationConfig
 from .contact_sheet import contact_sheet
 from .identity_embeds import identity_embeds, normalised_identity, uses_guidance
 from .loading import LoadedPipeline
-from .metadata import SIDECAR_SCHEMA_ID, a1111_parameters, save_png
+from .metadata import SIDECAR_SCHEMA_ID, a1111_parameters
+from .provenance.output import Provenance
 from .schedulers import apply_scheduler
 from .scoring import DOMAIN, OutputScore, Scorer, consistency_matrix, mean_off_diagonal
 
-SUMMARY_SCHEMA_ID = "castkeep.generation.summary/2"
+SUMMARY_SCHEMA_ID = "castkeep.generation.summary/3"
 
 
 @dataclass
@@ -138,12 +139,14 @@ class GenerationRunner:
     """Runs one request against a loaded pipeline and writes everything to `out_dir`."""
 
     def __init__(self, loaded: LoadedPipeline, scorer: Scorer, *, analyzer_fingerprint: str | None = None,
-                 on_attempt: Callable[[Attempt], None] | None = None, warnings: list[str] | None = None) -> None:
+                 on_attempt: Callable[[Attempt], None] | None = None, warnings: list[str] | None = None,
+                 provenance: Provenance | None = None) -> None:
         self.loaded = loaded
         self.scorer = scorer
         self.analyzer_fingerprint = analyzer_fingerprint
         self.on_attempt = on_attempt
         self.warnings = list(warnings or [])
+        self.provenance = provenance if provenance is not None else Provenance()
 
     def _passes(self, score: OutputScore, config: GenerationConfig) -> bool:
         return passes(score, config)
@@ -236,6 +239,7 @@ class GenerationRunner:
                        "s_per_image": round(generate_seconds / max(1, len(attempts)), 3),
                        "s_per_step": round(generate_seconds / max(1, steps_done), 4)},
             "warnings": list(self.loaded.warnings) + self.warnings,
+            "provenance": self.provenance.summary(),
         }
         summary_path = out_dir / "summary.json"
         write_json_atomic(summary_path, summary)
@@ -272,7 +276,8 @@ class GenerationRunner:
             "Identity P(same)": judged_text,
             "Version": f"castkeep {__version__}",
         }
-        save_png(attempt.image, path, a1111_parameters(config.prompt, config.negative_prompt, fields), sidecar)
+        sidecar = self.provenance.save_png(attempt.image, path, a1111_parameters(config.prompt, config.negative_prompt,
+                                                                                 fields), sidecar)
         write_json_atomic(path.with_suffix(".json"), sidecar)
 
 

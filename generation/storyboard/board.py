@@ -14,6 +14,7 @@ from ...errors import SizeError
 from ...utils import dumps
 from ..aspect import resolve_size
 from ..config import GenerationConfig
+from ..provenance.output import Provenance
 from ..runner import Identity
 from .ledger import Ledger
 from .plan import Plan, Shot
@@ -44,12 +45,13 @@ class Storyboard:
     """A checked plan with its characters and the workers' pipeline, run into one folder."""
 
     def __init__(self, pipeline: PipelineInfo, plan: Plan, identities: dict[str, Identity], run_dir: Path, *,
-                 batch_size: int = 1) -> None:
+                 batch_size: int = 1, provenance: Provenance | None = None) -> None:
         self.pipeline = pipeline
         self.plan = plan
         self.identities = identities
         self.run_dir = run_dir
         self.batch_size = batch_size
+        self.provenance = provenance if provenance is not None else Provenance()  # how every take is marked
         self.models = {**pipeline.models, "conditioning": next(iter(identities.values())).conditioning}
         self.sizes = {shot.id: self._size(shot) for shot in plan.shots}  # all checked before the first image
 

@@ -39,6 +39,7 @@ from ..generator import (
     weights_specs,
 )
 from ..loading import resolve_weights
+from ..provenance.output import Provenance
 from ..runner import Identity, identity_from_store
 from .board import ShotEvent, Storyboard
 from .ledger import Ledger
@@ -114,16 +115,19 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
                    base_model: PathSpec | None = None, ip_adapter: PathSpec | None = None, device: str = "auto",
                    dtype: str = "auto", models: ModelsSpec = None, conditioning_models: ModelsSpec = None,
                    batch_size: int = 1, retry_failed: bool = False, ray: str | None = None,
-                   workers: int | None = None,
-                   on_shot: Callable[[ShotEvent], None] | None = None) -> StoryboardResult:
+                   workers: int | None = None, on_shot: Callable[[ShotEvent], None] | None = None,
+                   provenance: Provenance | None = None) -> StoryboardResult:
     """Run (or resume) every shot of `plan` into `out_dir` with one pipeline load.
 
     The plan, the characters (in the store and in the adapter's embedding space), the scorers and every
     shot's size are checked before the diffusion weights load. Re-running into the same folder resumes;
     `retry_failed` gives shots that missed their min_score another budget of takes (new seeds).
     `ray` ("auto": a local Ray cluster; else a cluster's address) spreads the shots over `workers` Ray
-    actors, each loading the pipeline once (default: one per GPU of the cluster).
+    actors, each loading the pipeline once (default: one per GPU of the cluster). Every take is marked as
+    `provenance` says (default: castkeep's invisible watermark).
     """
+    provenance = provenance if provenance is not None else Provenance()
+    provenance.check()
     if not isinstance(plan, Plan):
         plan = load_plan(plan)
     if batch_size < 1:
@@ -150,7 +154,7 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
         if ray is None:
             generator = Generator.from_pretrained(base, adapter, device=device, dtype=dtype)
             worker = ShotWorker.build(generator, analyzer, opened, identities, judges)
-            board = Storyboard(worker.info, plan, identities, run_dir, batch_size=batch_size)
+            board = Storyboard(worker.info, plan, identities, run_dir, batch_size=batch_size, provenance=provenance)
             _drive(board, ledger, lambda: run_in_process(board, ledger, worker, retry_failed=retry_failed,
                                                          on_shot=on_shot))
         else:
@@ -160,16 +164,29 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
             # every worker's models are checked to be the same files (RayPool).
             pack = pack_option(models) or os.environ.get(ENV_MODELS)
             spec = WorkerSpec(base_model=base, ip_adapter=adapter, device=device, dtype=dtype,
-                              models=None if pack is None else os.fspath(pack), store=os.fspath(opened.path),
+                              models=None if pack is None else os.fspath(pack), store=_store_location(store, opened),
                               identities=identities, judges=judges)
             pool, pipeline = stack.enter_context(RayPool.start(spec, ray, workers=workers,
                                                                analyzer=analyzer.fingerprint))
-            board = Storyboard(pipeline, plan, identities, run_dir, batch_size=batch_size)
+            board = Storyboard(pipeline, plan, identities, run_dir, batch_size=batch_size, provenance=provenance)
             _drive(board, ledger, lambda: pool.run(board, ledger, retry_failed=retry_failed, on_shot=on_shot))
         summary_path, report_path, summary = write_report(run_dir, plan, ledger, identities)
         session = ledger.sessions()[-1]
         return StoryboardResult(run_dir=run_dir, summary=summary, summary_path=summary_path, report_path=report_path,
                                 pipeline_calls=int(session["pipeline_calls"]), images_generated=int(session["images"]))
+
+
+def _store_location(store: StoreSpec, opened: Any) -> str:
+    """Where each Ray worker opens the store: its folder, or the `postgresql://` URL it was given."""
+    if opened.path is not None:
+        return os.fspath(opened.path)
+    if isinstance(store, (str, os.PathLike)):
+        return os.fspath(store)
+    if store is None:
+        from ...identity.store import default_store_path
+
+        return os.fspath(default_store_path())
+    raise GenerationError("--ray needs the store's URL (the workers open it themselves), not an open Store")
 
 
 def _drive(board: Storyboard, ledger: Ledger, run: Callable[[], None]) -> None:

@@ -145,7 +145,7 @@ class ShotRun:
                 with self._timed("files_s"):
                     started = time.perf_counter()
                     written = write_take(self.board.run_dir, self.shot, self.config, take, self.board.identities,
-                                         batch.settings, self.board.models)
+                                         batch.settings, self.board.models, self.board.provenance)
                     written.write_s = time.perf_counter() - started
                 with self._timed("ledger_s"):
                     self.ledger.record_attempt(self.shot.id, self.key, written)

@@ -114,6 +114,28 @@ def save_tiny_pipeline(folder: str | Path, seed: int = 0, *, sdxl: bool = False)
     return folder
 
 
+def build_tiny_inpaint_pipeline(seed: int = 0, *, sdxl: bool = False):
+    """The tiny SD1.5 (or SDXL) pipeline as an inpainting checkpoint: the same components with a 9-channel
+    UNet (latents + mask + masked-image latents), as in SD1.5/SDXL inpainting and diffusers' own tests."""
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline, UNet2DConditionModel
+
+    base = build_tiny_sdxl_pipeline(seed) if sdxl else build_tiny_pipeline(seed)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config({**base.unet.config, "in_channels": 9})
+    components = {**base.components, "unet": unet}
+    if sdxl:
+        return StableDiffusionXLInpaintPipeline(**components, requires_aesthetics_score=False)
+    return StableDiffusionInpaintPipeline(**components, requires_safety_checker=False)
+
+
+def save_tiny_inpaint_pipeline(folder: str | Path, seed: int = 0, *, sdxl: bool = False) -> Path:
+    """Write the tiny inpainting checkpoint as a diffusers folder (model_index: *InpaintPipeline)."""
+    folder = Path(folder)
+    build_tiny_inpaint_pipeline(seed, sdxl=sdxl).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def faceid_state_dict(unet, *, seed: int = 0, lora: bool = True, scale: float = 0.5) -> dict:
     """A random FaceID state dict for `unet` with the real checkpoints' key names and shapes.
 
