@@ -118,14 +118,19 @@ class Storyboard:
         return config if rounds <= 1 else replace(config, max_tries=config.budget * rounds)
 
     def run(self, ledger: Ledger, *, retry_failed: bool = False,
-            on_shot: Callable[[ShotEvent], None] | None = None) -> None:
+            on_shot: Callable[[ShotEvent], None] | None = None, cancel: Callable[[], bool] | None = None) -> bool:
+        """Every shot in plan order; False when `cancel()` said stop (checked before each shot, so the ledger
+        holds only whole shots and the same command resumes the run)."""
         total = len(self.plan.shots)
         for index, shot in enumerate(self.plan.shots, start=1):
+            if cancel is not None and cancel():
+                return False
             outcome = self.run_shot(ledger, shot, retry_failed=retry_failed)
             if on_shot is not None:
                 row = ledger.shot(shot.id)
                 best = ledger.attempts(shot.id).get(row.kept[0]["attempt"]) if row and row.kept else None
                 on_shot(ShotEvent(shot, outcome, index, total, None if best is None else best.score.get("probability")))
+        return True
 
     def run_shot(self, ledger: Ledger, shot: Shot, *, retry_failed: bool = False) -> str:
         key = shot_key(shot, self.identities, self.models)
@@ -227,13 +232,16 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
                    dtype: str = "auto", models: ModelsSpec = None, conditioning_models: ModelsSpec = None,
                    batch_size: int = 1, retry_failed: bool = False,
                    on_shot: Callable[[ShotEvent], None] | None = None,
-                   provenance: Provenance | None = None) -> StoryboardResult:
+                   provenance: Provenance | None = None, cancel: Callable[[], bool] | None = None,
+                   generator: Generator | None = None) -> StoryboardResult:
     """Run (or resume) every shot of `plan` into `out_dir` with one pipeline load.
 
     The plan, the characters (in the store and in the adapter's embedding space), the scorers and every
     shot's size are checked before the diffusion weights load. Re-running into the same folder resumes;
     `retry_failed` gives shots that missed their min_score another budget of takes (new seeds). Every take is
-    marked as `provenance` says (default: castkeep's invisible watermark).
+    marked as `provenance` says (default: castkeep's invisible watermark). `cancel`, asked before each shot,
+    stops the run between shots (the session's outcome is "cancelled"; running it again resumes). `generator`:
+    a pipeline already loaded with these weights (a server keeps one warm), instead of loading one.
     """
     provenance = provenance if provenance is not None else Provenance()
     provenance.check()
@@ -257,7 +265,8 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
                 except CastkeepError as exc:
                     raise _prefixed(exc, shot) from None
         ledger = stack.enter_context(Ledger.open(run_dir))
-        generator = Generator.from_pretrained(base, adapter, device=device, dtype=dtype)
+        if generator is None:
+            generator = Generator.from_pretrained(base, adapter, device=device, dtype=dtype)
         recogniser = generator.recogniser()
         judges = {shot.config().scorer for shot in plan.shots}
         scorers: dict[tuple[str, str], Scorer] = {
@@ -273,8 +282,8 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
                         models=board.models, shots=[shot.id for shot in plan.shots])
         outcome = "interrupted"
         try:
-            board.run(ledger, retry_failed=retry_failed, on_shot=on_shot)
-            outcome = "finished"
+            finished = board.run(ledger, retry_failed=retry_failed, on_shot=on_shot, cancel=cancel)
+            outcome = "finished" if finished else "cancelled"
         finally:
             ledger.finish_session(outcome)
         summary_path, report_path, summary = write_report(run_dir, plan, ledger, identities)
