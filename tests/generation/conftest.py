@@ -4,10 +4,10 @@ Any test requesting `tiny_models` is in the `generation` lane (tests/conftest.py
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from tiny_fixtures import tiny_models  # noqa: F401  (a fixture, shared with tests/serve)
+import tiny_fixtures
+
+tiny_models = tiny_fixtures.tiny_models  # the fixture, shared with tests/serve
 
 
 @pytest.fixture(scope="module")
