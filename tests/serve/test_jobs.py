@@ -102,6 +102,7 @@ def test_a_cancelled_storyboard_stops_between_shots_and_its_ledger_stays_whole(j
     assert 1 <= counts["done"] + counts["failed_target"] < 8
     report = jobs_client.get(job["results"]["report"])
     assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+    assert "sandbox" in report.headers["content-security-policy"]  # its inline style only; no script
 
 
 def test_a_bad_plan_is_refused_with_its_shot_and_field(jobs_client):
