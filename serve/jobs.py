@@ -2,8 +2,8 @@
 pipeline), each into its own run folder under the runs root, with progress events for server-sent events.
 
 The last pipeline loaded stays warm for the next job with the same (base model, adapter, device, dtype).
-Cancelling is cooperative: a generation stops before its next attempt is scored on, a storyboard before its
-next shot (its ledger holds whole shots, so `castkeep storyboard PLAN --out RUN` resumes it later).
+Cancelling is cooperative: a generation stops after its current batch and keeps the best of the attempts made,
+a storyboard stops before its next shot (its ledger holds whole shots, so `castkeep storyboard PLAN --out RUN` resumes it later).
 """
 
 from __future__ import annotations
@@ -28,10 +28,6 @@ STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL = frozenset({"done", "failed", "cancelled"})
 SCORERS = ("arcface", "dlib", "fused")
 JOB_FILE = "job.json"  # in each run folder: what was asked, and how it ended
-
-
-class Cancelled(Exception):
-    """Raised inside a generation job's attempt callback when its cancel was asked for."""
 
 
 @dataclass
@@ -119,8 +115,6 @@ class JobManager:
             try:
                 job.results = self._run(job)
                 self._finish(job, "cancelled" if job.cancel_requested.is_set() else "done")
-            except Cancelled:
-                self._finish(job, "cancelled")
             except CastkeepError as exc:
                 self._finish(job, "failed", str(exc))
             except Exception as exc:  # a bug: the log has it, the job says so, the server goes on
@@ -149,12 +143,11 @@ class JobManager:
         def on_attempt(attempt: Attempt) -> None:
             self._emit(job, {"type": "attempt", "attempt": attempt.attempt + 1, "of": total, "seed": attempt.seed,
                              "passed": attempt.passed, "score": attempt.score.to_dict()})
-            if job.cancel_requested.is_set():
-                raise Cancelled
 
         generator = self.generator(*job.weights)
         generator.generate(job.request["character"], store=self.store_path, models=self.models,
-                                    out_dir=job.run_dir / "output", on_attempt=on_attempt, **settings)
+                                    out_dir=job.run_dir / "output", on_attempt=on_attempt,
+                           cancel=job.cancel_requested.is_set, **settings)
         return run_results(job.run_dir)
 
     def _storyboard(self, job: Job) -> dict[str, Any]:

@@ -90,6 +90,18 @@ def test_a_generate_job_streams_progress_and_serves_its_scored_outputs(jobs_clie
     assert job["run"] in [run["run"] for run in jobs_client.get("/api/runs").json()]
 
 
+def test_a_cancelled_generation_keeps_the_best_of_the_attempts_made(jobs_client):
+    body = {"character": PEOPLE[1], "prompt": "a portrait", "n": 1, "best_of": 40, "seed": 1, "steps": 2,
+            "width": 64, "height": 64, **WEIGHTS}
+    job_id = jobs_client.post("/api/jobs/generate", json=body, headers=AUTH).json()["id"]
+    wait(jobs_client, job_id, lambda job: job["progress"] is not None)
+    assert jobs_client.post(f"/api/jobs/{job_id}/cancel", headers=AUTH).status_code == 200
+    job = wait(jobs_client, job_id, lambda job: job["state"] in ("done", "failed", "cancelled"))
+    assert job["state"] == "cancelled" and len(job["results"]["outputs"]) == 1
+    made = events(jobs_client, job_id)  # its snapshot: the last attempt heard
+    assert made[0]["progress"]["attempt"] < 40
+
+
 def test_a_cancelled_storyboard_stops_between_shots_and_its_ledger_stays_whole(jobs_client):
     answer = jobs_client.post("/api/jobs/storyboard", json={"plan": plan_text(8), **WEIGHTS}, headers=AUTH)
     assert answer.status_code == 202, answer.text
