@@ -46,7 +46,8 @@ def _print(result: dict[str, Any], as_json: bool, summary: Callable[[dict[str, A
 
 @click.group()
 def bench() -> None:
-    """Evaluation benchmarks: verification, identification, store scale, throughput, consistency."""
+    """Evaluation benchmarks: verification, identification, store scale, throughput, consistency, and where
+    a storyboard series' time goes."""
 
 
 @bench.command()
@@ -205,6 +206,24 @@ def consistency(run_dir: Path, character: str | None, reference_image: Path | No
     result = bench_consistency(run_dir, character=character, reference_image=reference_image, store=store_path,
                                scorer=scorer, domain=domain, threshold=threshold, name=name, out_dir=out_dir,
                                models=models, device=device)
+    _print(result, as_json, summary_text)
+
+
+@bench.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--gpu-image-s", type=click.FloatRange(min=0, min_open=True), default=2.3, show_default=True,
+              help="Seconds a GPU takes for one image (a 30-step SD1.5 image): what the overhead is projected onto.")
+@click.option("--name", default=None, help="Result file name (default: series-<run folder>).")
+@out_option
+@json_option
+def series(run_dir: Path, gpu_image_s: float, name: str | None, out_dir: Path, as_json: bool) -> None:
+    """Where a storyboard run's time went (RUN_DIR: a `castkeep storyboard` run folder): per shot, the
+    pipeline, scoring, and castkeep's own overhead (files, ledger, the rest), median and p90; the overhead
+    as a share of the pipeline time, and per image against a GPU image of --gpu-image-s."""
+    from ..benchmarks.runs import bench_series
+    from ..benchmarks.series import summary_text
+
+    result = bench_series(run_dir, gpu_image_s=gpu_image_s, name=name, out_dir=out_dir)
     _print(result, as_json, summary_text)
 
 
