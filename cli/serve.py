@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import ConfigError, MissingDependencyError
+from ..generation.config import DEVICES, DTYPES
 from .common import models_option
 from .store_commands import store_option
 
@@ -26,8 +27,22 @@ from .store_commands import store_option
               help="Requests that run the face models at once (each holds its own model sessions).")
 @click.option("--max-upload-mb", type=click.IntRange(1, 4096), default=64, show_default=True,
               help="Largest request body (all files of one request together), in MiB.")
+@click.option("--runs", "runs", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder that generation/storyboard jobs write their run folders into [default: runs/ beside the "
+                   "store folder].")
+@click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="The only folder jobs may name local weights in (--base-model/--ip-adapter paths are relative to "
+                   "it); without it, jobs name Hugging Face ids only.")
+@click.option("--base-model", default=None, envvar="CASTKEEP_BASE_MODEL", show_envvar=True, metavar="ID|DIR",
+              help="Weights of jobs that name none (default: castkeep's SD1.5 default).")
+@click.option("--ip-adapter", default=None, envvar="CASTKEEP_IP_ADAPTER", show_envvar=True, metavar="ID|FILE",
+              help="FaceID weights of jobs that name none.")
+@click.option("--generation-device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="torch device of the jobs' diffusion pipeline.")
+@click.option("--generation-dtype", type=click.Choice(DTYPES), default="auto", show_default=True)
 def serve(store_path: Path | str | None, models: str | None, device: str, host: str, port: int, token: str | None,
-          workers: int, max_upload_mb: int) -> None:
+          workers: int, max_upload_mb: int, runs: Path | None, models_dir: Path | None, base_model: str | None,
+          ip_adapter: str | None, generation_device: str, generation_dtype: str) -> None:
     """Serve the store over HTTP: a web page at /, the API under /api, its documentation at /docs.
 
     The face models load once, at start. Reads (gallery, identify, score, compare, export) are open to
@@ -46,7 +61,9 @@ def serve(store_path: Path | str | None, models: str | None, device: str, host: 
     except ConfigError as exc:
         raise click.UsageError(exc.args[0]) from None
     config = ServeConfig(store=store_path, models=models, device=device, token=token, workers=workers,
-                         max_upload_bytes=max_upload_mb * 2**20)
+                         max_upload_bytes=max_upload_mb * 2**20, runs=runs, models_dir=models_dir,
+                         base_model=base_model, ip_adapter=ip_adapter, generation_device=generation_device,
+                         generation_dtype=generation_dtype)
     # Requests run side by side: FAISS's OpenMP threads, spin-waiting after each search of a store's few hundred
     # vectors, would take cores from the other requests' face models (a single-thread search is well under 1 ms).
     import faiss

@@ -215,7 +215,7 @@ class Generator:
                  analyzer: FaceAnalyzer | None = None, conditioning_models: ModelsSpec = None,
                  out_dir: PathSpec | None = None, keep_rejected: bool = False,
                  on_attempt: Callable[[Attempt], None] | None = None, provenance: Provenance | None = None,
-                 **settings: Any) -> RunResult:
+                 cancel: Callable[[], bool] | None = None, **settings: Any) -> RunResult:
         """Generate `character` (a stored name, or an `Identity`) from `prompt` and score every output.
 
         `settings` are `GenerationConfig` fields (negative_prompt, seed, steps, guidance, id_scale,
@@ -226,6 +226,7 @@ class Generator:
         with `analyzer`, or the `models` pack (the store's own), and dlib, and ranked by `scorer`
         (a config field: fused by default). Files go to `out_dir` (default `castkeep-out/NAME-TIMESTAMP`),
         each PNG marked as `provenance` says (default: castkeep's invisible watermark, no C2PA signature).
+        `cancel`, asked after each batch of attempts, ends the run early with the best of the attempts made.
         """
         config = make_config(prompt, config, settings)
         provenance = provenance if provenance is not None else Provenance()
@@ -240,7 +241,8 @@ class Generator:
             scorer = IdentityScorer(scoring, identity.vector, name=identity.name, store=opened, judge=config.scorer,
                                     recogniser=recogniser)
             runner = GenerationRunner(self.loaded, scorer, analyzer_fingerprint=scoring.fingerprint,
-                                      on_attempt=on_attempt, warnings=warnings, provenance=provenance)
+                                      on_attempt=on_attempt, warnings=warnings, provenance=provenance,
+                                      cancel=cancel)
             target = Path(out_dir) if out_dir is not None else default_out_dir(identity.name)
             return runner.run(config, identity, target, keep_rejected=keep_rejected)
 

@@ -145,8 +145,9 @@ class GenerationRunner:
 
     def __init__(self, loaded: LoadedPipeline, scorer: Scorer, *, analyzer_fingerprint: str | None = None,
                  on_attempt: Callable[[Attempt], None] | None = None, warnings: list[str] | None = None,
-                 provenance: Provenance | None = None) -> None:
+                 provenance: Provenance | None = None, cancel: Callable[[], bool] | None = None) -> None:
         self.loaded = loaded
+        self.cancel = cancel  # asked after each batch: True ends the run with the attempts made so far
         self.scorer = scorer
         self.analyzer_fingerprint = analyzer_fingerprint
         self.on_attempt = on_attempt
@@ -171,6 +172,9 @@ class GenerationRunner:
                 attempts.append(attempt)
                 if self.on_attempt is not None:
                     self.on_attempt(attempt)
+            if self.cancel is not None and self.cancel():
+                self.warnings.append(f"cancelled after {len(attempts)} attempt(s): the best of those are kept")
+                break
         return attempts
 
     def run(self, config: GenerationConfig, identity: Identity, out_dir: str | Path, *,

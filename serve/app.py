@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from .config import ServeConfig
 from .errors import install_handlers
-from .routes import characters, judging, system
+from .routes import characters, jobs, judging, system
 from .security import Guard
 from .state import ServeState
 
@@ -38,7 +38,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     app = FastAPI(title="castkeep", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.castkeep = serve
     install_handlers(app)
-    for module in (characters, judging, system):
+    for module in (characters, judging, jobs, system):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=system.STATIC), name="static")
     app.add_middleware(Guard, max_bytes=config.max_upload_bytes, local_only=config.token is None)

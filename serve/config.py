@@ -21,7 +21,10 @@ class ServeConfig:
     `models`/`device`: the face model pack, as for every command. `token`: the bearer token writes need
     (None: writes are open, and the server answers only requests addressed to this machine). `workers`:
     how many requests use the face models at once (each worker holds its own model sessions).
-    `max_upload_bytes`: the largest request body."""
+    `max_upload_bytes`: the largest request body. `runs`: the folder generation/storyboard jobs write their run
+    folders into (None: `runs` beside a store folder, else the user data folder). `models_dir`: the only folder
+    jobs may name local weights in (else Hugging Face ids only). `base_model`/`ip_adapter`: the weights a job
+    that names none uses. `generation_device`/`generation_dtype`: where the diffusion pipeline runs."""
 
     store: str | os.PathLike | None = None
     models: str | None = None
@@ -29,6 +32,12 @@ class ServeConfig:
     token: str | None = None
     workers: int = 2
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    runs: str | os.PathLike | None = None
+    models_dir: str | os.PathLike | None = None
+    base_model: str | None = None
+    ip_adapter: str | None = None
+    generation_device: str = "auto"
+    generation_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.token is not None and not self.token.strip():

@@ -26,6 +26,11 @@ from .errors import ApiError
 CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
                            "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
+# A run's report.html (written by the storyboard runner) styles itself inline and embeds thumbnails as data:
+# URLs; it runs no script, so it is served sandboxed with a policy of its own.
+RUN_FILE_POLICY = ("default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; frame-ancestors 'none'; "
+                   "base-uri 'none'; form-action 'none'; sandbox allow-popups")
+
 
 class BodyTooLarge(HTTPException):
     """Raised from inside the body stream once it passes the limit (FastAPI re-raises HTTP exceptions as
@@ -73,7 +78,9 @@ class Guard:
                               f"request body too large ({int(length) / 2**20:.1f} MiB; limit {self.max_bytes / 2**20:.0f} MiB)")
             return
         received = 0
-        docs = str(scope.get("path", "")).startswith(("/docs", "/redoc"))
+        path = str(scope.get("path", ""))
+        docs = path.startswith(("/docs", "/redoc"))
+        run_file = path.startswith("/api/runs/") and "/files/" in path
 
         async def counted() -> Message:
             nonlocal received
@@ -88,7 +95,9 @@ class Guard:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers += [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
-                if not docs:  # FastAPI's /docs page loads Swagger UI from its CDN; castkeep's own page loads nothing
+                if run_file:
+                    headers.append((b"content-security-policy", RUN_FILE_POLICY.encode()))
+                elif not docs:  # FastAPI's /docs page loads Swagger UI from its CDN; castkeep's own page loads nothing
                     headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
                 message = {**message, "headers": headers}
             await send(message)

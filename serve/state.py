@@ -14,6 +14,7 @@ from ..errors import StoreError
 from ..identity.store import Store, default_store_path
 from ..landmarks.model_pack import same_space
 from .config import ServeConfig
+from .jobs import JobManager
 from .uploads import Spool, Uploads
 from .workers import Worker, WorkerPool
 
@@ -24,6 +25,7 @@ class ServeState:
     pool: WorkerPool
     spool: Spool
     store_path: Path | str
+    jobs: JobManager
 
     @property
     def store_name(self) -> str:
@@ -48,7 +50,9 @@ class ServeState:
         except BaseException:
             pool.close()
             raise
-        return cls(config=config, pool=pool, spool=Spool(config.max_upload_bytes), store_path=store_path)
+        jobs = JobManager(runs_root(config, store_path), store_path, config.models, config.generation_device,
+                          config.generation_dtype)
+        return cls(config=config, pool=pool, spool=Spool(config.max_upload_bytes), store_path=store_path, jobs=jobs)
 
     @contextmanager
     def store(self, worker: Worker | None = None, *, enrol: bool = False) -> Iterator[Store]:
@@ -66,8 +70,20 @@ class ServeState:
             yield store
 
     def close(self) -> None:
+        self.jobs.close()
         self.pool.close()
         self.spool.close()
+
+
+def runs_root(config: ServeConfig, store_path: Path | str) -> Path:
+    """Where jobs write their run folders: --runs, else `runs` beside a store folder, else the user data folder."""
+    if config.runs is not None:
+        return Path(config.runs).expanduser().resolve()
+    if isinstance(store_path, Path):
+        return store_path.resolve().parent / "runs"
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("castkeep", appauthor=False)) / "runs"
 
 
 def state(request: Request) -> ServeState:

@@ -62,9 +62,12 @@ class StoryboardResult:
 
 
 def run_in_process(board: Storyboard, ledger: Ledger, worker: ShotWorker, *, retry_failed: bool = False,
-                   on_shot: Callable[[ShotEvent], None] | None = None) -> None:
-    """Every shot in plan order, made by one worker in this process."""
+                   on_shot: Callable[[ShotEvent], None] | None = None, cancel: Callable[[], bool] | None = None) -> bool:
+    """Every shot in plan order, made by one worker in this process; False when `cancel()` said stop (asked
+    before each shot, so the ledger holds only whole shots and the same command resumes the run)."""
     for index, shot in enumerate(board.plan.shots, start=1):
+        if cancel is not None and cancel():
+            return False
         task = ShotRun(board, ledger, shot)
         outcome = task.begin(retry_failed=retry_failed)
         if outcome is None:
@@ -78,6 +81,7 @@ def run_in_process(board: Storyboard, ledger: Ledger, worker: ShotWorker, *, ret
                 outcome = task.fail(str(exc))
         if on_shot is not None:
             on_shot(board.event(ledger, shot, outcome, index, worker.info.label))
+    return True
 
 
 # ---------------------------------------------------------------------------------- checks before loading
@@ -116,7 +120,8 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
                    dtype: str = "auto", models: ModelsSpec = None, conditioning_models: ModelsSpec = None,
                    batch_size: int = 1, retry_failed: bool = False, ray: str | None = None,
                    workers: int | None = None, on_shot: Callable[[ShotEvent], None] | None = None,
-                   provenance: Provenance | None = None) -> StoryboardResult:
+                   provenance: Provenance | None = None, cancel: Callable[[], bool] | None = None,
+                   generator: Generator | None = None) -> StoryboardResult:
     """Run (or resume) every shot of `plan` into `out_dir` with one pipeline load.
 
     The plan, the characters (in the store and in the adapter's embedding space), the scorers and every
@@ -124,7 +129,9 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
     `retry_failed` gives shots that missed their min_score another budget of takes (new seeds).
     `ray` ("auto": a local Ray cluster; else a cluster's address) spreads the shots over `workers` Ray
     actors, each loading the pipeline once (default: one per GPU of the cluster). Every take is marked as
-    `provenance` says (default: castkeep's invisible watermark).
+    `provenance` says (default: castkeep's invisible watermark). In-process runs only: `cancel`, asked before
+    each shot, stops the run between shots (the session's outcome is "cancelled"; running it again resumes);
+    `generator` is a pipeline already loaded with these weights (a server keeps one warm) instead of a new one.
     """
     provenance = provenance if provenance is not None else Provenance()
     provenance.check()
@@ -132,6 +139,8 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
         plan = load_plan(plan)
     if batch_size < 1:
         raise GenerationError(f"--batch-size {batch_size} must be at least 1")
+    if ray is not None and (cancel is not None or generator is not None):
+        raise GenerationError("cancel and a loaded generator are for in-process runs, not --ray")
     if workers is not None and (ray is None or workers < 1):
         raise GenerationError("--workers needs --ray" if ray is None else f"--workers {workers} must be at least 1")
     run_dir = Path(out_dir)
@@ -152,11 +161,12 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
         judges = tuple(sorted({shot.config().scorer for shot in plan.shots}))
         ledger = stack.enter_context(Ledger.open(run_dir))
         if ray is None:
-            generator = Generator.from_pretrained(base, adapter, device=device, dtype=dtype)
+            if generator is None:
+                generator = Generator.from_pretrained(base, adapter, device=device, dtype=dtype)
             worker = ShotWorker.build(generator, analyzer, opened, identities, judges)
             board = Storyboard(worker.info, plan, identities, run_dir, batch_size=batch_size, provenance=provenance)
             _drive(board, ledger, lambda: run_in_process(board, ledger, worker, retry_failed=retry_failed,
-                                                         on_shot=on_shot))
+                                                         on_shot=on_shot, cancel=cancel))
         else:
             from .ray_workers import RayPool
 
@@ -189,7 +199,7 @@ def _store_location(store: StoreSpec, opened: Any) -> str:
     raise GenerationError("--ray needs the store's URL (the workers open it themselves), not an open Store")
 
 
-def _drive(board: Storyboard, ledger: Ledger, run: Callable[[], None]) -> None:
+def _drive(board: Storyboard, ledger: Ledger, run: Callable[[], bool | None]) -> None:
     """One session of the ledger around `run`: the plan as run, the models, the outcome."""
     plan = board.plan
     if plan.path is not None:
@@ -199,8 +209,7 @@ def _drive(board: Storyboard, ledger: Ledger, run: Callable[[], None]) -> None:
                     models=board.models, shots=[shot.id for shot in plan.shots])
     outcome = "interrupted"
     try:
-        run()
-        outcome = "finished"
+        outcome = "cancelled" if run() is False else "finished"
     finally:
         ledger.finish_session(outcome)
 

@@ -13,6 +13,7 @@ pytest.importorskip("fastapi", reason="castkeep serve needs the [serve] extra")
 
 from fastapi.testclient import TestClient  # noqa: E402
 from serve_helpers import MARA, THEO, LiveServer, make_client, photo_files, start_server, stop_server  # noqa: E402
+from tiny_fixtures import tiny_models  # noqa: E402, F401  (a fixture: tiny SD1.5 + FaceID on disk)
 
 
 @pytest.fixture(scope="module")

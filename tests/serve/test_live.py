@@ -76,6 +76,9 @@ def test_the_page_identifies_an_uploaded_photo(live_server, tmp_path):
         wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#references img")) == 3)
         wait.until(lambda b: all(b.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
                                  for img in b.find_elements(By.TAG_NAME, "img")))
+        # The Runs view loaded its jobs and run folders (none yet on this server) and the generate form is there.
+        wait.until(lambda b: b.find_element(By.ID, "runs-empty").is_displayed())
+        assert browser.find_element(By.ID, "generate-form").is_displayed()
         errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert errors == []
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
