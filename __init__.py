@@ -34,17 +34,24 @@ _LAZY: dict[str, str] = {
     "GenerationConfig": ".generation.config",
     "Identity": ".generation.runner",
     "RunResult": ".generation.runner",
+    "Provenance": ".generation.provenance.output",
+    "C2paCredentials": ".generation.provenance.credentials",
+    "inspect_image": ".generation.provenance.inspection",
 }
 
 # Spelled out (not built from _LAZY) so linters and IDEs read it statically; a test keeps them equal.
 __all__ = [
-    "CastkeepError", "Comparison", "FaceAnalyzer", "GenerationConfig", "Generator", "Identity", "ModelPack",
-    "RunResult", "SAME_PERSON_THRESHOLD", "Store", "__version__", "compare", "generate",
+    "C2paCredentials", "CastkeepError", "Comparison", "FaceAnalyzer", "GenerationConfig", "Generator", "Identity",
+    "ModelPack", "Provenance", "RunResult", "SAME_PERSON_THRESHOLD", "Store", "__version__", "compare", "generate",
+    "inspect_image",
 ]
 
 if TYPE_CHECKING:  # what IDEs and type checkers see; at run time __getattr__ resolves these
     from .generation.config import GenerationConfig
     from .generation.generator import Generator, generate
+    from .generation.provenance.credentials import C2paCredentials
+    from .generation.provenance.inspection import inspect_image
+    from .generation.provenance.output import Provenance
     from .generation.runner import Identity, RunResult
     from .identity.analyzer import FaceAnalyzer
     from .identity.comparison import Comparison, compare

@@ -281,3 +281,18 @@ def bench_consistency(run_dir: PathLike, *, character: str | None = None, refere
             xlabel=result["metric"] if not cosine_scale else "cosine similarity", bins=None if cosine_scale else 30))
     save_result(result, out_dir, name)
     return result
+
+
+def bench_series(run_dir: PathLike, *, gpu_image_s: float | None = None, name: str | None = None,
+                 out_dir: PathLike = DEFAULT_OUT) -> dict[str, Any]:
+    """A storyboard run's time, shot by shot: pipeline / scoring / castkeep's own overhead (files, ledger,
+    the rest), the overhead as a share of the pipeline time, and projected onto a GPU image of
+    `gpu_image_s` (default: a 30-step SD1.5 image's 2.3 s). Reads the run's summary.json; loads nothing."""
+    check_result_name(name)
+    from .series import GPU_IMAGE_S, read_summary, series_overhead
+
+    run_dir = Path(run_dir)
+    result = series_overhead(read_summary(run_dir), gpu_image_s=GPU_IMAGE_S if gpu_image_s is None else gpu_image_s)
+    result["run_dir"] = str(run_dir)
+    save_result(result, out_dir, name or _name(f"series-{run_dir.resolve().name}"))
+    return result

@@ -46,7 +46,8 @@ def _print(result: dict[str, Any], as_json: bool, summary: Callable[[dict[str, A
 
 @click.group()
 def bench() -> None:
-    """Evaluation benchmarks: verification, identification, store scale, throughput, consistency."""
+    """Evaluation benchmarks: verification, identification, store scale, throughput, consistency, and where
+    a storyboard series' time goes."""
 
 
 @bench.command()
@@ -205,4 +206,53 @@ def consistency(run_dir: Path, character: str | None, reference_image: Path | No
     result = bench_consistency(run_dir, character=character, reference_image=reference_image, store=store_path,
                                scorer=scorer, domain=domain, threshold=threshold, name=name, out_dir=out_dir,
                                models=models, device=device)
+    _print(result, as_json, summary_text)
+
+
+@bench.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--gpu-image-s", type=click.FloatRange(min=0, min_open=True), default=2.3, show_default=True,
+              help="Seconds a GPU takes for one image (a 30-step SD1.5 image): what the overhead is projected onto.")
+@click.option("--name", default=None, help="Result file name (default: series-<run folder>).")
+@out_option
+@json_option
+def series(run_dir: Path, gpu_image_s: float, name: str | None, out_dir: Path, as_json: bool) -> None:
+    """Where a storyboard run's time went (RUN_DIR: a `castkeep storyboard` run folder): per shot, the
+    pipeline, scoring, and castkeep's own overhead (files, ledger, the rest), median and p90; the overhead
+    as a share of the pipeline time, and per image against a GPU image of --gpu-image-s."""
+    from ..benchmarks.runs import bench_series
+    from ..benchmarks.series import summary_text
+
+    result = bench_series(run_dir, gpu_image_s=gpu_image_s, name=name, out_dir=out_dir)
+    _print(result, as_json, summary_text)
+
+
+@bench.command("serve")
+@click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder of probe photos (each should show a stored character, e.g. a photo not registered).")
+@click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), envvar="CASTKEEP_STORE",
+              show_envvar=True, help="The store the server serves (the CLI's reference answers read it too).")
+@click.option("--url", default=None, help="A running `castkeep serve` on that store (default: start one on a free local port).")
+@click.option("--clients", type=click.IntRange(1, 256), default=8, show_default=True, help="Concurrent clients.")
+@click.option("--requests", type=click.IntRange(1, 10000), default=10, show_default=True,
+              help="Requests per client, for identify and again for score.")
+@click.option("--limit", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Probe images used (each costs two cold CLI runs for the reference answers).")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="The started server's --workers.")
+@click.option("--name", default="serve", show_default=True, help="Result file name.")
+@out_option
+@click.option("--models", "models", metavar="PACK", default=None, envvar="CASTKEEP_MODELS", show_envvar=True,
+              help="Model pack of the store.")
+@json_option
+def serve_load(images_dir: Path, store_path: Path, url: str | None, clients: int, requests: int, limit: int, workers: int,
+               name: str, out_dir: Path, models: str | None, as_json: bool) -> None:
+    """Load test of `castkeep serve`: CLIENTS concurrent clients x REQUESTS identify and score requests each; p50/p99
+    latency, throughput, errors, answers checked against the CLI's, bad uploads, and the identify p50 against a
+    cold `castkeep identify` measured in the same run."""
+    from ..benchmarks.runs import check_result_name
+    from ..benchmarks.serve_load import bench_serve, summary_text
+
+    check_result_name(name)
+    result = bench_serve(images_dir, store_path, url=url, clients=clients, requests=requests, limit=limit, workers=workers,
+                         models=models, out_dir=out_dir, name=name)
     _print(result, as_json, summary_text)

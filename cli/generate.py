@@ -10,10 +10,12 @@ from typing import Any
 import click
 
 from ..generation.config import DEVICES, DTYPES, GenerationConfig
+from ..generation.memory import OFFLOADS
 from ..generation.schedulers import SCHEDULER_NAMES
 from ..identity.scorers import SCORERS as GENERATION_SCORERS
 from ..utils import progress
 from .common import emit, json_option, log_to_stderr
+from .provenance import make_provenance, provenance_options
 from .store_commands import store_option
 
 
@@ -68,12 +70,18 @@ def _text(result: Any) -> str:
 @click.argument("name")
 @click.argument("prompt")
 @click.option("--negative", "negative_prompt", default="", help="Negative prompt.")
-@click.option("--base-model", default=None, envvar="CASTKEEP_BASE_MODEL", show_envvar=True, metavar="ID|DIR",
-              help="Stable Diffusion 1.5 or SDXL: a diffusers folder or a Hugging Face id "
+@click.option("--base-model", default=None, envvar="CASTKEEP_BASE_MODEL", show_envvar=True, metavar="ID|DIR|FILE",
+              help="Stable Diffusion 1.5 or SDXL: a diffusers folder, a single-file .safetensors checkpoint "
+                   "(A1111/Civitai) or a Hugging Face id "
                    "[default: stable-diffusion-v1-5/stable-diffusion-v1-5].")
 @click.option("--ip-adapter", default=None, envvar="CASTKEEP_IP_ADAPTER", show_envvar=True, metavar="ID|FILE",
               help="IP-Adapter FaceID weights: a .safetensors/.bin file, a folder holding one, or a Hub "
                    "repo[/file] [default: h94/IP-Adapter-FaceID, ip-adapter-faceid_sd15.bin or _sdxl.bin].")
+@click.option("--base-config", default=None, metavar="DIR",
+              help="For a single-file --base-model (.safetensors): a diffusers folder of the same architecture whose "
+                   "configs convert it [default: the SD1.5/SDXL reference configs from the Hugging Face cache].")
+@click.option("--vae", default=None, metavar="ID|DIR|FILE",
+              help="A VAE in place of the base model's: a diffusers folder, a .safetensors file or a Hub id.")
 @store_option
 @click.option("--models", default=None, envvar="CASTKEEP_MODELS", show_envvar=True, metavar="PACK",
               help="Face model pack used to score outputs (the store's own, the one it was created with).")
@@ -89,7 +97,9 @@ def _text(result: Any) -> str:
 @click.option("--guidance", type=click.FloatRange(min=0), default=7.5, show_default=True,
               help="Classifier-free guidance (CFG) scale.")
 @click.option("--id-scale", type=click.FloatRange(0, 5), default=0.8, show_default=True,
-              help="IP-Adapter scale: how strongly the identity steers the image.")
+              help="IP-Adapter scale: how strongly the identity steers the image (0: identity and FaceID LoRA off).")
+@click.option("--lora-scale", type=click.FloatRange(0, 2), default=1.0, show_default=True,
+              help="Weight of the FaceID LoRA the checkpoint carries (0.6-0.7 often follows the prompt better).")
 @click.option("--aspect", default=None, metavar="W:H",
               help="Aspect ratio (1:1, 4:3, 3:2, 16:9, 9:16, ...) at the model's native pixel count.")
 @click.option("--width", type=click.IntRange(min=8), default=None, help="Width in pixels (multiple of 8).")
@@ -116,14 +126,25 @@ def _text(result: Any) -> str:
               help="torch device; auto = cuda, then mps, then cpu.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto",
               show_default=True, help="Weights precision; auto = float16 on GPUs, float32 on CPU.")
+@click.option("--offload", type=click.Choice(OFFLOADS), default="none", show_default=True,
+              help="Small GPUs: keep weights in CPU RAM and move each model (model) or each layer (sequential, "
+                   "least memory, slowest) to the GPU as it runs.")
+@click.option("--vae-tiling/--no-vae-tiling", default=None,
+              help="Decode in tiles (less memory for large images) [default: on above 2x the model's native pixels].")
+@click.option("--vae-slicing/--no-vae-slicing", default=None,
+              help="Decode a batch one image at a time [default: on with --batch-size > 1].")
 @click.option("--keep-rejected", is_flag=True, help="Also write the outputs best-of/retry dropped (rejected/).")
+@provenance_options
 @json_option
 def generate(name: str, prompt: str, negative_prompt: str, base_model: str | None, ip_adapter: str | None,
+             base_config: str | None, vae: str | None,
              store_path: Path | None, models: str | None, conditioning_models: str | None, out_dir: Path | None,
-             seed: int | None, steps: int, guidance: float, id_scale: float, aspect: str | None,
+             seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, aspect: str | None,
              width: int | None, height: int | None, num_images: int, scheduler: str, best_of: int, scorer: str,
              min_score: float | None, max_tries: int | None,
-             batch_size: int, device: str, dtype: str, keep_rejected: bool, as_json: bool) -> None:
+             batch_size: int, device: str, dtype: str, offload: str, vae_tiling: bool | None,
+             vae_slicing: bool | None, keep_rejected: bool, no_watermark: bool, c2pa_cert: Path | None,
+             c2pa_key: Path | None, as_json: bool) -> None:
     """Generate images of character NAME from PROMPT, conditioned on its identity (IP-Adapter FaceID),
     and score every output against it.
 
@@ -131,25 +152,29 @@ def generate(name: str, prompt: str, negative_prompt: str, base_model: str | Non
     buffalo_l; add that space with `castkeep reembed NAME --models buffalo_l`). Outputs are judged as
     generated images by ArcFace and dlib, ranked by --scorer, and flagged where the two disagree.
 
-    Writes a PNG per output (A1111 `parameters` metadata) with a JSON sidecar, summary.json with the
-    pairwise identity-consistency matrix, and contact_sheet.png.
+    Writes a PNG per output (A1111 `parameters` metadata, castkeep's invisible watermark, and C2PA Content
+    Credentials with --c2pa-cert/--c2pa-key) with a JSON sidecar, summary.json with the pairwise
+    identity-consistency matrix, and contact_sheet.png. `castkeep inspect` reads them back.
     """
     from ..generation.generator import generate as generate_run
     from ..generation.loading import quiet_generation_libraries
 
     quiet_generation_libraries()
     config = GenerationConfig(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
-                              guidance=guidance, id_scale=id_scale, width=width, height=height, aspect=aspect,
+                              guidance=guidance, id_scale=id_scale, lora_scale=lora_scale, width=width, height=height,
+                              aspect=aspect,
                               num_images=num_images, scheduler=scheduler, best_of=best_of, scorer=scorer,
                               min_score=min_score,
-                              max_tries=max_tries, batch_size=batch_size)
+                              max_tries=max_tries, batch_size=batch_size, vae_tiling=vae_tiling,
+                              vae_slicing=vae_slicing)
+    provenance = make_provenance(no_watermark, c2pa_cert, c2pa_key)
     bar = _AttemptBar(name, config.budget)
     with log_to_stderr("castkeep.generation", verbose=not as_json):
         try:
             result = generate_run(name, config=config, base_model=base_model, ip_adapter=ip_adapter, device=device,
-                                  dtype=dtype, store=store_path, models=models,
+                                  dtype=dtype, offload=offload, base_config=base_config, vae=vae, store=store_path, models=models,
                                   conditioning_models=conditioning_models, out_dir=out_dir,
-                                  keep_rejected=keep_rejected, on_attempt=bar.advance)
+                                  keep_rejected=keep_rejected, on_attempt=bar.advance, provenance=provenance)
         finally:
             bar.close()
     if not result.target_met:

@@ -29,9 +29,16 @@ COMMANDS = {
     "import": "store_commands:import_character",
     "verify": "store_commands:verify",
     "reembed": "store_commands:reembed",
+    "store": "store_group:store",
     "generate": "generate:generate",
     "storyboard": "storyboard:storyboard",
+    "fix-face": "edits:fix_face",
+    "edit": "edits:edit",
+    "outpaint": "edits:outpaint",
+    "upscale": "edits:upscale",
+    "inspect": "inspect:inspect",
     "bench": "bench:bench",
+    "serve": "serve:serve",
 }
 
 

@@ -24,9 +24,21 @@ from .common import (
     verdict_text,
 )
 
+
+class StoreLocation(click.ParamType):
+    """A store folder (a Path), or a PostgreSQL store's `postgresql://` URL (kept as text)."""
+
+    name = "PATH|URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        text = str(value)
+        return text if text.startswith(("postgresql://", "postgres://")) else Path(text)
+
+
 store_option = click.option(
-    "--store", "store_path", type=click.Path(path_type=Path), default=None, envvar="CASTKEEP_STORE",
-    show_envvar=True, help="Store folder (default: the user data folder, e.g. ~/.local/share/castkeep/store).")
+    "--store", "store_path", type=StoreLocation(), default=None, envvar="CASTKEEP_STORE",
+    show_envvar=True, help="Store folder (default: the user data folder, e.g. ~/.local/share/castkeep/store), "
+                           "or a team store's postgresql://USER@HOST:PORT/DB URL.")
 strict_option = click.option(
     "--strict", is_flag=True,
     help="All or nothing: refuse the call if any photo fails the quality gate (default: leave it out, warn).")

@@ -12,6 +12,7 @@ from ..errors import GenerationError
 from ..generation.config import DEVICES, DTYPES
 from ..utils import progress, slug
 from .common import emit, json_option, log_to_stderr
+from .provenance import make_provenance, provenance_options
 from .store_commands import store_option
 
 
@@ -78,14 +79,21 @@ def _text(result: Any) -> str:
               help="Images per pipeline call within a shot (faster on a GPU, more memory).")
 @click.option("--retry-failed", is_flag=True,
               help="Give shots that missed their min_score another budget of takes, with new seeds.")
+@click.option("--ray", "ray_address", default=None, metavar="auto|ADDRESS",
+              help="Spread the shots over Ray workers, each loading the pipeline once: auto starts a local Ray "
+                   "cluster, ADDRESS joins one (`ray start --head` prints it). Needs castkeep[ray].")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Ray workers (with --ray) [default: one per GPU of the cluster, else one per machine].")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="torch device; auto = cuda, then mps, then cpu.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
               help="Weights precision; auto = float16 on GPUs, float32 on CPU.")
+@provenance_options
 @json_option
 def storyboard(plan: Path, out_dir: Path | None, base_model: str | None, ip_adapter: str | None,
                store_path: Path | None, models: str | None, conditioning_models: str | None, batch_size: int,
-               retry_failed: bool, device: str, dtype: str, as_json: bool) -> None:
+               retry_failed: bool, ray_address: str | None, workers: int | None, device: str, dtype: str,
+               no_watermark: bool, c2pa_cert: Path | None, c2pa_key: Path | None, as_json: bool) -> None:
     """Generate every shot of PLAN (a TOML or YAML storyboard: shots with prompts, characters, seeds,
     sizes and selection rules; see --example), each judged against its characters.
 
@@ -97,7 +105,10 @@ def storyboard(plan: Path, out_dir: Path | None, base_model: str | None, ip_adap
     from ..generation.storyboard.plan import load_plan
     from ..generation.storyboard.runner import run_storyboard
 
+    if workers is not None and ray_address is None:
+        raise click.UsageError("--workers needs --ray")
     checked = load_plan(plan)  # a malformed plan fails before anything else
+    provenance = make_provenance(no_watermark, c2pa_cert, c2pa_key)
     quiet_generation_libraries()
     target = out_dir if out_dir is not None else Path("castkeep-out") / f"storyboard-{slug(plan.stem, fallback='plan')}"
     bar = _ShotBar()
@@ -106,7 +117,8 @@ def storyboard(plan: Path, out_dir: Path | None, base_model: str | None, ip_adap
             result = run_storyboard(checked, out_dir=target, store=store_path, base_model=base_model,
                                     ip_adapter=ip_adapter, device=device, dtype=dtype, models=models,
                                     conditioning_models=conditioning_models, batch_size=batch_size,
-                                    retry_failed=retry_failed, on_shot=bar.advance)
+                                    retry_failed=retry_failed, ray=ray_address, workers=workers,
+                                    on_shot=bar.advance, provenance=provenance)
         finally:
             bar.close()
     emit({**result.summary, "run_dir": str(result.run_dir), "report": str(result.report_path),

@@ -30,6 +30,7 @@ class GenerationConfig:
     steps: int = 30
     guidance: float = 7.5
     id_scale: float = 0.8  # IP-Adapter scale: how strongly the identity conditions the UNet
+    lora_scale: float = 1.0  # weight of the FaceID LoRA the checkpoint carries (0 when id_scale is 0)
     width: int | None = None
     height: int | None = None
     aspect: str | None = None
@@ -40,6 +41,8 @@ class GenerationConfig:
     min_score: float | None = None  # regenerate until this many outputs reach this P(same) by `scorer`...
     max_tries: int | None = None  # ...or this many images have been generated in all
     batch_size: int = 1
+    vae_tiling: bool | None = None  # None: on for large images (generation/memory.py)
+    vae_slicing: bool | None = None  # None: on when a call decodes several images
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -49,6 +52,7 @@ class GenerationConfig:
             (self.steps >= 1, f"--steps {self.steps} must be at least 1"),
             (self.guidance >= 0, f"--guidance {self.guidance} must be >= 0"),
             (0 <= self.id_scale <= 5, f"--id-scale {self.id_scale} must be between 0 and 5"),
+            (0 <= self.lora_scale <= 2, f"--lora-scale {self.lora_scale} must be between 0 and 2"),
             (self.num_images >= 1, f"--num-images {self.num_images} must be at least 1"),
             (self.best_of >= 1, f"--best-of {self.best_of} must be at least 1"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1"),

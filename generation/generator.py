@@ -27,6 +27,7 @@ from ..utils import slug
 from .conditioning import ConditioningSpace, conditioning_space
 from .config import GenerationConfig
 from .loading import DEFAULT_BASE_MODEL, DEFAULT_IP_ADAPTER, LoadedPipeline, build_pipeline, resolve_weights
+from .provenance.output import Provenance
 from .runner import Attempt, GenerationRunner, Identity, RunResult, identity_from_store
 from .scoring import IdentityScorer
 
@@ -52,7 +53,7 @@ def default_out_dir(name: str) -> Path:
 
 def make_config(prompt: str | None, config: GenerationConfig | None, settings: dict[str, Any]) -> GenerationConfig:
     """A config from either a ready `GenerationConfig` or a prompt plus keyword settings."""
-    load_time = sorted({"device", "dtype"} & set(settings))
+    load_time = sorted({"device", "dtype", "offload"} & set(settings))
     if load_time:  # a common slip: they belong to the loaded pipeline, not to one run
         raise TypeError(f"{', '.join(load_time)} is chosen once, when the weights load: "
                         "Generator.from_pretrained(..., device=..., dtype=...)")
@@ -114,6 +115,10 @@ def weights_specs(base_model: PathSpec | None, ip_adapter: PathSpec | None) -> t
             os.fspath(ip_adapter) if ip_adapter is not None else DEFAULT_IP_ADAPTER)
 
 
+def _spec(value: PathSpec | None) -> str | None:
+    return None if value is None else os.fspath(value)
+
+
 def pack_option(models: ModelsSpec) -> str | os.PathLike[str] | None:
     """A pack given as a name, a folder or a loaded ModelPack → a name or folder."""
     return models if models is None or isinstance(models, (str, os.PathLike)) else models.path
@@ -129,7 +134,7 @@ def open_store(stack: ExitStack, store: Any) -> Store:
     return stack.enter_context(Store.open(store, create=False))
 
 
-def _resolve(stack: ExitStack, character: CharacterOrIdentity, store: Any, space: ConditioningSpace,
+def resolve_identity(stack: ExitStack, character: CharacterOrIdentity, store: Any, space: ConditioningSpace,
              adapter_name: str) -> tuple[Identity, Store | None]:
     """The identity to generate (its vector in the adapter's space), and the store to score it against
     (if any)."""
@@ -153,16 +158,22 @@ class Generator:
 
     @classmethod
     def from_pretrained(cls, base_model: PathSpec | None = None, ip_adapter: PathSpec | None = None, *,
-                        device: str = "auto", dtype: str = "auto", hash_base_model: bool = True) -> Generator:
+                        device: str = "auto", dtype: str = "auto", hash_base_model: bool = True,
+                        offload: str = "none", base_config: PathSpec | None = None,
+                        vae: PathSpec | None = None) -> Generator:
         """Load SD1.5/SDXL (a diffusers folder or Hub id) with FaceID weights (a file, a folder or a Hub
-        `repo[/file]`) on `device` (auto: cuda, mps, cpu) in `dtype` (auto: float16 on GPUs)."""
+        `repo[/file]`) on `device` (auto: cuda, mps, cpu) in `dtype` (auto: float16 on GPUs); `offload`
+        "model"/"sequential" for small GPUs (generation/memory.py). A single-file `base_model` (.safetensors)
+        loads with the diffusers configs in `base_config`; `vae` replaces the base model's VAE."""
         base, adapter = weights_specs(base_model, ip_adapter)
         logger.info("loading %s + %s ...", base, adapter)
-        return cls._build(base, adapter, device, dtype, hash_base_model)
+        return cls._build(base, adapter, device, dtype, hash_base_model, offload, _spec(base_config), _spec(vae))
 
     @classmethod
-    def _build(cls, base: str, adapter: str, device: str, dtype: str, hash_base_model: bool = True) -> Generator:
-        loaded = build_pipeline(base, adapter, device=device, dtype=dtype, hash_base_model=hash_base_model)
+    def _build(cls, base: str, adapter: str, device: str, dtype: str, hash_base_model: bool = True,
+               offload: str = "none", base_config: str | None = None, vae: str | None = None) -> Generator:
+        loaded = build_pipeline(base, adapter, device=device, dtype=dtype, hash_base_model=hash_base_model,
+                                offload=offload, base_config=base_config, vae=vae)
         for message in loaded.warnings:
             logger.warning(message)
         return cls(loaded)
@@ -203,7 +214,8 @@ class Generator:
                  config: GenerationConfig | None = None, store: StoreSpec = None, models: ModelsSpec = None,
                  analyzer: FaceAnalyzer | None = None, conditioning_models: ModelsSpec = None,
                  out_dir: PathSpec | None = None, keep_rejected: bool = False,
-                 on_attempt: Callable[[Attempt], None] | None = None, **settings: Any) -> RunResult:
+                 on_attempt: Callable[[Attempt], None] | None = None, provenance: Provenance | None = None,
+                 cancel: Callable[[], bool] | None = None, **settings: Any) -> RunResult:
         """Generate `character` (a stored name, or an `Identity`) from `prompt` and score every output.
 
         `settings` are `GenerationConfig` fields (negative_prompt, seed, steps, guidance, id_scale,
@@ -212,12 +224,16 @@ class Generator:
         store). The adapter is conditioned on the character's vector in the space it was trained on (known
         checkpoints by file name; else `conditioning_models`, a pack name or folder). Outputs are scored
         with `analyzer`, or the `models` pack (the store's own), and dlib, and ranked by `scorer`
-        (a config field: fused by default). Files go to `out_dir` (default `castkeep-out/NAME-TIMESTAMP`).
+        (a config field: fused by default). Files go to `out_dir` (default `castkeep-out/NAME-TIMESTAMP`),
+        each PNG marked as `provenance` says (default: castkeep's invisible watermark, no C2PA signature).
+        `cancel`, asked after each batch of attempts, ends the run early with the best of the attempts made.
         """
         config = make_config(prompt, config, settings)
+        provenance = provenance if provenance is not None else Provenance()
+        provenance.check()
         space = self.conditioning_space(conditioning_models)
         with ExitStack() as stack:
-            identity, opened = _resolve(stack, character, store, space, self.loaded.checkpoint.path.name)
+            identity, opened = resolve_identity(stack, character, store, space, self.loaded.checkpoint.path.name)
             scoring = analyzer if analyzer is not None else self.scoring_analyzer(models)
             check_scoring_model(identity, scoring, opened)
             config, warnings = choose_judge(config, identity, scoring, opened)
@@ -225,16 +241,19 @@ class Generator:
             scorer = IdentityScorer(scoring, identity.vector, name=identity.name, store=opened, judge=config.scorer,
                                     recogniser=recogniser)
             runner = GenerationRunner(self.loaded, scorer, analyzer_fingerprint=scoring.fingerprint,
-                                      on_attempt=on_attempt, warnings=warnings)
+                                      on_attempt=on_attempt, warnings=warnings, provenance=provenance,
+                                      cancel=cancel)
             target = Path(out_dir) if out_dir is not None else default_out_dir(identity.name)
             return runner.run(config, identity, target, keep_rejected=keep_rejected)
 
 
 def generate(character: CharacterOrIdentity, prompt: str | None = None, *, base_model: PathSpec | None = None,
-             ip_adapter: PathSpec | None = None, device: str = "auto", dtype: str = "auto",
+             ip_adapter: PathSpec | None = None, device: str = "auto", dtype: str = "auto", offload: str = "none",
+             base_config: PathSpec | None = None, vae: PathSpec | None = None,
              config: GenerationConfig | None = None, store: StoreSpec = None, models: ModelsSpec = None,
              conditioning_models: ModelsSpec = None, out_dir: PathSpec | None = None, keep_rejected: bool = False,
-             on_attempt: Callable[[Attempt], None] | None = None, **settings: Any) -> RunResult:
+             on_attempt: Callable[[Attempt], None] | None = None, provenance: Provenance | None = None,
+             **settings: Any) -> RunResult:
     """Load the pipeline and run one scored generation (see `Generator` to reuse the loaded weights).
 
     Everything cheap is checked first: the settings, the character in the store and in the adapter's
@@ -242,19 +261,22 @@ def generate(character: CharacterOrIdentity, prompt: str | None = None, *, base_
     loaded.
     """
     config = make_config(prompt, config, settings)
+    provenance = provenance if provenance is not None else Provenance()
+    provenance.check()
     base, adapter = weights_specs(base_model, ip_adapter)
     with ExitStack() as stack:
         if not isinstance(character, Identity):  # an unknown name fails before any weights are looked for
             store = open_store(stack, store)
             store.get(character)
         logger.info("loading %s + %s ...", base, adapter)
-        weights = resolve_weights(base, adapter)  # finds the files; loads nothing
+        weights = resolve_weights(base, adapter, _spec(base_config))  # finds the files; loads nothing
         space = conditioning_space(weights, pack_option(conditioning_models))
-        identity, opened = _resolve(stack, character, store, space, weights.name)
+        identity, opened = resolve_identity(stack, character, store, space, weights.name)
         analyzer = load_scoring_analyzer(models)
         check_scoring_model(identity, analyzer, opened)
         choose_judge(config, identity, analyzer, opened)
-        generator = Generator._build(base, adapter, device, dtype)
+        generator = Generator._build(base, adapter, device, dtype, offload=offload, base_config=_spec(base_config),
+                                     vae=_spec(vae))
         return generator.generate(identity, config=config, store=opened, analyzer=analyzer,
                                   conditioning_models=conditioning_models, out_dir=out_dir,
-                                  keep_rejected=keep_rejected, on_attempt=on_attempt)
+                                  keep_rejected=keep_rejected, on_attempt=on_attempt, provenance=provenance)

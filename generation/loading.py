@@ -17,14 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, GenerationError, ModelNotFoundError
-from ..utils import file_sha256
 from .config import DEVICES, DTYPES
+from .memory import check_offload, place_pipeline
+from .model_hash import cached_sha256
+from .single_file import is_single_file, load_single_file_pipeline, load_vae, single_file_config
 
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_IP_ADAPTER = "h94/IP-Adapter-FaceID"
 # Plain FaceID checkpoint per architecture in the h94/IP-Adapter-FaceID repository.
 FACEID_FILES = {"sd15": "ip-adapter-faceid_sd15.bin", "sdxl": "ip-adapter-faceid_sdxl.bin"}
 PIPELINE_KINDS = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
+# Inpainting checkpoints (9-channel UNets): loaded only for the edit commands (`build_pipeline(inpaint=True)`).
+INPAINT_KINDS = {"StableDiffusionInpaintPipeline": "sd15", "StableDiffusionXLInpaintPipeline": "sdxl"}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
@@ -113,8 +117,8 @@ def resolve_base_model(spec: str) -> Path:
             raise ModelNotFoundError(f"not a diffusers pipeline folder: no model_index.json{hint}", path=path)
         return path
     if path.is_file():
-        raise ModelNotFoundError("--base-model must be a diffusers pipeline folder (with model_index.json) "
-                                 "or a Hugging Face model id, not a single checkpoint file", path=path)
+        raise ModelNotFoundError("--base-model must be a diffusers pipeline folder (with model_index.json), a "
+                                 "single-file .safetensors checkpoint, or a Hugging Face model id", path=path)
     if _looks_like_path(spec) or not _REPO_ID.match(spec):
         raise ModelNotFoundError("base model folder not found (pass a diffusers folder or a Hugging Face "
                                  f"id such as {DEFAULT_BASE_MODEL})", path=path)
@@ -128,20 +132,37 @@ def resolve_base_model(spec: str) -> Path:
                                  f"({reason}): "+ _download_hint(spec, "folder", "--base-model")) from None
 
 
-def load_base_pipeline(folder: Path, *, dtype: Any) -> Any:
-    """from_pretrained(folder), local files only; SD1.5 and SDXL pipelines are supported."""
-    from diffusers import AutoPipelineForText2Image
+def load_base_pipeline(folder: Path, *, dtype: Any, inpaint: bool = False, single_file: Path | None = None,
+                       vae: str | None = None) -> Any:
+    """from_pretrained(folder), local files only; SD1.5 and SDXL pipelines are supported, and with `inpaint`
+    their inpainting checkpoints too. With `single_file`, that checkpoint's weights with `folder`'s configs
+    (generation/single_file.py); `vae` replaces the VAE (a folder, a .safetensors file or a Hub id)."""
+    from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image
 
     try:
         config = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"unreadable model_index.json ({exc})", path=folder) from None
     class_name = config.get("_class_name", "?")
-    if class_name not in PIPELINE_KINDS:
+    if class_name in INPAINT_KINDS and not inpaint:
+        raise GenerationError(f"{class_name} is an inpainting checkpoint: use it with fix-face, edit or outpaint; "
+                              "generate needs the text-to-image model")
+    if class_name not in PIPELINE_KINDS and class_name not in INPAINT_KINDS:
         raise GenerationError(f"{class_name} is not supported: castkeep generates with Stable Diffusion 1.5 "
                               f"or SDXL pipelines ({', '.join(PIPELINE_KINDS)})")
+    components: dict[str, Any] = {}
+    if vae is not None:
+        components["vae"] = load_vae(vae, folder, dtype=dtype, offline=_offline())
+    if single_file is not None:
+        import diffusers
+
+        if PIPELINE_KINDS.get(class_name) == "sd15":  # A1111 checkpoints carry no safety checker
+            components.update(safety_checker=None, requires_safety_checker=False)
+        return load_single_file_pipeline(single_file, folder, getattr(diffusers, class_name), dtype=dtype,
+                                         **components)
     try:
-        return AutoPipelineForText2Image.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        auto = AutoPipelineForInpainting if class_name in INPAINT_KINDS else AutoPipelineForText2Image
+        return auto.from_pretrained(folder, dtype=dtype, local_files_only=True, **components)
     except _hub_errors() as exc:
         raise ModelNotFoundError(f"cannot load the pipeline folder ({' '.join(str(exc).split())[:300]})",
                                  path=folder) from None
@@ -248,6 +269,8 @@ class LoadedPipeline:
     ip_adapter_hash: str
     warnings: list[str] = field(default_factory=list)
     requested_device: str = "auto"  # what the caller asked for; `device` is what it resolved to
+    vae: str | None = None  # a VAE given in place of the base model's own
+    offload: str = "none"  # "model" | "sequential": accelerate hooks move each part to `device` as it runs
 
     @property
     def native_size(self) -> int:
@@ -259,7 +282,7 @@ class LoadedPipeline:
                 "base_model_hash": self.base_model_hash,
                 "ip_adapter": self.ip_adapter, "ip_adapter_file": self.checkpoint.path.name,
                 "ip_adapter_hash": self.ip_adapter_hash, "ip_adapter_variant": self.checkpoint.variant,
-                "faceid_lora": self.checkpoint.has_lora}
+                "faceid_lora": self.checkpoint.has_lora, "vae": self.vae}
 
 
 def check_load_options(device: str, dtype: str) -> None:
@@ -270,35 +293,47 @@ def check_load_options(device: str, dtype: str) -> None:
         raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
 
 
-def resolve_base(base_model: str) -> tuple[Path, str]:
-    """The base model's local folder and its architecture ("sd15" | "sdxl")."""
-    folder = resolve_base_model(base_model)
+def resolve_base(base_model: str, base_config: str | None = None) -> tuple[Path, str]:
+    """The base model's local folder (for a single-file checkpoint: its config folder) and its architecture
+    ("sd15" | "sdxl")."""
+    if is_single_file(base_model):
+        folder = single_file_config(Path(base_model).expanduser(), base_config)
+    else:
+        folder = resolve_base_model(base_model)
     try:
         with open(folder / "model_index.json", encoding="utf-8") as handle:
-            kind = PIPELINE_KINDS.get(json.load(handle).get("_class_name"), "sd15")
+            class_name = json.load(handle).get("_class_name")
+        kind = PIPELINE_KINDS.get(class_name) or INPAINT_KINDS.get(class_name, "sd15")
     except (OSError, ValueError, AttributeError):
         raise ModelNotFoundError("not a diffusers model folder (unreadable model_index.json)", path=folder) from None
     return folder, kind
 
 
-def resolve_weights(base_model: str, ip_adapter: str) -> Path:
+def resolve_weights(base_model: str, ip_adapter: str, base_config: str | None = None) -> Path:
     """The FaceID weights file `build_pipeline` would load, found without loading anything (so a run can
     check the character's embedding space for it first). Only a folder or a Hub id needs the base
     model's architecture to pick the file."""
     if Path(ip_adapter).expanduser().is_file():
         return Path(ip_adapter).expanduser()
-    return resolve_ip_adapter(ip_adapter, resolve_base(base_model)[1])
+    return resolve_ip_adapter(ip_adapter, resolve_base(base_model, base_config)[1])
 
 
 def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAULT_IP_ADAPTER, *,
-                   device: str = "auto", dtype: str = "auto", hash_base_model: bool = True) -> LoadedPipeline:
-    """Base model + FaceID weights, on `device`, ready for `ip_adapter_image_embeds`.
+                   device: str = "auto", dtype: str = "auto", hash_base_model: bool = True,
+                   inpaint: bool = False, offload: str = "none", base_config: str | None = None,
+                   vae: str | None = None) -> LoadedPipeline:
+    """Base model + FaceID weights, on `device`, ready for `ip_adapter_image_embeds`. `inpaint` also
+    accepts an inpainting checkpoint as the base model (the edit commands). `offload` ("model",
+    "sequential") keeps the weights in CPU RAM and moves each part to the GPU as it runs (generation/memory.py).
+    A single-file `base_model` (.safetensors) loads with `base_config`'s configs; `vae` replaces the VAE.
 
     The IP-Adapter scale is not set here: it is a per-run setting (`GenerationConfig.id_scale`),
     applied by `generate_images` on every call."""
     check_load_options(device, dtype)
+    check_offload(offload)
     requested_device = device
-    folder, kind = resolve_base(base_model)
+    folder, kind = resolve_base(base_model, base_config)
+    single_file = Path(base_model).expanduser() if is_single_file(base_model) else None
     weights = resolve_ip_adapter(ip_adapter, kind)
     checkpoint = inspect_faceid(weights)  # fail fast, before the (slow) base model load
     if checkpoint.variant == "faceid-plus":
@@ -312,8 +347,9 @@ def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAU
             raise GenerationError("this FaceID checkpoint carries LoRA weights that diffusers loads only "
                                   "with `peft`: pip install peft", path=weights)
     device = resolve_device(device)
+    check_offload(offload, device)
     torch_dtype = resolve_dtype(dtype, device)
-    pipe = load_base_pipeline(folder, dtype=torch_dtype)
+    pipe = load_base_pipeline(folder, dtype=torch_dtype, inpaint=inpaint, single_file=single_file, vae=vae)
     unet_dim = int(pipe.unet.config.cross_attention_dim)
     if checkpoint.cross_attention_dim != unet_dim:
         def architecture(dim: int) -> str:
@@ -324,15 +360,20 @@ def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAU
             f"UNet but the base model is {architecture(unet_dim)}: use "
             f"{FACEID_FILES[kind]} with this base model", path=weights)
     warnings = _load_faceid(pipe, weights)
-    pipe.to(device)
+    # diffusers' SDXL pipelines embed their own dwtDct watermark whenever invisible-watermark is installed;
+    # castkeep marks every output itself (one mark it can read back, off with --no-watermark).
+    if getattr(pipe, "watermark", None) is not None:
+        pipe.watermark = None
+    place_pipeline(pipe, device, offload)
     pipe.set_progress_bar_config(disable=True)
-    unet_file = _unet_weights(folder)
+    # A1111's "Model hash" is the checkpoint file's; a diffusers folder has only its UNet file to offer.
+    unet_file = single_file or _unet_weights(folder)
     return LoadedPipeline(
         pipe=pipe, kind=kind, device=device, dtype=str(torch_dtype).replace("torch.", ""),
         base_model=base_model, base_model_folder=folder,
-        base_model_hash=file_sha256(unet_file) if hash_base_model and unet_file else None,
-        ip_adapter=ip_adapter, checkpoint=checkpoint, ip_adapter_hash=file_sha256(weights), warnings=warnings,
-        requested_device=requested_device)
+        base_model_hash=cached_sha256(unet_file) if hash_base_model and unet_file else None,
+        ip_adapter=ip_adapter, checkpoint=checkpoint, ip_adapter_hash=cached_sha256(weights), warnings=warnings,
+        requested_device=requested_device, offload=offload, vae=vae)
 
 
 # diffusers warnings that say nothing about this use: FaceID takes embeddings, never images, and the

@@ -17,9 +17,7 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from ..utils import write_bytes_atomic
-
-SIDECAR_SCHEMA_ID = "castkeep.generation.sidecar/2"
+SIDECAR_SCHEMA_ID = "castkeep.generation.sidecar/3"
 
 
 def _clean(text: str) -> str:
@@ -70,14 +68,15 @@ def parse_a1111_parameters(text: str) -> dict[str, str]:
     return result
 
 
-def save_png(image: Image.Image, path: Path, parameters: str, sidecar: dict[str, Any]) -> None:
-    """Write the PNG with both text chunks, atomically (a crash leaves no half-written image)."""
+def png_bytes(image: Image.Image, parameters: str, sidecar: dict[str, Any]) -> bytes:
+    """The PNG file of `image` with both text chunks (outputs are written by
+    `provenance.output.Provenance.save_png`, which adds the watermark and Content Credentials)."""
     info = PngInfo()
     info.add_text("parameters", parameters)
     info.add_itxt("castkeep", json.dumps(sidecar, ensure_ascii=False, separators=(",", ":")))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
-    write_bytes_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def read_png_text(path: str | os.PathLike) -> dict[str, str]:

@@ -21,13 +21,16 @@ from .aspect import resolve_size
 from .conditioning import ConditioningSpace, space_vector
 from .config import GenerationConfig
 from .contact_sheet import contact_sheet
+from .faceid_lora import apply_faceid_lora_scale, effective_lora_scale
 from .identity_embeds import identity_embeds, normalised_identity, uses_guidance
 from .loading import LoadedPipeline
-from .metadata import SIDECAR_SCHEMA_ID, a1111_parameters, save_png
+from .memory import apply_vae_memory, tiling_wanted
+from .metadata import SIDECAR_SCHEMA_ID, a1111_parameters
+from .provenance.output import Provenance
 from .schedulers import apply_scheduler
 from .scoring import DOMAIN, OutputScore, Scorer, consistency_matrix, mean_off_diagonal
 
-SUMMARY_SCHEMA_ID = "castkeep.generation.summary/2"
+SUMMARY_SCHEMA_ID = "castkeep.generation.summary/3"
 
 
 @dataclass
@@ -92,6 +95,9 @@ def generate_images(loaded: LoadedPipeline, config: GenerationConfig, vector: np
 
     pipe = loaded.pipe
     pipe.set_ip_adapter_scale(config.id_scale)  # per call: one loaded pipeline serves many configs
+    apply_faceid_lora_scale(pipe, config.id_scale, config.lora_scale)
+    apply_vae_memory(pipe, tiling=tiling_wanted(config.vae_tiling, width, height, loaded.native_size, loaded.offload),
+                     slicing=config.vae_slicing if config.vae_slicing is not None else len(seeds) > 1)
     guidance = uses_guidance(pipe, config.guidance)
     embeds = identity_embeds(vector, guidance=guidance, device=loaded.device, dtype=pipe.unet.dtype,
                              dim=loaded.checkpoint.id_dim)
@@ -138,12 +144,15 @@ class GenerationRunner:
     """Runs one request against a loaded pipeline and writes everything to `out_dir`."""
 
     def __init__(self, loaded: LoadedPipeline, scorer: Scorer, *, analyzer_fingerprint: str | None = None,
-                 on_attempt: Callable[[Attempt], None] | None = None, warnings: list[str] | None = None) -> None:
+                 on_attempt: Callable[[Attempt], None] | None = None, warnings: list[str] | None = None,
+                 provenance: Provenance | None = None, cancel: Callable[[], bool] | None = None) -> None:
         self.loaded = loaded
+        self.cancel = cancel  # asked after each batch: True ends the run with the attempts made so far
         self.scorer = scorer
         self.analyzer_fingerprint = analyzer_fingerprint
         self.on_attempt = on_attempt
         self.warnings = list(warnings or [])
+        self.provenance = provenance if provenance is not None else Provenance()
 
     def _passes(self, score: OutputScore, config: GenerationConfig) -> bool:
         return passes(score, config)
@@ -163,6 +172,9 @@ class GenerationRunner:
                 attempts.append(attempt)
                 if self.on_attempt is not None:
                     self.on_attempt(attempt)
+            if self.cancel is not None and self.cancel():
+                self.warnings.append(f"cancelled after {len(attempts)} attempt(s): the best of those are kept")
+                break
         return attempts
 
     def run(self, config: GenerationConfig, identity: Identity, out_dir: str | Path, *,
@@ -173,7 +185,8 @@ class GenerationRunner:
                                   "--out", path=out_dir)
         pipe = self.loaded.pipe
         width, height = resolve_size(width=config.width, height=config.height, aspect=config.aspect,
-                                     base=self.loaded.native_size, model=f"this {self.loaded.kind} model")
+                                     base=self.loaded.native_size, model=f"this {self.loaded.kind} model",
+                                     kind=self.loaded.kind)
         sampler = apply_scheduler(pipe, config.scheduler)
         started = time.perf_counter()
         attempts = self.attempts(config, identity, width, height)
@@ -236,6 +249,7 @@ class GenerationRunner:
                        "s_per_image": round(generate_seconds / max(1, len(attempts)), 3),
                        "s_per_step": round(generate_seconds / max(1, steps_done), 4)},
             "warnings": list(self.loaded.warnings) + self.warnings,
+            "provenance": self.provenance.summary(),
         }
         summary_path = out_dir / "summary.json"
         write_json_atomic(summary_path, summary)
@@ -268,11 +282,14 @@ class GenerationRunner:
             "Seed": attempt.seed, "Size": f"{attempt.image.width}x{attempt.image.height}",
             "Model hash": (models["base_model_hash"] or "")[:10], "Model": Path(models["base_model"]).name,
             "IP-Adapter": models["ip_adapter_file"], "IP-Adapter hash": models["ip_adapter_hash"][:10],
-            "IP-Adapter weight": config.id_scale, "Character": identity.name, "Identity cosine": cosine_text,
+            "IP-Adapter weight": config.id_scale, "FaceID LoRA weight": effective_lora_scale(
+                config.id_scale, config.lora_scale) if models["faceid_lora"] else None,
+            "Character": identity.name, "Identity cosine": cosine_text,
             "Identity P(same)": judged_text,
             "Version": f"castkeep {__version__}",
         }
-        save_png(attempt.image, path, a1111_parameters(config.prompt, config.negative_prompt, fields), sidecar)
+        sidecar = self.provenance.save_png(attempt.image, path, a1111_parameters(config.prompt, config.negative_prompt,
+                                                                                 fields), sidecar)
         write_json_atomic(path.with_suffix(".json"), sidecar)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import StoreError
 from . import lock_owner
+from .backend import StoreDatabase
 
 DB_NAME = "castkeep.sqlite3"
 # How long a change waits in all for another process's write lock (a registration holds it for well
@@ -92,12 +93,15 @@ def _checked(connection: sqlite3.Connection) -> sqlite3.Connection:
     return connection
 
 
-class Database:
+class Database(StoreDatabase):
     """The connection to `castkeep.sqlite3`. Open with `Database.connect(path)`."""
+
+    path: Path
 
     def __init__(self, path: Path, connection: sqlite3.Connection, lock_timeout: float, *,
                  read_only: bool = False) -> None:
         self.path = path
+        self.location = os.fspath(path)
         self._connection: sqlite3.Connection | None = connection
         self.lock_timeout = lock_timeout
         self.read_only = read_only
@@ -156,6 +160,16 @@ class Database:
 
     def tables(self) -> set[str]:
         return {row[0] for row in self.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def integrity_problems(self) -> list[str]:
+        """SQLite's page-level check and its foreign-key check."""
+        problems = []
+        integrity = [r[0] for r in self.execute("PRAGMA integrity_check").fetchall()]
+        if integrity != ["ok"]:
+            problems += [f"sqlite: {line}" for line in integrity[:10]]
+        if self.execute("PRAGMA foreign_key_check").fetchall():
+            problems.append("references without a character")
+        return problems
 
     # -- error mapping and transactions -------------------------------------------------------------
     @contextmanager
@@ -233,30 +247,3 @@ class Database:
             yield
         finally:
             self.execute("COMMIT")
-
-    # -- the meta table ---------------------------------------------------------------------------
-    def meta(self, key: str) -> str | None:
-        row = self.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else row[0]
-
-    def set_meta(self, key: str, value: str) -> None:
-        self.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
-                     "SET value = excluded.value", (key, value))
-
-    def generation(self) -> int:
-        """How many changes the store has seen: the index cache is current when it matches. It is
-        -1 when its record is damaged: no index cache matches it, so queries rebuild the index, and the
-        next change repairs it (`verify` reports it)."""
-        text = self.meta("generation")
-        if text is None:
-            return 0
-        return int(text) if text.isdigit() else -1
-
-    def bump_generation(self) -> int:
-        current = self.generation()
-        if current < 0:  # damaged: go on after whatever the index cache recorded, so that cache is stale
-            cached = self.meta("index_generation")
-            current = int(cached) if cached is not None and cached.isdigit() else 0
-        generation = current + 1
-        self.set_meta("generation", str(generation))
-        return generation

@@ -124,6 +124,11 @@ class DlibRecogniser:
                                      "reinstall face_recognition_models", path=self.descriptor_path) from None
 
     @property
+    def providers(self) -> list[str]:
+        """What the descriptor network really runs on: the onnxruntime session's providers, or ["dlib"]."""
+        return list(self._session.get_providers()) if self._session is not None else ["dlib"]
+
+    @property
     def model(self) -> Any:
         """dlib's own network (`face_recognition_model_v1`), the reference; loaded on first use by the onnx backend."""
         if self._model is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,11 @@ def parse_image_spec(spec: Any) -> tuple[Any, int | None]:
     return spec, None
 
 
-def reference_candidates(analyzer: Any, image: Any, face: int | None = None) -> list[Reference]:
+def reference_candidates(analyzer: Any, image: Any, face: int | None = None, label: str | None = None) -> list[Reference]:
     """The reference a photo gives: one face, or every comparable face when it is ambiguous. Each
-    keeps its aligned face crop, so the character can be embedded with other models later."""
+    keeps its aligned face crop, so the character can be embedded with other models later. `label`
+    is what the reference records as its source (default: the file's absolute path), e.g. the name of
+    an uploaded file whose bytes sit in a temporary file."""
     from ..landmarks.images import describe_source, load_image
 
     source, spec_face = parse_image_spec(image)
@@ -56,12 +58,12 @@ def reference_candidates(analyzer: Any, image: Any, face: int | None = None) -> 
         # Decoded once, here: one clear ImageError for missing/corrupt files before hashing.
         pixels = load_image(source)
         digest = file_sha256(source)  # streamed: load_image refused files over its size limit
-        label = text_path(Path(source).resolve())  # a non-UTF-8 file name is stored escaped
+        label = label or text_path(Path(source).resolve())  # a non-UTF-8 file name is stored escaped
     else:
         pixels = load_image(source)
         array = np.asarray(source)
         digest = hashlib.sha256(array.tobytes() + str(array.shape).encode()).hexdigest()
-        label = describe_source(source)
+        label = label or describe_source(source)
     analysis = analyzer.analyze(pixels, dense=getattr(analyzer, "dense", None) is not None)
     analysis.source = label  # face errors name the photo, not the decoded array
     if face is not None:
@@ -81,14 +83,16 @@ def reference_candidates(analyzer: Any, image: Any, face: int | None = None) -> 
 
 def embed_references(analyzer: Any, images: Sequence[Any], *, face: int | None = None,
                      force: bool = False, strict: bool = False, progress: Callable[[Any], Any] | None = None,
-                     anchors: Sequence[Reference] = ()) -> tuple[list[Reference], list[str]]:
+                     anchors: Sequence[Reference] = (),
+                     labels: Mapping[str, str] | None = None) -> tuple[list[Reference], list[str]]:
     """Embed every photo and apply the quality gate; returns (references, warnings).
 
     A photo with several comparable faces uses the face that matches the unambiguous references
     (`anchors`, the character's stored references, plus the other photos). A photo the gate refuses, or
     whose face cannot be told apart, is left out (named in the warnings) while at least one photo is
     usable; with `strict`, or when none is, its error is raised. `force` keeps refused photos instead.
-    Borderline photos (landmarks/quality.py's warn band) are kept with a warning.
+    Borderline photos (landmarks/quality.py's warn band) are kept with a warning. `labels` maps an image
+    path to the source name its reference records (see `reference_candidates`).
     """
     if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim == 3):
         images = [images]
@@ -101,7 +105,8 @@ def embed_references(analyzer: Any, images: Sequence[Any], *, face: int | None =
     found: list[list[Reference]] = []
     seen: set[str] = set()
     for image in (progress(images) if progress is not None else images):
-        candidates = reference_candidates(analyzer, image, face)
+        label = labels.get(os.fspath(image)) if labels and isinstance(image, (str, os.PathLike)) else None
+        candidates = reference_candidates(analyzer, image, face, label)
         if candidates[0].sha256 in seen:
             warnings.append(f"{candidates[0].source_path}: same photo given twice; used once")
             continue

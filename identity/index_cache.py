@@ -13,13 +13,13 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import IndexFileError, StoreError
 from . import rows
-from .database import Database
+from .backend import StoreDatabase
 from .index import KINDS, VectorIndex
 
 logger = logging.getLogger(__name__)
@@ -37,10 +37,41 @@ def checked_kind(recorded: str | None) -> str:
     return kind
 
 
+class Searchable(Protocol):
+    """A search over the character vectors: FAISS in memory (VectorIndex) or pgvector in the server."""
+
+    dim: int | None
+
+    def __len__(self) -> int: ...
+
+    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def ids(self) -> np.ndarray: ...
+
+
+class SearchIndex(Protocol):
+    """What the Store and `verify` need of a store's search: IndexCache (SQLite) or PgVectorSearch."""
+
+    @property
+    def kind(self) -> str: ...
+
+    def set_kind(self, kind: str) -> None: ...
+
+    def forget(self) -> None: ...
+
+    def current(self) -> Searchable: ...
+
+    def rebuild(self) -> dict[str, Any]: ...
+
+    def apply(self, generation: int, *, add: dict[int, np.ndarray] | None = None, remove: Sequence[int] = ()) -> None: ...
+
+    def load_file(self, generation: int) -> tuple[Any, str]: ...
+
+
 class IndexCache:
     """The current VectorIndex of one store: in memory, in `index.faiss`, or rebuilt."""
 
-    def __init__(self, db: Database, path: Path) -> None:
+    def __init__(self, db: StoreDatabase, path: Path) -> None:
         self.db = db
         self.path = path
         self._index: VectorIndex | None = None

@@ -6,21 +6,19 @@ the index cache is current."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import CastkeepError, StoreError
 from . import rows
+from .backend import StoreDatabase
 from .characters import Character, Space
 from .crops import FaceCrop
-from .database import Database
 from .enrolment import MAX_REFERENCES
 from .fields import UNIT_TOLERANCE
-from .index_cache import IndexCache, checked_kind
+from .index_cache import SearchIndex, checked_kind
 from .names import name_key
 
 
@@ -97,16 +95,12 @@ def crop_problems(headers: Sequence[tuple[int, bytes, str | None]]) -> list[str]
     return problems
 
 
-def verify(db: Database, cache: IndexCache, folder: Path, *, repair_index: bool = True) -> dict[str, Any]:
+def verify(db: StoreDatabase, cache: SearchIndex, location: str, *, repair_index: bool = True) -> dict[str, Any]:
     """The integrity report of a store; with `repair_index`, a stale or corrupt index is rebuilt
     (only when the database itself is sound: an index is never built from damaged rows)."""
     problems: list[str] = []
     with db.guard():
-        integrity = [r[0] for r in db.execute("PRAGMA integrity_check").fetchall()]
-        if integrity != ["ok"]:
-            problems += [f"sqlite: {line}" for line in integrity[:10]]
-        if db.execute("PRAGMA foreign_key_check").fetchall():
-            problems.append("references without a character")
+        problems += db.integrity_problems()
         damaged: list[str] = []
         characters = rows.read_characters(db, damaged=damaged)
         generation = db.generation()
@@ -127,7 +121,7 @@ def verify(db: Database, cache: IndexCache, folder: Path, *, repair_index: bool 
         index_report: dict[str, Any] = {"kind": checked_kind(recorded_kind)}
     except StoreError as exc:
         problems.append(str(exc))
-        return _report(folder, characters, ref_count, generation, fingerprint,
+        return _report(location, characters, ref_count, generation, fingerprint,
                        {"kind": recorded_kind, "state": "unknown kind"}, problems)
     _, state = cache.load_file(generation)
     index_report["state"] = state
@@ -141,11 +135,11 @@ def verify(db: Database, cache: IndexCache, folder: Path, *, repair_index: bool 
             if repair_index and not problems:  # never built from damaged rows
                 index_report.update(cache.rebuild())
                 index_report["rebuilt"] = True
-    return _report(folder, characters, ref_count, generation, fingerprint, index_report, problems)
+    return _report(location, characters, ref_count, generation, fingerprint, index_report, problems)
 
 
-def _report(folder: Path, characters: list[Character], ref_count: int, generation: int, fingerprint: str | None,
+def _report(location: str, characters: list[Character], ref_count: int, generation: int, fingerprint: str | None,
             index_report: dict[str, Any], problems: list[str]) -> dict[str, Any]:
-    return {"ok": not problems, "store": os.fspath(folder), "characters": len(characters),
+    return {"ok": not problems, "store": location, "characters": len(characters),
             "references": ref_count, "generation": generation, "fingerprint": fingerprint,
             "index": index_report, "problems": problems}

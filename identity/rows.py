@@ -21,9 +21,9 @@ import numpy as np
 
 from ..errors import StoreError
 from . import fields
+from .backend import StoreDatabase
 from .characters import Character, Reference, Space
 from .crops import FaceCrop
-from .database import Database
 from .vectors import from_blob, to_blob
 
 CHUNK = 500  # SQLite caps the number of bound parameters per statement
@@ -39,7 +39,7 @@ def _placeholders(values: Sequence[Any]) -> str:
 
 
 # -- reading ---------------------------------------------------------------------------------------
-def read_characters(db: Database, where: str = "", args: Sequence[Any] = (), *,
+def read_characters(db: StoreDatabase, where: str = "", args: Sequence[Any] = (), *,
                     crops: bool = False, damaged: list[str] | None = None) -> list[Character]:
     """Characters (with their references, oldest first, and every space) matching `where`, ordered
     by name key. Face crops (~150 kB each) are read only with `crops`; otherwise `has_crop` says
@@ -99,7 +99,7 @@ def read_characters(db: Database, where: str = "", args: Sequence[Any] = (), *,
         first = next(iter(broken.values()))
         more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
         raise StoreError(f"damaged row in the store: {first}{more}; `castkeep verify` lists every problem "
-                         f"(remove the character, or restore the store from a backup or an export)", path=db.path)
+                         f"(remove the character, or restore the store from a backup or an export)", path=db.location)
     if damaged is not None:
         damaged.extend(broken.values())
     return [c for character_id, c in characters.items() if character_id not in broken]
@@ -128,12 +128,12 @@ def _reference(r: Sequence[Any]) -> Reference:
     return reference
 
 
-def _checked_vector(db: Database, blob: Any, label: str) -> np.ndarray:
+def _checked_vector(db: StoreDatabase, blob: Any, label: str) -> np.ndarray:
     try:
         return _vector(blob)
     except StoreError as exc:
         raise StoreError(f"damaged row in the store: {label}: {exc.args[0]}; `castkeep verify` lists every "
-                         f"problem", path=db.path) from None
+                         f"problem", path=db.location) from None
 
 
 def _space(v: Sequence[Any]) -> Space:
@@ -165,37 +165,37 @@ def _vector(blob: Any) -> np.ndarray:
     return from_blob(blob)
 
 
-def name_taken(db: Database, key: str) -> bool:
+def name_taken(db: StoreDatabase, key: str) -> bool:
     return db.execute("SELECT 1 FROM characters WHERE name_key = ?", (key,)).fetchone() is not None
 
 
-def find(db: Database, key: str) -> tuple[int, str] | None:
+def find(db: StoreDatabase, key: str) -> tuple[int, str] | None:
     """(id, name) of the character with name key `key`, without decoding its rows."""
     row = db.execute("SELECT id, name FROM characters WHERE name_key = ?", (key,)).fetchone()
     return None if row is None else (int(row[0]), str(row[1]))
 
 
-def character_exists(db: Database, character_id: int) -> bool:
+def character_exists(db: StoreDatabase, character_id: int) -> bool:
     return db.execute("SELECT 1 FROM characters WHERE id = ?", (character_id,)).fetchone() is not None
 
 
-def names(db: Database) -> list[str]:
+def names(db: StoreDatabase) -> list[str]:
     return [row[0] for row in db.execute("SELECT name FROM characters ORDER BY name_key")]
 
 
-def character_ids(db: Database) -> set[int]:
+def character_ids(db: StoreDatabase) -> set[int]:
     return {int(row[0]) for row in db.execute("SELECT id FROM characters")}
 
 
-def count(db: Database) -> int:
+def count(db: StoreDatabase) -> int:
     return int(db.execute("SELECT COUNT(*) FROM characters").fetchone()[0])
 
 
-def count_references(db: Database) -> int:
+def count_references(db: StoreDatabase) -> int:
     return int(db.execute("SELECT COUNT(*) FROM refs").fetchone()[0])
 
 
-def names_by_id(db: Database, ids: Sequence[int]) -> dict[int, tuple[str, str]]:
+def names_by_id(db: StoreDatabase, ids: Sequence[int]) -> dict[int, tuple[str, str]]:
     """{id: (name, name_key)} for those of `ids` that exist."""
     found: dict[int, tuple[str, str]] = {}
     for start in range(0, len(ids), CHUNK):
@@ -205,14 +205,14 @@ def names_by_id(db: Database, ids: Sequence[int]) -> dict[int, tuple[str, str]]:
     return found
 
 
-def owners_of_photos(db: Database, sha256s: Sequence[str]) -> list[tuple[str, int]]:
+def owners_of_photos(db: StoreDatabase, sha256s: Sequence[str]) -> list[tuple[str, int]]:
     """(name, id) of every character holding one of these photos as a reference."""
     return [(r[0], r[1]) for r in db.execute(
         "SELECT DISTINCT c.name, c.id FROM refs r JOIN characters c ON c.id = r.character_id "
         f"WHERE r.sha256 IN ({_placeholders(sha256s)})", list(sha256s))]
 
 
-def character_vectors(db: Database) -> tuple[np.ndarray, np.ndarray | None]:
+def character_vectors(db: StoreDatabase) -> tuple[np.ndarray, np.ndarray | None]:
     """(ids, vectors) of every character in the store's primary space, by id; vectors is None for
     an empty store (whose embedding size is not known yet)."""
     rows = db.execute("SELECT v.character_id, v.vector FROM character_vectors v JOIN meta m "
@@ -223,11 +223,11 @@ def character_vectors(db: Database) -> tuple[np.ndarray, np.ndarray | None]:
     vectors = [_checked_vector(db, r[1], f"character id {r[0]}") for r in rows]
     if len({v.size for v in vectors}) > 1:
         raise StoreError("damaged rows in the store: its character vectors differ in size; `castkeep verify` "
-                         "names them", path=db.path)
+                         "names them", path=db.location)
     return ids, np.stack(vectors)
 
 
-def stored_dim(db: Database, fingerprint: str) -> int | None:
+def stored_dim(db: StoreDatabase, fingerprint: str) -> int | None:
     """The embedding size of the store's model: recorded with its fingerprint (meta `dim`), else
     (stores from before it was recorded) the size most of its vectors in that space have."""
     recorded = db.meta("dim")
@@ -238,7 +238,7 @@ def stored_dim(db: Database, fingerprint: str) -> int | None:
     return None if row is None else int(row[0])
 
 
-def space_embeddings(db: Database, character_id: int, fingerprint: str) -> tuple[np.ndarray, np.ndarray] | None:
+def space_embeddings(db: StoreDatabase, character_id: int, fingerprint: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(embeddings, quality weights) of a character's references embedded in one space; None when
     none is."""
     rows = db.execute("SELECT e.vector, r.quality FROM ref_embeddings e JOIN refs r ON r.id = e.ref_id "
@@ -249,15 +249,15 @@ def space_embeddings(db: Database, character_id: int, fingerprint: str) -> tuple
     embeddings = [_checked_vector(db, r[0], f"character id {character_id}") for r in rows]
     if len({e.size for e in embeddings}) > 1:
         raise StoreError(f"damaged rows in the store: the embeddings of character id {character_id} differ in "
-                         f"size; `castkeep verify` names them", path=db.path)
+                         f"size; `castkeep verify` names them", path=db.location)
     return np.stack(embeddings), np.array([fields.number(r[1], "quality") for r in rows])
 
 
-def reference_ids(db: Database, character_id: int) -> set[int]:
+def reference_ids(db: StoreDatabase, character_id: int) -> set[int]:
     return {r[0] for r in db.execute("SELECT id FROM refs WHERE character_id = ?", (character_id,))}
 
 
-def crop_headers(db: Database) -> list[tuple[int, bytes, str]]:
+def crop_headers(db: StoreDatabase) -> list[tuple[int, bytes, str]]:
     """(reference id, first 24 bytes of its crop, its keypoints JSON) of every stored crop, for
     `verify`: enough to check the PNG header without reading whole images."""
     return [(r[0], b"" if r[1] is None else bytes(r[1]), r[2]) for r in db.execute(
@@ -266,64 +266,66 @@ def crop_headers(db: Database) -> list[tuple[int, bytes, str]]:
 
 
 # -- writing ---------------------------------------------------------------------------------------
-def insert_character(db: Database, character: Character, key: str, now: str) -> int:
+def insert_character(db: StoreDatabase, character: Character, key: str, now: str) -> int:
     """Insert a character, its spaces and its references; returns its new id. The one place a
     character row is written, whether it came from photos (register) or from a file (import)."""
-    cursor = db.execute(
+    row = db.execute(
         "INSERT INTO characters(name, name_key, description, tags, fingerprint, dim, vector, baseline, "
-        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (character.name, key, character.description, json.dumps(character.tags, ensure_ascii=False),
          character.fingerprint, int(character.vector.size), to_blob(character.vector),
-         json.dumps(character.baseline), character.created_at or now, now))
-    character_id = cursor.lastrowid
-    assert character_id is not None  # always set after an INSERT
+         json.dumps(character.baseline), character.created_at or now, now)).fetchone()
+    character_id = int(row[0])
+    db.index_vector(character_id, character.vector)
     for space in character.spaces.values():
         write_space(db, character_id, space, now, primary=False)  # the row above is the primary's
     insert_references(db, character_id, character.references, now)
     return character_id
 
 
-def insert_references(db: Database, character_id: int, references: Sequence[Reference], now: str) -> None:
+def insert_references(db: StoreDatabase, character_id: int, references: Sequence[Reference], now: str) -> None:
     """Insert references with their crops and their embeddings in every space they have."""
     for r in references:
-        cursor = db.execute(
+        row = db.execute(
             "INSERT INTO refs(character_id, sha256, source_path, face_index, bbox, det_score, quality, "
             "quality_report, pose, fingerprint, embedding, flagged, added_at, crop, crop_kps) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (character_id, r.sha256, r.source_path, r.face_index, json.dumps(r.bbox), r.det_score,
              r.quality, json.dumps(r.quality_report), json.dumps(r.pose), r.fingerprint,
              to_blob(r.embedding), int(r.flagged), r.added_at or now,
-             None if r.crop is None else r.crop.png, None if r.crop is None else json.dumps(r.crop.kps_list())))
-        assert cursor.lastrowid is not None
-        add_embeddings(db, [(cursor.lastrowid, fingerprint, vector) for fingerprint, vector in r.embeddings.items()])
+             None if r.crop is None else r.crop.png, None if r.crop is None else json.dumps(r.crop.kps_list()))).fetchone()
+        add_embeddings(db, [(int(row[0]), fingerprint, vector) for fingerprint, vector in r.embeddings.items()])
 
 
-def add_embeddings(db: Database, embeddings: Sequence[tuple[int, str, np.ndarray]]) -> None:
+def add_embeddings(db: StoreDatabase, embeddings: Sequence[tuple[int, str, np.ndarray]]) -> None:
     """Store (reference id, fingerprint, embedding) rows, replacing an older one of the same space."""
-    db.executemany("INSERT OR REPLACE INTO ref_embeddings(ref_id, fingerprint, dim, vector) VALUES (?, ?, ?, ?)",
+    db.executemany("INSERT INTO ref_embeddings(ref_id, fingerprint, dim, vector) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT(ref_id, fingerprint) DO UPDATE SET dim = excluded.dim, vector = excluded.vector",
                    [(ref_id, fingerprint, int(vector.size), to_blob(vector))
                     for ref_id, fingerprint, vector in embeddings])
 
 
-def set_crop(db: Database, ref_id: int, crop: FaceCrop) -> None:
+def set_crop(db: StoreDatabase, ref_id: int, crop: FaceCrop) -> None:
     db.execute("UPDATE refs SET crop = ?, crop_kps = ? WHERE id = ?",
                (crop.png, json.dumps(crop.kps_list()), ref_id))
 
 
-def write_space(db: Database, character_id: int, space: Space, now: str, *, primary: bool) -> None:
+def write_space(db: StoreDatabase, character_id: int, space: Space, now: str, *, primary: bool) -> None:
     """Store a character's vector and baseline in one space; the primary space also goes into the
     version-1 columns of `characters`."""
-    db.execute("INSERT OR REPLACE INTO character_vectors(character_id, fingerprint, dim, vector, baseline, "
-               "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+    db.execute("INSERT INTO character_vectors(character_id, fingerprint, dim, vector, baseline, updated_at) "
+               "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(character_id, fingerprint) DO UPDATE SET dim = excluded.dim, "
+               "vector = excluded.vector, baseline = excluded.baseline, updated_at = excluded.updated_at",
                (character_id, space.fingerprint, space.dim, to_blob(space.vector), json.dumps(space.baseline), now))
     if primary:
         db.execute("UPDATE characters SET vector = ?, baseline = ?, updated_at = ? WHERE id = ?",
                    (to_blob(space.vector), json.dumps(space.baseline), now, character_id))
+        db.index_vector(character_id, space.vector)
     else:
         db.execute("UPDATE characters SET updated_at = ? WHERE id = ?", (now, character_id))
 
 
-def delete_character(db: Database, character_id: int) -> bool:
+def delete_character(db: StoreDatabase, character_id: int) -> bool:
     """Delete a character (its references, spaces and embeddings go with it: ON DELETE CASCADE);
     False if it was gone."""
     return db.execute("DELETE FROM characters WHERE id = ?", (character_id,)).rowcount > 0

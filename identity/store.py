@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,13 +44,15 @@ from ..errors import (
 from ..landmarks.model_pack import same_space
 from ..utils import remove_stale_temporaries
 from . import integrity, migrations, rows, similarity
+from .backend import StoreDatabase
 from .calibration import probability
 from .characters import Character, CharacterScore, Match, Reference, Space, pack_of
 from .database import DB_NAME, READ_ONLY_MESSAGE, Database, wal_holds_data
 from .enrolment import MAX_REFERENCES, MAX_REFERENCES_PER_CALL, embed_references, gate_impostors, parse_image_spec
-from .index_cache import INDEX_NAME, IndexCache
+from .index_cache import INDEX_NAME, IndexCache, SearchIndex
 from .names import clean_description, clean_tags, name_key, normalize_name
 from .open_set import DEFAULT_FPIR, open_set_threshold
+from .postgres import is_server_url
 from .reembedding import ReembedReport, embed_character
 from .references import baseline_of, combine
 from .vectors import normalise
@@ -68,11 +70,11 @@ def _just_created(db_path: Path) -> bool:
     return time.time() - db_path.stat().st_mtime < CREATION_SECONDS
 
 
-def default_store_path() -> Path:
-    """$CASTKEEP_STORE, else `<user data dir>/castkeep/store`."""
+def default_store_path() -> Path | str:
+    """$CASTKEEP_STORE (a folder, or a `postgresql://` URL), else `<user data dir>/castkeep/store`."""
     env = os.environ.get(ENV_STORE)
     if env:
-        return Path(env).expanduser()
+        return env if is_server_url(env) else Path(env).expanduser()
     import platformdirs
 
     return Path(platformdirs.user_data_dir("castkeep", appauthor=False)) / "store"
@@ -91,13 +93,18 @@ class _Hit:
 
 
 class Store:
-    """A folder holding characters. Open with `Store.open(path)`; use as a context manager."""
+    """A folder, or a PostgreSQL database, holding characters. Open with `Store.open(path_or_url)`; use as
+    a context manager."""
 
-    def __init__(self, path: Path, db: Database, *, analyzer: Any = None, models: str | None = None,
-                 device: str = "cpu") -> None:
-        self.path = path
+    def __init__(self, path: Path | None, db: StoreDatabase, *, analyzer: Any = None, models: str | None = None,
+                 device: str = "cpu", index: SearchIndex | None = None) -> None:
+        self.path = path  # the store folder; None for a PostgreSQL store
+        self.location = db.location if path is None else os.fspath(path)  # what messages name (no password)
         self._db = db
-        self._index = IndexCache(db, path / INDEX_NAME)
+        if index is None:
+            assert path is not None
+            index = IndexCache(db, path / INDEX_NAME)
+        self._index = index
         self._analyzer = analyzer
         self._owns_analyzer = False
         self._models = models
@@ -114,8 +121,15 @@ class Store:
 
         A store whose folder or database file cannot be written (permissions, a read-only mount,
         `chattr +i`) opens read-only, as does any store with `read_only=True`: queries work, nothing
-        is written (the index cache stays in memory), and changes raise StoreError."""
-        folder = Path(path).expanduser() if path is not None else default_store_path()
+        is written (the index cache stays in memory), and changes raise StoreError.
+
+        A `postgresql://user@host:port/db` URL opens the team store in that database (the [postgres]
+        extra; identity/postgres.py): the same calls, answers and guarantees."""
+        location = path if path is not None else default_store_path()
+        if is_server_url(location):
+            return cls._open_server(str(location), analyzer=analyzer, models=models, device=device,
+                                    create=create, index_kind=index_kind, read_only=bool(read_only))
+        folder = Path(location).expanduser()
         if folder.exists() and not folder.is_dir():
             raise StoreError("store path is a file, not a store folder", path=folder)
         db_path = folder / DB_NAME
@@ -148,8 +162,29 @@ class Store:
             db.close()
             raise
         if not read_only:
-            remove_stale_temporaries(store.path)
+            remove_stale_temporaries(folder)
         return store
+
+    @classmethod
+    def _open_server(cls, url: str, *, analyzer: Any, models: str | None, device: str, create: bool,
+                     index_kind: str | None, read_only: bool) -> Store:
+        from . import postgres
+        from .pg_search import PgVectorSearch
+
+        db = postgres.PostgresDatabase.connect(url, read_only=read_only)
+        try:
+            with db.guard():
+                postgres.prepare(db, create=create)
+            store = cls(None, db, analyzer=analyzer, models=models, device=device, index=PgVectorSearch(db))
+            if index_kind is not None:
+                store.set_index_kind(index_kind)
+        except BaseException:
+            db.close()
+            raise
+        return store
+
+    def __repr__(self) -> str:
+        return f"Store({self.location!r})"
 
     @property
     def read_only(self) -> bool:
@@ -170,11 +205,18 @@ class Store:
 
     @property
     def db_path(self) -> Path:
-        return self.path / DB_NAME
+        """The SQLite database file (a folder store's)."""
+        return self._folder() / DB_NAME
 
     @property
     def index_path(self) -> Path:
-        return self.path / INDEX_NAME
+        """The FAISS index cache (a folder store's)."""
+        return self._folder() / INDEX_NAME
+
+    def _folder(self) -> Path:
+        if self.path is None:
+            raise StoreError("a PostgreSQL store has no folder", path=self.location)
+        return self.path
 
     @property
     def generation(self) -> int:
@@ -193,7 +235,7 @@ class Store:
         fingerprint = self._db.meta("fingerprint")
         if fingerprint is None and rows.count(self._db):
             raise StoreError("the store's record of its model (meta 'fingerprint') is missing though it holds "
-                             "characters: the database is damaged (`castkeep verify` reports it)", path=self.path)
+                             "characters: the database is damaged (`castkeep verify` reports it)", path=self.location)
         return fingerprint
 
     @property
@@ -238,7 +280,7 @@ class Store:
     def _check_writable(self) -> None:
         """Before slow work (embedding photos) that ends in a change: a read-only store says so first."""
         if self.read_only:
-            raise StoreError(READ_ONLY_MESSAGE, path=self.path)
+            raise StoreError(READ_ONLY_MESSAGE, path=self.location)
 
     def _check_fingerprint(self, fingerprint: str) -> str:
         """Inside a guard: embeddings of another model may not enter (or query) this store. Returns the
@@ -249,7 +291,7 @@ class Store:
         if not same_space(stored, fingerprint):
             raise StoreError(f"this store holds embeddings from model '{stored}', not '{fingerprint}'; "
                              f"embeddings of different models cannot be mixed (use --models to pick "
-                             f"the store's pack, or another --store)", path=self.path)
+                             f"the store's pack, or another --store)", path=self.location)
         return stored
 
     def _check_dim(self, character: Character) -> None:
@@ -261,7 +303,7 @@ class Store:
         if dim is not None and sizes - {dim}:
             raise StoreError(f"'{character.name}' has {'/'.join(map(str, sorted(sizes)))}-value embeddings from "
                              f"model '{fingerprint}', whose embeddings in this store have {dim}: the file is damaged "
-                             f"or crafted", path=self.path)
+                             f"or crafted", path=self.location)
 
     # ------------------------------------------------------------------ reading
     def get(self, name: str, *, crops: bool = False) -> Character:
@@ -296,7 +338,8 @@ class Store:
     # ------------------------------------------------------------------ changes
     def register(self, name: str, images: Sequence[Any], *, description: str = "",
                  tags: Iterable[str] = (), force: bool = False, face: int | None = None,
-                 strict: bool = False, progress: Callable[[Any], Any] | None = None) -> Character:
+                 strict: bool = False, progress: Callable[[Any], Any] | None = None,
+                 labels: Mapping[str, str] | None = None) -> Character:
         """Register a character from 1–13 reference photos (paths, `path:N`, arrays or PIL images).
 
         Every photo must hold a face (one, or name one with `face` / `path:N`). Photos the quality gate
@@ -305,7 +348,8 @@ class Store:
         borderline photos are kept with a warning. A photo that is not the same person as the others
         raises ImpostorReferenceError. `force` keeps refused photos (impostors flagged). Warnings
         (left-out and borderline photos, duplicate registration, repeated photo) are in the returned
-        character's `warnings`.
+        character's `warnings`. `labels` maps a photo's path to the source name to record for it (the
+        server's uploads: the client's file name, not the temporary file holding its bytes).
         """
         name = normalize_name(name)
         self._check_writable()
@@ -318,7 +362,7 @@ class Store:
         with self._db.guard():
             self._check_fingerprint(analyzer.fingerprint)
         references, warnings = embed_references(analyzer, images, face=face, force=force, strict=strict,
-                                                progress=progress)
+                                                progress=progress, labels=labels)
         gate_impostors(references, set(range(len(references))), force, warnings)
         embeddings = np.stack([r.embedding for r in references])
         weights = np.array([r.quality for r in references])
@@ -377,16 +421,17 @@ class Store:
         return stored
 
     def add_refs(self, name: str, images: Sequence[Any], *, force: bool = False, face: int | None = None,
-                 strict: bool = False, progress: Callable[[Any], Any] | None = None) -> Character:
+                 strict: bool = False, progress: Callable[[Any], Any] | None = None,
+                 labels: Mapping[str, str] | None = None) -> Character:
         """Give an existing character more reference photos; its vector and baseline are refit. Unusable
-        photos are left out (or, with `strict`, refused) as in `register`."""
+        photos are left out (or, with `strict`, refused) and `labels` used as in `register`."""
         existing = self.get(name)
         self._check_writable()
         analyzer = self._get_analyzer(dense=True)
         with self._db.guard():
             fingerprint = self._check_fingerprint(analyzer.fingerprint)
         new_refs, warnings = embed_references(analyzer, images, face=face, force=force, strict=strict,
-                                              progress=progress, anchors=existing.references)
+                                              progress=progress, anchors=existing.references, labels=labels)
         for ref in new_refs:
             ref.rename_space(analyzer.fingerprint, fingerprint)
         stored = {r.sha256 for r in existing.references}
@@ -604,10 +649,11 @@ class Store:
         """Check the database (SQLite integrity, every row decodes, vectors match their references)
         and the index cache; with `repair_index`, a stale or corrupt index is rebuilt (never in a
         read-only store: the report's `read_only` says so)."""
-        report = integrity.verify(self._db, self._index, self.path, repair_index=repair_index and not self.read_only)
+        report = integrity.verify(self._db, self._index, self.location,
+                                  repair_index=repair_index and not self.read_only)
         report["read_only"] = self.read_only
         return report
 
     def rebuild_index(self) -> dict[str, Any]:
-        """Rebuild the FAISS cache from the database now."""
+        """Rebuild the search (the FAISS cache, or a PostgreSQL store's pgvector column) from the database now."""
         return self._index.rebuild()

@@ -168,19 +168,20 @@ class ImageJudgement:
 
 def judge_many(store: Any, images: Iterable[Any], judge: Callable[..., Any], *, face: int | None = None,
                scorer: str = "arcface", domain: str = "photo", recogniser: Any = None,
+               references: ReferenceDescriptors | None = None,
                progress: Progress = no_progress) -> Iterator[ImageJudgement]:
     """`judge(store, image, face=, scorer=, domain=, features=, references=, recogniser=)` (`score` with its
     character bound, or `identify`) for each image, in order, detecting and embedding them as one batch
     (`FaceAnalyzer.analyze_many`) and describing each chosen face with dlib when the scorer needs it.
     `domain` "auto" is resolved per image. An image that cannot be read, has no face or lacks the asked
-    face is an `ImageJudgement` with its error; store errors stop the batch."""
+    face is an `ImageJudgement` with its error; store errors stop the batch. `references` keeps characters'
+    dlib descriptors across batches (a server's; made for this batch when None)."""
     from .domains import resolve_domain
     from .enrolment import parse_image_spec
 
     chosen = get_scorer(scorer)
     recogniser = recogniser if recogniser is not None else (_dlib() if chosen.needs_dlib else None)
-    references = None
-    if recogniser is not None:
+    if recogniser is not None and references is None:
         from .reference_faces import ReferenceDescriptors
 
         references = ReferenceDescriptors(recogniser, store.analyzer.detector)  # once for the whole batch

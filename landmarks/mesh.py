@@ -27,6 +27,10 @@ ENV_LANDMARKER = "CASTKEEP_FACE_LANDMARKER"
 # face is large enough for MediaPipe's own short-range detector.
 CROP_SCALE = 2.0
 CROP_SIZE = 384
+# The face oval of the 478-point mesh, in order around the face (MediaPipe's FACEMESH_FACE_OVAL as a closed
+# polygon): forehead top (10), down the right side to the chin (152), up the left side.
+FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148,
+             176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
 
 # MediaPipe's own __del__ fails at interpreter shutdown ("TypeError: 'NoneType' object is not
 # callable"): close every landmarker still open while the interpreter is intact.

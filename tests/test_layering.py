@@ -1,4 +1,4 @@
-"""castkeep's layers import one way (errors/utils → landmarks → identity → generation → benchmarks → cli →
+"""castkeep's layers import one way (errors/utils → landmarks → identity → generation → benchmarks → serve → cli →
 the public API), and no two modules import each other, even inside functions."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Lower number = lower layer. A module may import its own layer and the ones below.
 LAYERS = {"errors": 0, "utils": 0, "landmarks": 1, "identity": 2, "generation": 3, "benchmarks": 4,
-          "cli": 5, "__init__": 6, "__main__": 7}
+          "serve": 5, "cli": 6, "__init__": 7, "__main__": 8}
 
 
 def package_modules() -> dict[str, Path]:

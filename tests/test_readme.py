@@ -1,4 +1,4 @@
-"""The README's two commands are exactly what CI runs first (CI may add steps after them)."""
+"""The README's install and test commands are exactly what CI runs first (CI may add steps after them)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ def test_ci_runs_the_readme_commands_verbatim():
     readme_commands = block.strip().splitlines()
     ci_commands = [line for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
                    if line.strip() and not line.startswith(("#", "set ", "cd "))]
-    assert len(readme_commands) == 2
+    assert len(readme_commands) == 2  # install, test
     assert ci_commands[:2] == readme_commands
-    assert "torch==2.13.0" in readme_commands[0] and readme_commands[1].endswith("-m pytest")
+    assert readme_commands[0].startswith("apt-get") and "chromium-driver" in readme_commands[0]
+    assert "torch==2.13.0" in readme_commands[0] and "serve" in readme_commands[0]
+    assert readme_commands[1].endswith("-m pytest")

@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE TABLE IF NOT EXISTS shots (
     id TEXT PRIMARY KEY, number INTEGER NOT NULL, key TEXT NOT NULL, state TEXT NOT NULL,
     rounds INTEGER NOT NULL DEFAULT 1, target_met INTEGER, kept TEXT NOT NULL DEFAULT '[]', error TEXT,
-    updated_at TEXT NOT NULL);
+    updated_at TEXT NOT NULL, timing TEXT);
 CREATE TABLE IF NOT EXISTS attempts (
     shot TEXT NOT NULL, attempt INTEGER NOT NULL, seed INTEGER NOT NULL, key TEXT NOT NULL,
     session INTEGER NOT NULL, file TEXT NOT NULL, sha256 TEXT NOT NULL, sidecar TEXT NOT NULL,
@@ -87,6 +87,7 @@ class ShotRow:
     target_met: bool | None = None
     kept: list[dict[str, Any]] = field(default_factory=list)  # {file, sha256, sidecar, sidecar_sha256, attempt, rank}
     error: str | None = None
+    timing: dict[str, Any] | None = None  # where the time went in the session that finished it (shot_run.py)
 
     def intact(self, run_dir: Path) -> bool:
         """Finished, and every kept file is on disk with the content recorded."""
@@ -124,6 +125,7 @@ class Ledger:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses nothing committed
             connection.executescript(_SCHEMA)
+            _add_missing_columns(connection)
             version = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if version is None:
                 connection.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -186,12 +188,13 @@ class Ledger:
 
     # ------------------------------------------------------------------------------ shots
     def shot(self, shot_id: str) -> ShotRow | None:
-        row = self._db.execute("SELECT id, number, key, state, rounds, target_met, kept, error FROM shots "
+        row = self._db.execute("SELECT id, number, key, state, rounds, target_met, kept, error, timing FROM shots "
                                "WHERE id = ?", (shot_id,)).fetchone()
         if row is None:
             return None
         return ShotRow(id=row[0], number=row[1], key=row[2], state=row[3], rounds=row[4],
-                       target_met=None if row[5] is None else bool(row[5]), kept=json.loads(row[6]), error=row[7])
+                       target_met=None if row[5] is None else bool(row[5]), kept=json.loads(row[6]), error=row[7],
+                       timing=None if row[8] is None else json.loads(row[8]))
 
     def begin_shot(self, shot_id: str, number: int, key: str) -> ShotRow:
         """Mark a shot running. A shot whose key changed (the plan or the models did) forgets its attempts."""
@@ -213,10 +216,12 @@ class Ledger:
         self._db.execute("UPDATE shots SET rounds = rounds + 1, state = ?, updated_at = ? WHERE id = ?",
                          (PENDING, now(), shot_id))
 
-    def finish_shot(self, shot_id: str, *, target_met: bool, kept: list[dict[str, Any]]) -> None:
-        self._db.execute("UPDATE shots SET state = ?, target_met = ?, kept = ?, error = NULL, updated_at = ? "
-                         "WHERE id = ?", (DONE if target_met else FAILED_TARGET, int(target_met), json.dumps(kept),
-                                          now(), shot_id))
+    def finish_shot(self, shot_id: str, *, target_met: bool, kept: list[dict[str, Any]],
+                    timing: dict[str, Any] | None = None) -> None:
+        state = DONE if target_met else FAILED_TARGET
+        self._db.execute("UPDATE shots SET state = ?, target_met = ?, kept = ?, error = NULL, updated_at = ?, "
+                         "timing = ? WHERE id = ?", (state, int(target_met), json.dumps(kept), now(),
+                                                     None if timing is None else json.dumps(timing), shot_id))
 
     def fail_shot(self, shot_id: str, error: str) -> None:
         self._db.execute("UPDATE shots SET state = ?, error = ?, updated_at = ? WHERE id = ?",
@@ -244,6 +249,13 @@ class Ledger:
 
     def forget_attempt(self, shot_id: str, attempt: int) -> None:
         self._db.execute("DELETE FROM attempts WHERE shot = ? AND attempt = ?", (shot_id, attempt))
+
+
+def _add_missing_columns(connection: sqlite3.Connection) -> None:
+    """Columns added since schema 1 (nullable, so an older castkeep still reads and writes the ledger)."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(shots)")}
+    if "timing" not in columns:
+        connection.execute("ALTER TABLE shots ADD COLUMN timing TEXT")
 
 
 def _lock(path: Path) -> int:

@@ -46,7 +46,9 @@ def _shot_entry(ledger: Ledger, shot: Any) -> dict[str, Any]:
         "takes": [a.file for a in attempts.values()],
         "timing": {"pipeline_s": round(sum(a.pipeline_s for a in attempts.values()), 3),
                    "scoring_s": round(sum(a.scoring_s for a in attempts.values()), 3),
-                   "write_s": round(sum(a.write_s for a in attempts.values()), 3)},
+                   "write_s": round(sum(a.write_s for a in attempts.values()), 3),
+                   # the session that finished it: pipeline / scoring / castkeep's own work (shot_run.py)
+                   "split": None if row is None else row.timing},
     }
 
 

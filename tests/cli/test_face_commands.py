@@ -95,11 +95,20 @@ def test_doctor_tells_the_truth_on_a_cpu_machine(invoke, model_pack):
     assert data["onnxruntime_providers"]["available"] == onnxruntime.get_available_providers()
     assert data["onnxruntime_providers"]["cuda_usable"] is False
     assert data["model_pack"]["session_providers"] == ["CPUExecutionProvider"]
+    assert data["model_pack"]["runs_on"] == {"detection": ["CPUExecutionProvider"],
+                                             "recognition": ["CPUExecutionProvider"]}
+    assert data["onnxruntime_providers"]["session"]["spinning"] is False
+    assert data["dlib"]["backend"] == "onnx" and data["dlib"]["runs_on"] == ["CPUExecutionProvider"]
     # buffalo_s_lite is no InsightFace release name: its terms are the source's, and doctor says so.
     assert "check its source's terms" in data["model_pack"]["license"]
     assert data["face_landmarker"]["sha256_ok"] is True
     text = invoke("doctor")
     assert text.returncode == 0 and "CUDA for face models: no (CPU only)" in text.stdout
+    assert "dlib scorer: onnx backend, runs on CPUExecutionProvider" in text.stdout
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        # --device cuda without onnxruntime-gpu: doctor says why, it does not quietly report the CPU.
+        asked = json.loads(invoke("doctor", "--device", "cuda", "--json").stdout)
+        assert "CUDA was requested" in asked["model_pack"]["error"]
 
 
 @pytest.mark.parametrize("kind", ["gray", "rgba", "png16", "cmyk", "exif"])

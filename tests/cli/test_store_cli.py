@@ -24,8 +24,8 @@ def assert_one_line_error(result, code: int) -> None:
 
 
 @pytest.mark.slow
-def test_store_commands_end_to_end(tmp_path, faces_dir, cli):
-    store = str(tmp_path / "store")
+def test_store_commands_end_to_end(store_at, tmp_path, faces_dir, cli):
+    store = str(store_at("store"))
     mara, other = photos(faces_dir, 10), photos(faces_dir, 11)
 
     result = cli("register", "Mara Ç", *map(str, mara[:3]), "--description", "lead", "--tag", "cast",
@@ -37,9 +37,9 @@ def test_store_commands_end_to_end(tmp_path, faces_dir, cli):
     assert set(registered["pose_coverage"]["bins"]) >= {"frontal", "left", "right"}
 
     # the second character arrives through export → import of a store built with the same pack
-    result = cli("register", "Other", *map(str, other[:3]), "--store", str(tmp_path / "second"))
+    result = cli("register", "Other", *map(str, other[:3]), "--store", str(store_at("second")))
     assert result.returncode == 0, result.stderr
-    result = cli("export", "other", str(tmp_path), "--store", str(tmp_path / "second"), "--json")
+    result = cli("export", "other", str(tmp_path), "--store", str(store_at("second")), "--json")
     exported = json.loads(result.stdout)["file"]
     result = cli("import", exported, "--store", store)
     assert result.returncode == 0 and "imported Other" in result.stdout, result.stderr

@@ -4,23 +4,10 @@ Any test requesting `tiny_models` is in the `generation` lane (tests/conftest.py
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+import tiny_fixtures
 
-
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    from tiny_pipelines import save_tiny_faceid, save_tiny_pipeline
-
-    root = tmp_path_factory.mktemp("tiny-models")
-    pipeline = save_tiny_pipeline(root / "tiny-sd15")
-    return {
-        "pipeline": pipeline,
-        # Saved under h94's real file name: castkeep knows it conditions on buffalo_l embeddings.
-        "faceid": save_tiny_faceid(root / "adapters" / "ip-adapter-faceid_sd15.bin", pipeline, lora=True),
-        "plain": save_tiny_faceid(root / "plain" / "faceid-nolora.safetensors", pipeline, lora=False),
-    }
+tiny_models = tiny_fixtures.tiny_models  # the fixture, shared with tests/serve
 
 
 @pytest.fixture(scope="module")

@@ -164,3 +164,84 @@ def test_torch_is_imported_only_by_generation_commands(cli):
     assert checked.stdout.strip() == "[]"
     help_text = cli("generate", "--help")
     assert help_text.returncode == 0 and "--best-of" in help_text.stdout and "--min-score" in help_text.stdout
+
+
+# ---------------------------------------------------------------------------------- provenance
+@pytest.fixture(scope="module")
+def tiny_256(tiny_models, tmp_path_factory) -> Path:
+    """The tiny pipeline with a 128-latent UNet: 256x256 outputs, the smallest that carry a watermark (the
+    FaceID checkpoint fits it unchanged: the sample size changes no weight)."""
+    from tiny_pipelines import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline()
+    pipe.unet.register_to_config(sample_size=128)
+    folder = tmp_path_factory.mktemp("tiny-256") / "tiny-sd15-256"
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def _generate_256(invoke, tiny_256, tiny_models, store_dir, out: Path, *extra: str, env=None):
+    return invoke("generate", PEOPLE[0], "portrait", "--base-model", str(tiny_256), "--ip-adapter",
+                  str(tiny_models["faceid"]), "--store", str(store_dir), "--out", str(out), "--steps", "2",
+                  "--seed", "5", "--device", "cpu", "--json", *extra, env=env)
+
+
+@pytest.mark.generation
+@pytest.mark.slow
+def test_generate_watermarks_its_outputs_unless_told_not_to(invoke, tiny_256, tiny_models, store_dir, tmp_path):
+    from castkeep.generation.provenance.inspection import inspect_image
+
+    marked = _generate_256(invoke, tiny_256, tiny_models, store_dir, tmp_path / "marked")
+    assert marked.returncode == 0, marked.stderr
+    summary = json.loads(marked.stdout)
+    assert summary["width"] == summary["height"] == 256 and summary_errors(summary) == []
+    assert summary["provenance"] == {"watermark": {"method": "dwtDctSvd", "payload": "8132ff19dd01"}, "c2pa": None}
+    output = tmp_path / "marked" / summary["outputs"][0]["file"]
+    sidecar = json.loads(output.with_suffix(".json").read_text())
+    assert sidecar_errors(sidecar) == [] and sidecar["provenance"]["watermark"]["applied"] is True
+    assert inspect_image(output)["watermark"]["status"] == "found"
+
+    plain = _generate_256(invoke, tiny_256, tiny_models, store_dir, tmp_path / "plain", "--no-watermark")
+    assert plain.returncode == 0, plain.stderr
+    summary = json.loads(plain.stdout)
+    assert summary["provenance"]["watermark"] is None
+    output = tmp_path / "plain" / summary["outputs"][0]["file"]
+    assert json.loads(output.with_suffix(".json").read_text())["provenance"]["watermark"] is None
+    reading = inspect_image(output)["watermark"]
+    assert reading["status"] == "not found" and reading["bit_errors"] > 6
+
+
+@pytest.mark.generation
+@pytest.mark.slow
+def test_generate_signs_content_credentials_with_the_users_certificate(invoke, tiny_256, tiny_models, store_dir,
+                                                                       tmp_path, fast_analyzer):
+    from c2pa_certs import write_chain
+
+    from castkeep.generation.provenance.credentials import UNTRUSTED, read_credentials
+
+    chain = write_chain(tmp_path / "certs")
+    # Half the pair is a one-line error before anything loads.
+    half = _generate_256(invoke, tiny_256, tiny_models, store_dir, tmp_path / "half", "--c2pa-cert", str(chain.cert))
+    assert half.returncode == 14 and "--c2pa-key" in half.stderr and len(half.stderr.strip().splitlines()) == 1
+    wrong = _generate_256(invoke, tiny_256, tiny_models, store_dir, tmp_path / "wrong", "--c2pa-cert", str(chain.cert),
+                          "--c2pa-key", str(write_chain(tmp_path / "other").key))
+    assert wrong.returncode == 14 and len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
+    assert not (tmp_path / "half").exists() and not (tmp_path / "wrong").exists()
+
+    signed = _generate_256(invoke, tiny_256, tiny_models, store_dir, tmp_path / "signed",
+                           env={"CASTKEEP_C2PA_CERT": str(chain.cert), "CASTKEEP_C2PA_KEY": str(chain.key)})
+    assert signed.returncode == 0, signed.stderr
+    summary = json.loads(signed.stdout)
+    assert summary["provenance"]["c2pa"]["algorithm"] == "es256" and summary_errors(summary) == []
+    output = tmp_path / "signed" / summary["outputs"][0]["file"]
+    credentials = read_credentials(output.read_bytes(), "image/png")
+    assert credentials["problems"] == [] and [f["code"] for f in credentials["failures"]] == [UNTRUSTED]
+    sidecar = json.loads(output.with_suffix(".json").read_text())
+    (character,) = credentials["castkeep"]["characters"]
+    assert character == {key: sidecar["character"][key] for key in ("name", "source", "fingerprint", "vector_sha256")}
+    assert credentials["castkeep"]["models"]["ip_adapter_hash"] == sidecar["models"]["ip_adapter_hash"]
+    # No face data: none of the stored vector's values appear in the signed file.
+    with Store.open(store_dir, analyzer=fast_analyzer, create=False) as store:
+        vector = store.get(PEOPLE[0]).vector
+    data = output.read_bytes()
+    assert not any(f"{value:.6f}".encode() in data for value in vector[:32])

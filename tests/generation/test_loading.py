@@ -135,6 +135,8 @@ def test_sdxl_pipeline_with_faceid(tiny_models, tmp_path):
     adapter = save_tiny_faceid(tmp_path / "faceid-sdxl.safetensors", folder)
     result = build_pipeline(str(folder), str(adapter), device="cpu")
     assert result.kind == "sdxl" and type(result.pipe).__name__ == "StableDiffusionXLPipeline"
+    # diffusers would add its own dwtDct mark (invisible-watermark is installed); castkeep marks outputs itself.
+    assert result.pipe.watermark is None
     config = GenerationConfig("a face", seed=5, steps=STEPS, aspect="16:9")
     first, _ = generate_images(result, config, unit(0), [5], 88, 48)
     again, _ = generate_images(result, config, unit(0), [5], 88, 48)

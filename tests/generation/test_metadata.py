@@ -54,6 +54,8 @@ SIDECAR = {
     "selection": {"rank": 1, "kept": True, "passed": True, "attempt": 0, "min_score": None, "best_of": 1,
                   "rule": "passing outputs first, then highest P(same person) by the fused scorer"},
     "attempts": [ATTEMPT], "created_at": "2025-11-24T16:53:09+00:00",
+    "provenance": {"watermark": {"method": "dwtDctSvd", "payload": "8132ff19dd01", "applied": True, "reason": None},
+                   "c2pa": {"algorithm": "es256", "signer": {"common_name": "Ada's studio", "organization": None}}},
 }
 SUMMARY = {
     "schema": SUMMARY_SCHEMA_ID, "castkeep_version": "0.1.0", "created_at": "2025-11-24T16:53:09+00:00",
@@ -67,6 +69,7 @@ SUMMARY = {
     "consistency": {"labels": ["Ada_01_s7.png"], "matrix": [[1.0]], "mean_pairwise_cosine": None},
     "contact_sheet": "contact_sheet.png",
     "timing": {"images_generated": 1, "generate_s": 1.5, "s_per_image": 1.5, "s_per_step": 0.05}, "warnings": [],
+    "provenance": {"watermark": {"method": "dwtDctSvd", "payload": "8132ff19dd01"}, "c2pa": None},
 }
 
 
@@ -114,6 +117,11 @@ def damaged(data: dict, path: str, value: object) -> dict:
     ("attempts", ..., "$"),
     ("attempts", [], "$.attempts"),
     ("schema", "castkeep.generation.sidecar/1", "$.schema"),  # the version before scorers and spaces
+    ("schema", "castkeep.generation.sidecar/2", "$.schema"),  # the version before provenance
+    ("provenance", ..., "$"),
+    ("provenance.watermark.payload", "castkeep", "$.provenance.watermark"),
+    ("provenance.watermark.applied", None, "$.provenance.watermark"),
+    ("provenance.c2pa.algorithm", "rs256", "$.provenance.c2pa"),  # C2PA signs with PSS, never PKCS#1 v1.5
     ("score.scorer", "clip", "$.score"),
     ("score.scores.dlib.probability", 1.5, "$.score.scores.dlib.probability"),
     ("models.conditioning.declared_by", "a guess", "$.models.conditioning.declared_by"),
@@ -138,6 +146,7 @@ def test_sidecar_errors_name_the_damage(path, value, where):
     ("consistency.matrix", [[2.0]], "$.consistency.matrix[0][0]"),
     ("timing.images_generated", 0, "$.timing.images_generated"),
     ("target_met", None, "$.target_met"),
+    ("provenance.watermark.method", "dwtDct", "$.provenance.watermark"),
 ])
 def test_summary_errors_name_the_damage(path, value, where):
     errors = summary_errors(damaged(SUMMARY, path, value))

@@ -189,7 +189,8 @@ def test_a_run_killed_with_sigkill_resumes_with_the_same_pixels(tmp_path, refere
     assert process.returncode == -signal.SIGKILL
     with sqlite3.connect(out / "ledger.sqlite3") as db:
         finished = {shot for shot, in db.execute("SELECT id FROM shots WHERE state IN ('done', 'failed-target')")}
-    assert 2 <= len(finished) < 6
+    # The second kept PNG may be on disk with its shot not yet recorded done: killed in between, it is not counted.
+    assert 1 <= len(finished) < 6
     before = attempt_sessions(out)
 
     resumed = invoke_cli(*arguments(plan_file, out, tiny_models, cast_store), "--json")

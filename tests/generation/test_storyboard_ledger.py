@@ -50,3 +50,23 @@ def test_takes_count_only_while_intact_and_a_changed_shot_starts_over(tmp_path):
         assert ledger.shot("s1").state == DONE
         ledger.count_pipeline_call(2)
         assert ledger.sessions()[0]["pipeline_calls"] == 1 and ledger.sessions()[0]["images"] == 2
+
+
+def test_a_ledger_from_before_the_time_split_gains_it(tmp_path):
+    """A ledger written before shots kept their time split (no `timing` column) opens, gets the column,
+    and its shots read back without one; a shot finished now keeps its split, and beginning it again clears it."""
+    import sqlite3
+
+    from castkeep.generation.storyboard.ledger import _SCHEMA
+
+    schema_1 = _SCHEMA.replace(", timing TEXT);", ");")
+    assert schema_1 != _SCHEMA
+    with sqlite3.connect(tmp_path / "ledger.sqlite3") as db:
+        db.executescript(schema_1)
+        db.execute("INSERT INTO shots (id, number, key, state, updated_at) VALUES ('old', 1, 'k', 'done', 'then')")
+    with Ledger.open(tmp_path) as ledger:
+        assert ledger.shot("old").timing is None and ledger.shot("old").state == DONE
+        ledger.begin_shot("new", 2, "k")
+        ledger.finish_shot("new", target_met=True, kept=[], timing={"images": 1, "overhead_s": 0.05})
+        assert ledger.shot("new").timing == {"images": 1, "overhead_s": 0.05}
+        assert ledger.begin_shot("new", 2, "k").timing is None

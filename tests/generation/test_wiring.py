@@ -168,23 +168,21 @@ def test_the_faceid_lora_is_active_at_full_weight(loaded, tiny_models):
 
 
 def test_the_faceid_lora_shapes_the_pixels(loaded):
-    """The loaded pipeline draws what it draws with the LoRA set to weight 1 by hand, not what it
-    draws at weight 0. Kills: LoRA weight 0, LoRA disabled, LoRA never loaded."""
-    pipe = loaded.pipe
+    """The loaded pipeline at the default --lora-scale (1) draws what the LoRA at weight 1 draws, not what it
+    draws at weight 0 (generate_images sets the weight on every call). Kills: LoRA weight 0, LoRA disabled,
+    LoRA never loaded."""
+    from dataclasses import replace
+
     config = GenerationConfig(PROMPT, seed=11, steps=STEPS)
 
-    def draw() -> np.ndarray:
-        images, _ = generate_images(loaded, config, unit(0), [11], 64, 64)
+    def draw(run_config: GenerationConfig) -> np.ndarray:
+        images, _ = generate_images(loaded, run_config, unit(0), [11], 64, 64)
         return np.asarray(images[0])
 
-    as_loaded = draw()
-    try:
-        pipe.enable_lora()
-        pipe.set_adapters([ADAPTER], adapter_weights=[1.0])
-        at_one = draw()
-        pipe.set_adapters([ADAPTER], adapter_weights=[0.0])
-        at_zero = draw()
-    finally:
-        pipe.set_adapters([ADAPTER], adapter_weights=[1.0])
-    assert not np.array_equal(at_one, at_zero)
+    as_loaded = draw(config)
+    at_zero = draw(replace(config, lora_scale=0.0))
+    at_one = draw(replace(config, lora_scale=1.0))
+    assert not np.array_equal(as_loaded, at_zero)
     assert np.array_equal(as_loaded, at_one)
+    assert all(layer.scaling[ADAPTER] == pytest.approx(layer.lora_alpha[ADAPTER] / layer.r[ADAPTER])
+               for layer in lora_layers(loaded.pipe.unet))

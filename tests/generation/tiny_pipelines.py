@@ -171,6 +171,28 @@ def save_tiny_pipeline(folder: str | Path, seed: int = 0, *, sdxl: bool = False,
     return folder
 
 
+def build_tiny_inpaint_pipeline(seed: int = 0, *, sdxl: bool = False):
+    """The tiny SD1.5 (or SDXL) pipeline as an inpainting checkpoint: the same components with a 9-channel
+    UNet (latents + mask + masked-image latents), as in SD1.5/SDXL inpainting and diffusers' own tests."""
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline, UNet2DConditionModel
+
+    base = build_tiny_sdxl_pipeline(seed) if sdxl else build_tiny_pipeline(seed)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config({**base.unet.config, "in_channels": 9})
+    components = {**base.components, "unet": unet}
+    if sdxl:
+        return StableDiffusionXLInpaintPipeline(**components, requires_aesthetics_score=False)
+    return StableDiffusionInpaintPipeline(**components, requires_safety_checker=False)
+
+
+def save_tiny_inpaint_pipeline(folder: str | Path, seed: int = 0, *, sdxl: bool = False) -> Path:
+    """Write the tiny inpainting checkpoint as a diffusers folder (model_index: *InpaintPipeline)."""
+    folder = Path(folder)
+    build_tiny_inpaint_pipeline(seed, sdxl=sdxl).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def faceid_state_dict(unet, *, seed: int = 0, lora: bool = True, scale: float = 0.5) -> dict:
     """A random FaceID state dict for `unet` with the real checkpoints' key names and shapes.
 
@@ -260,3 +282,86 @@ class PixelScorer:
         return OutputScore(face_found=True, faces=1, cosine=value, probability=value, same=value > 0.5,
                            threshold=0.0, scorer="fused", metric="log-odds", score=log_odds, log_odds=log_odds,
                            scores={"fused": verdict})
+
+
+# ---------------------------------------------------------------------------------- single-file checkpoints
+def _ldm_unet_names(unet) -> dict[str, str]:
+    """diffusers UNet key prefix → the original (LDM/A1111) one, for any block count and layers_per_block."""
+    layers = unet.config.layers_per_block
+    blocks = len(unet.config.block_out_channels)
+    names = {"conv_in.": "input_blocks.0.0.", "time_embedding.linear_1.": "time_embed.0.",
+             "time_embedding.linear_2.": "time_embed.2.", "conv_norm_out.": "out.0.", "conv_out.": "out.2.",
+             "mid_block.resnets.0.": "middle_block.0.", "mid_block.attentions.0.": "middle_block.1.",
+             "mid_block.resnets.1.": "middle_block.2."}
+    for i in range(blocks):
+        for j in range(layers):
+            names[f"down_blocks.{i}.resnets.{j}."] = f"input_blocks.{i * (layers + 1) + j + 1}.0."
+            names[f"down_blocks.{i}.attentions.{j}."] = f"input_blocks.{i * (layers + 1) + j + 1}.1."
+        if i < blocks - 1:
+            names[f"down_blocks.{i}.downsamplers.0.conv."] = f"input_blocks.{(i + 1) * (layers + 1)}.0.op."
+        has_attention = hasattr(unet.up_blocks[i], "attentions")
+        for j in range(layers + 1):
+            names[f"up_blocks.{i}.resnets.{j}."] = f"output_blocks.{i * (layers + 1) + j}.0."
+            names[f"up_blocks.{i}.attentions.{j}."] = f"output_blocks.{i * (layers + 1) + j}.1."
+        if i < blocks - 1:
+            names[f"up_blocks.{i}.upsamplers.0."] = f"output_blocks.{i * (layers + 1) + layers}.{2 if has_attention else 1}."
+    return names
+
+
+_LDM_RESNET = {"norm1.": "in_layers.0.", "conv1.": "in_layers.2.", "norm2.": "out_layers.0.",
+               "conv2.": "out_layers.3.", "time_emb_proj.": "emb_layers.1.", "conv_shortcut.": "skip_connection."}
+
+
+def ldm_unet_state(unet) -> dict:
+    names = sorted(_ldm_unet_names(unet).items(), key=lambda item: -len(item[0]))
+    state = {}
+    for key, value in unet.state_dict().items():
+        prefix = next(p for p in names if key.startswith(p[0]))
+        rest = key[len(prefix[0]):]
+        if ".resnets." in prefix[0]:
+            rest = next((new + rest[len(old):] for old, new in _LDM_RESNET.items() if rest.startswith(old)), rest)
+        state["model.diffusion_model." + prefix[1] + rest] = value
+    return state
+
+
+def ldm_vae_state(vae) -> dict:
+    blocks = len(vae.config.block_out_channels)
+    state = {}
+    for key, value in vae.state_dict().items():
+        new = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
+        new = new.replace("mid_block.resnets.0", "mid.block_1").replace("mid_block.resnets.1", "mid.block_2")
+        if "mid_block.attentions.0" in new:
+            new = new.replace("mid_block.attentions.0", "mid.attn_1")
+            for old, ldm in (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"),
+                             ("to_out.0", "proj_out")):
+                new = new.replace(f".{old}.", f".{ldm}.")
+            if value.ndim == 2:
+                value = value.reshape(*value.shape, 1, 1)
+        for i in range(blocks):
+            new = new.replace(f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block.")
+            new = new.replace(f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample.")
+            new = new.replace(f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{blocks - 1 - i}.block.")
+            new = new.replace(f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{blocks - 1 - i}.upsample.")
+        state["first_stage_model." + new] = value
+    return state
+
+
+def ldm_clip_state(text_encoder) -> dict:
+    """`cond_stage_model.transformer.text_model.*`, as in SD1.5 checkpoints (transformers 5 drops the
+    `text_model.` level from CLIPTextModel's own state dict; 4.x keeps it)."""
+    return {"cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k): v
+            for k, v in text_encoder.state_dict().items()}
+
+
+def save_tiny_single_file(path: str | Path, seed: int = 0) -> Path:
+    """The tiny SD1.5 pipeline as one A1111/Civitai-style `.safetensors` checkpoint: original (LDM) key names
+    (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.transformer.*`), for
+    `from_single_file` with a local diffusers config folder (`save_tiny_pipeline(seed=seed)`'s)."""
+    from safetensors.torch import save_file
+
+    pipe = build_tiny_pipeline(seed)
+    state = {**ldm_unet_state(pipe.unet), **ldm_vae_state(pipe.vae),
+             **ldm_clip_state(pipe.text_encoder)}
+    path = Path(path)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path

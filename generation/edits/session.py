@@ -1,0 +1,128 @@
+"""What every edit command needs before it touches pixels, checked in `generate`'s order: the characters in
+the store and in the adapter's embedding space, the scoring models, the judge; the diffusion weights load
+last (`EditSession.load`), after the command has checked its own input (faces, masks, sizes).
+
+Nothing here is new machinery: it is generation/generator.py's checks, per character, with one scorer
+(IdentityScorer: ArcFace + dlib, fused by default, generated domain) per character."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..config import GenerationConfig
+from ..generator import (
+    CharacterOrIdentity,
+    Generator,
+    ModelsSpec,
+    PathSpec,
+    StoreSpec,
+    check_scoring_model,
+    choose_judge,
+    load_scoring_analyzer,
+    open_store,
+    pack_option,
+    resolve_identity,
+    weights_specs,
+)
+from ..loading import build_pipeline, resolve_weights
+from ..runner import Identity, identity_from_store
+from ..scoring import IdentityScorer
+
+if TYPE_CHECKING:
+    from ...identity.analyzer import FaceAnalyzer
+
+logger = logging.getLogger("castkeep.generation")
+
+
+@dataclass
+class CastMember:
+    """One character of an edit: who (its vector in the adapter's space) and the scorer that judges it."""
+
+    identity: Identity
+    scorer: IdentityScorer
+
+
+@dataclass
+class EditSession:
+    config: GenerationConfig
+    cast: list[CastMember]
+    analyzer: FaceAnalyzer
+    base_model: str
+    ip_adapter: str
+    device: str = "auto"
+    dtype: str = "auto"
+    generator: Generator | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def load(self, *, inpaint: bool = False) -> Generator:
+        """The diffusion weights, loaded once (or the Generator the caller passed in)."""
+        if self.generator is None:
+            logger.info("loading %s + %s ...", self.base_model, self.ip_adapter)
+            self.generator = Generator(build_pipeline(self.base_model, self.ip_adapter, device=self.device,
+                                                      dtype=self.dtype, inpaint=inpaint))
+            self.warnings += self.generator.loaded.warnings
+        return self.generator
+
+    def models_dict(self) -> dict[str, Any]:
+        models: dict[str, Any] = {"face_analyzer": self.analyzer.fingerprint}
+        if self.generator is not None:
+            models.update(self.generator.loaded.models_dict())
+        models["conditioning"] = [member.identity.conditioning for member in self.cast] or None
+        return models
+
+
+@contextmanager
+def edit_session(characters: Sequence[CharacterOrIdentity], config: GenerationConfig, *,
+                 generator: Generator | None = None, base_model: PathSpec | None = None,
+                 ip_adapter: PathSpec | None = None, device: str = "auto", dtype: str = "auto",
+                 store: StoreSpec = None, models: ModelsSpec = None, conditioning_models: ModelsSpec = None,
+                 needs_weights: bool = True) -> Iterator[EditSession]:
+    """The checked characters and their scorers; nothing slow is loaded but the face models. Without
+    `needs_weights` (a Lanczos upscale) the characters are only scored, in the store's primary space."""
+    base, adapter = weights_specs(base_model, ip_adapter)
+    with ExitStack() as stack:
+        opened = None
+        if any(not isinstance(c, Identity) for c in characters) or (characters and store is not None):
+            opened = open_store(stack, store)
+            for character in characters:  # an unknown name fails before any weights are looked for
+                if not isinstance(character, Identity):
+                    opened.get(character)
+        analyzer = generator.scoring_analyzer(models) if generator is not None else load_scoring_analyzer(models)
+        identities: list[tuple[Identity, Any]] = []
+        if needs_weights:
+            weights = generator.loaded.checkpoint.path if generator is not None else resolve_weights(base, adapter)
+            space = (generator.conditioning_space(conditioning_models) if generator is not None else
+                     _space(weights, conditioning_models))
+            identities = [resolve_identity(stack, c, opened, space, weights.name) for c in characters]
+        else:
+            identities = [(c, opened if opened is not None and c.name in opened else None) if isinstance(c, Identity)
+                          else (identity_from_store(opened, c), opened) for c in characters]
+        cast, warnings = [], []
+        recogniser = None
+        for identity, own_store in identities:
+            check_scoring_model(identity, analyzer, own_store)
+            judged, notes = choose_judge(config, identity, analyzer, own_store)
+            warnings += notes
+            if own_store is not None and recogniser is None:
+                recogniser = generator.recogniser() if generator is not None else _dlib()
+            cast.append(CastMember(identity, IdentityScorer(
+                analyzer, identity.vector, name=identity.name, store=own_store, judge=judged.scorer,
+                recogniser=recogniser if own_store is not None else None)))
+        yield EditSession(config=config, cast=cast, analyzer=analyzer, base_model=base, ip_adapter=adapter,
+                          device=device, dtype=dtype, generator=generator, warnings=warnings)
+
+
+def _space(weights: Any, conditioning_models: ModelsSpec) -> Any:
+    from ..conditioning import conditioning_space
+
+    return conditioning_space(weights, pack_option(conditioning_models))
+
+
+def _dlib() -> Any:
+    from ...identity.dlib_recogniser import DlibRecogniser
+
+    return DlibRecogniser()

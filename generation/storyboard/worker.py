@@ -1,0 +1,124 @@
+"""The worker's side of a storyboard: a loaded pipeline and the characters' scorers, making one pipeline
+call's takes at a time (shot.make_takes) and writing nothing. The in-process runner holds one worker;
+with `--ray` every Ray actor holds its own, loaded from the same `WorkerSpec` (ray_workers.py).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import GenerationConfig
+from ..generator import Generator, load_scoring_analyzer
+from ..loading import LoadedPipeline
+from ..runner import Identity
+from ..schedulers import apply_scheduler
+from ..scoring import DOMAIN, IdentityScorer, Scorer
+from .plan import Shot
+from .shot import ShotScorer, Take, make_takes
+
+IN_PROCESS = "in-process"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker loads: the same for the in-process runner and every Ray actor."""
+
+    base_model: str
+    ip_adapter: str
+    device: str
+    dtype: str
+    models: str | None  # the face model pack that scores outputs (a name or a folder)
+    store: str  # the store's folder, opened read-only by each worker
+    identities: dict[str, Identity]
+    judges: tuple[str, ...]  # the scorers the plan's shots rank by (fused, dlib, arcface)
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    """What the driver needs to know of a worker's pipeline before the first shot."""
+
+    models: dict[str, Any]  # the weights and their hashes, and the face analyzer's fingerprint
+    kind: str  # "sd15" | "sdxl"
+    native_size: int
+    device: str
+    dtype: str
+    label: str  # which worker: "in-process", or a Ray actor's name, pid and host
+
+
+@dataclass(frozen=True)
+class TakeRequest:
+    """One pipeline call of a shot: the attempts it makes (their seeds: config.seed_for)."""
+
+    shot: Shot
+    config: GenerationConfig
+    attempts: tuple[int, ...]
+    width: int
+    height: int
+
+
+@dataclass
+class TakeBatch:
+    """A request's takes, scored, with the sidecar's settings and the worker's time for the whole call."""
+
+    settings: dict[str, Any]
+    takes: list[Take]
+    call_s: float  # pipeline and scoring included; the rest of it is the worker's own overhead
+    worker: str
+
+
+class ShotWorker:
+    """A loaded pipeline with one scorer per (character, judge)."""
+
+    def __init__(self, loaded: LoadedPipeline, scorers: dict[tuple[str, str], Scorer], identities: dict[str, Identity],
+                 analyzer_fingerprint: str, *, label: str = IN_PROCESS) -> None:
+        self.loaded = loaded
+        self.scorers = scorers
+        self.identities = identities
+        self.default_scheduler = loaded.pipe.scheduler
+        self.info = PipelineInfo(models={**loaded.models_dict(), "face_analyzer": analyzer_fingerprint},
+                                 kind=loaded.kind, native_size=loaded.native_size, device=loaded.device,
+                                 dtype=loaded.dtype, label=label)
+
+    @classmethod
+    def build(cls, generator: Generator, analyzer: Any, store: Any, identities: dict[str, Identity],
+              judges: tuple[str, ...], *, label: str = IN_PROCESS) -> ShotWorker:
+        """From models already loaded (the in-process runner loads the analyzer and store for its checks)."""
+        recogniser = generator.recogniser()
+        scorers: dict[tuple[str, str], Scorer] = {
+            (name, judge): IdentityScorer(analyzer, identity.vector, name=name, store=store, judge=judge,
+                                          recogniser=recogniser)
+            for name, identity in identities.items() for judge in judges}
+        return cls(generator.loaded, scorers, identities, analyzer.fingerprint, label=label)
+
+    @classmethod
+    def load(cls, spec: WorkerSpec, stack: ExitStack, *, label: str) -> ShotWorker:
+        """Load everything from the spec; the store stays open (read-only) as long as `stack`."""
+        from ...identity.store import Store
+
+        store = stack.enter_context(Store.open(spec.store, create=False, read_only=True))
+        analyzer = load_scoring_analyzer(spec.models)
+        generator = Generator.from_pretrained(spec.base_model, spec.ip_adapter, device=spec.device, dtype=spec.dtype)
+        return cls.build(generator, analyzer, store, spec.identities, spec.judges, label=label)
+
+    def make(self, request: TakeRequest) -> TakeBatch:
+        started = time.perf_counter()
+        shot, config = request.shot, request.config
+        settings = self._settings(config, request.width, request.height)
+        scorer = ShotScorer(shot, {name: self.scorers[(name, config.scorer)] for name in shot.characters}, config)
+        takes = make_takes(self.loaded, shot, config, self.identities, scorer, list(request.attempts),
+                           request.width, request.height)
+        return TakeBatch(settings=settings, takes=takes, call_s=time.perf_counter() - started, worker=self.info.label)
+
+    def _settings(self, config: GenerationConfig, width: int, height: int) -> dict[str, Any]:
+        """The sidecar's settings; the shot's sampler is set on the pipeline here, from the model's own
+        scheduler each call, so no shot inherits another's."""
+        pipe = self.loaded.pipe
+        pipe.scheduler = type(self.default_scheduler).from_config(self.default_scheduler.config)
+        sampler = apply_scheduler(pipe, config.scheduler)
+        settings = {**config.to_dict(), "sampler": sampler, "width": width, "height": height, "domain": DOMAIN,
+                    "device": self.loaded.device, "dtype": self.loaded.dtype}
+        settings.pop("prompt"), settings.pop("negative_prompt")
+        return settings
