@@ -279,37 +279,3 @@ def test_the_example_plan_prints_and_parses(tmp_path):
     path = tmp_path / "example.toml"
     path.write_text(printed.stdout, encoding="utf-8")
     assert len(load_plan(path).shots) >= 4
-
-
-def test_each_character_conditions_its_own_region(tiny_models):
-    """Two identities, left and right halves (diffusers' ip_adapter_masks): a character whose mask is empty
-    has no effect at all, and changing only one character's vector changes its own half most.
-
-    On this tiny random UNet the other half moves too (about half as much), because GroupNorm's statistics
-    and the convolutions' receptive fields span the whole 8x8 latent; "several times more" is a check for
-    real weights at 512 px."""
-    from PIL import Image
-    from tiny_pipelines import STEPS, unit
-
-    from castkeep.generation.config import GenerationConfig
-    from castkeep.generation.loading import build_pipeline
-    from castkeep.generation.runner import generate_images
-    from castkeep.generation.storyboard.plan import NAMED_REGIONS, Region
-    from castkeep.generation.storyboard.shot import region_mask
-
-    loaded = build_pipeline(str(tiny_models["pipeline"]), str(tiny_models["plain"]), device="cpu")
-    config = GenerationConfig("two people talking", seed=3, steps=STEPS, id_scale=1.0)
-    halves = [region_mask(Region(box=NAMED_REGIONS[side]), 64, 64) for side in ("left", "right")]
-
-    def draw(left: np.ndarray, right: np.ndarray, masks: list[Image.Image] = halves) -> np.ndarray:
-        images, _ = generate_images(loaded, config, np.stack([left, right]), [3], 64, 64, masks=masks)
-        return np.asarray(images[0], dtype=np.float32)
-
-    only_left = [Image.new("L", (64, 64), 255), Image.new("L", (64, 64), 0)]
-    assert np.array_equal(draw(unit(0), unit(1), only_left), draw(unit(0), unit(3), only_left))
-    assert not np.array_equal(draw(unit(0), unit(1), only_left), draw(unit(2), unit(1), only_left))
-    base = draw(unit(0), unit(1))
-    for changed, side in ((draw(unit(2), unit(1)), 0), (draw(unit(0), unit(3)), 1)):
-        per_column = np.abs(changed - base).mean(axis=(0, 2))
-        own, other = (per_column[:32].mean(), per_column[32:].mean())[::1 if side == 0 else -1]
-        assert own > 1.5 * other, (own, other)

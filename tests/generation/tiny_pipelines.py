@@ -1,7 +1,8 @@
 """Tiny randomly initialised diffusers components, for the generation tests.
 
 `save_tiny_pipeline` writes an SD1.5-shaped diffusers folder (UNet, VAE, CLIP text encoder,
-tokenizer, scheduler) a few hundred kB in size, and `save_tiny_faceid` an IP-Adapter FaceID
+tokenizer, scheduler) a few hundred kB in size (`regional=True`: one built to measure where a region's
+identity lands in the pixels; SDXL-shaped with `sdxl=True`), and `save_tiny_faceid` an IP-Adapter FaceID
 checkpoint with the real key layout (`image_proj.proj.0/proj.2/norm.*`,
 `ip_adapter.{i}.to_k_ip/to_v_ip.weight`, optionally the FaceID LoRA keys the real checkpoints
 carry). Both are loaded exactly like real weights: `from_pretrained(folder)` and
@@ -76,6 +77,61 @@ def build_tiny_pipeline(seed: int = 0):
         safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False)
 
 
+REGIONAL_SIZE = 128  # the regional pipeline's native size: a 64x64 latent, as SD1.5 has at 512 px
+
+
+def build_tiny_regional_pipeline(seed: int = 0):
+    """An SD1.5-shaped pipeline for measuring where an identity's change lands in the image (regions).
+
+    A random network spreads a change made in one half of the image over the other half in ways a trained
+    one does not; measured on `build_tiny_pipeline` (a change on the left moves the right half about half as
+    much), the spread comes from:
+    - GroupNorm statistics, shared by the whole map: the identity's contribution is close to one offset per
+      channel over its region, and averaging over only 2-4 channels per group passes much of that offset to
+      every pixel. Here one group spans all the channels (SD1.5 averages 10-40 channels per group).
+    - self-attention: random query/key weights attend almost uniformly, so every position receives the mean
+      of the whole map (a trained model's self-attention is content-selective). Its output projection is
+      zeroed here, in the UNet; the VAE has no mid-block attention.
+    - the VAE decoder's GroupNorm (2 channels per group in the default tiny VAE): one group here too.
+    - one downsampling level put the cross-attention on a 16x16 map. Here the UNet has a single level, so
+      the identities condition the 64x64 latent directly (SD1.5's first cross-attention level is 64x64).
+    The left/right pixel-change ratio is then about 7 (seed 0; other random builds give 2-6, the VAE
+    decoder's GroupNorm varying most). diffusers' masking itself is exact wherever the attention map is at most
+    a quarter of the image's size (SD: an eighth and less; tests/generation/test_regions.py): an identity adds
+    nothing to an attention cell that does not overlap its mask. At half size, as here, the bicubic
+    downsampling of the mask (no antialiasing) rings one cell past its edge (weight -0.09).
+    """
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = _tiny_tokenizer()
+    unet = UNet2DConditionModel(
+        block_out_channels=(32,), layers_per_block=1, sample_size=REGIONAL_SIZE // 2, in_channels=4,
+        out_channels=4, down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
+        cross_attention_dim=CROSS_ATTENTION_DIM, attention_head_dim=8, norm_num_groups=1)
+    with torch.no_grad():
+        for name, module in unet.named_modules():
+            if name.endswith("attn1"):
+                module.to_out[0].weight.zero_()
+                module.to_out[0].bias.zero_()
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=1, sample_size=REGIONAL_SIZE,
+        mid_block_add_attention=False)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=CROSS_ATTENTION_DIM,
+        intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=32,
+        vocab_size=len(tokenizer), max_position_embeddings=77))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+
+
 def build_tiny_sdxl_pipeline(seed: int = 0):
     """An SDXL-shaped `StableDiffusionXLPipeline` (two text encoders, text_time conditioning)."""
     import torch
@@ -106,11 +162,12 @@ def build_tiny_sdxl_pipeline(seed: int = 0):
         unet=unet, scheduler=scheduler, image_encoder=None, feature_extractor=None)
 
 
-def save_tiny_pipeline(folder: str | Path, seed: int = 0, *, sdxl: bool = False) -> Path:
-    """Write the tiny pipeline (SD1.5-shaped, or SDXL-shaped) as a diffusers folder (safetensors)."""
+def save_tiny_pipeline(folder: str | Path, seed: int = 0, *, sdxl: bool = False, regional: bool = False) -> Path:
+    """Write the tiny pipeline (SD1.5-shaped, SDXL-shaped, or the regional SD1.5 one) as a diffusers folder
+    (safetensors)."""
     folder = Path(folder)
-    (build_tiny_sdxl_pipeline(seed) if sdxl else build_tiny_pipeline(seed)).save_pretrained(
-        folder, safe_serialization=True)
+    build = build_tiny_sdxl_pipeline if sdxl else build_tiny_regional_pipeline if regional else build_tiny_pipeline
+    build(seed).save_pretrained(folder, safe_serialization=True)
     return folder
 
 
