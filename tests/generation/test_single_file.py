@@ -7,7 +7,6 @@ import hashlib
 
 import numpy as np
 import pytest
-import torch
 from tiny_pipelines import STEPS, build_tiny_pipeline, ldm_vae_state, save_tiny_single_file, unit
 
 from castkeep.errors import GenerationError, ModelNotFoundError
@@ -20,6 +19,8 @@ pytestmark = pytest.mark.generation
 
 
 def same_weights(module, reference) -> bool:
+    import torch  # the generate extra: the core-floors lane collects this file without it
+
     ours, theirs = module.state_dict(), reference.state_dict()
     return ours.keys() == theirs.keys() and all(torch.equal(ours[k].reshape(v.shape), v) for k, v in theirs.items())
 
@@ -31,6 +32,8 @@ def single_file(tmp_path_factory):
 
 def test_a_single_file_checkpoint_loads_with_a_local_config_folder(single_file, tiny_models):
     """The weights are the file's (seed 5), not the config folder's (seed 0); the Model hash is the file's."""
+    import torch
+
     assert checkpoint_kind(single_file) == "sd15"
     loaded = build_pipeline(str(single_file), str(tiny_models["faceid"]), device="cpu",
                             base_config=str(tiny_models["pipeline"]))
