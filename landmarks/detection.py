@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,7 +91,10 @@ class FaceDetector:
                  nms_threshold: float = 0.4) -> None:
         self.model = model
         self.attempts = tuple(attempts)
-        self.model.prepare(0, input_size=(640, 640), det_thresh=0.5, nms_thresh=nms_threshold)
+        # insightface 0.7.x print()s "det_size is already set" on stdout when a second detector wraps the same
+        # model object (a pack's models are shared): stdout is for --json output.
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.model.prepare(0, input_size=(640, 640), det_thresh=0.5, nms_thresh=nms_threshold)
 
     @classmethod
     def from_pretrained(cls, pack: Any = None, **kwargs: Any) -> FaceDetector:
