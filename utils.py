@@ -134,3 +134,10 @@ def progress(iterable: Iterable[Any] | None = None, *, label: str, total: int | 
 
     return tqdm(iterable, desc=label, total=total, disable=not enabled or not sys.stderr.isatty(),
                 unit=unit, leave=False)
+
+
+def utc_now() -> str:
+    """The current UTC time to the second, ISO 8601 (every stored or written timestamp)."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

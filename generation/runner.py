@@ -7,7 +7,6 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from PIL import Image
 
 from .. import __version__
 from ..errors import GenerationError, StoreError
-from ..utils import slug, write_json_atomic
+from ..utils import slug, utc_now, write_json_atomic
 from .aspect import resolve_size
 from .conditioning import ConditioningSpace, space_vector
 from .config import GenerationConfig
@@ -217,7 +216,7 @@ class GenerationRunner:
         models = {**self.loaded.models_dict(), "face_analyzer": self.analyzer_fingerprint,
                   "conditioning": identity.conditioning}
         attempt_log = [a.to_dict() for a in attempts]
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        created = utc_now()
         for attempt in to_write:
             self._write_output(out_dir, attempt, config, identity, settings, models, attempt_log, created)
 

@@ -27,6 +27,7 @@ class StoreDatabase(ABC):
     lock_timeout: float
     path: Path | None
     location: str
+    _connection: Any  # the driver's connection; None once closed
 
     # -- statements -------------------------------------------------------------------------------
     @abstractmethod
@@ -37,12 +38,14 @@ class StoreDatabase(ABC):
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any:
         """Run one statement for each row of arguments."""
 
-    @abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     @property
-    @abstractmethod
-    def closed(self) -> bool: ...
+    def closed(self) -> bool:
+        return self._connection is None
 
     # -- errors and transactions ------------------------------------------------------------------
     @abstractmethod

@@ -136,15 +136,6 @@ class Database(StoreDatabase):
             retry_busy(lambda: self.execute("PRAGMA journal_mode = WAL"), self.lock_timeout)
         self.execute("PRAGMA synchronous = FULL")
 
-    def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
-
-    @property
-    def closed(self) -> bool:
-        return self._connection is None
-
     @property
     def connection(self) -> sqlite3.Connection:
         if self._connection is None:

@@ -10,8 +10,9 @@ import json
 import os
 import socket
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
+
+from ..utils import utc_now
 
 LOCK_OWNER_NAME = "lock-owner.json"
 _MAX_NOTE_BYTES = 4096
@@ -25,7 +26,7 @@ def _command() -> str:
 def claim(folder: Path) -> None:
     """Leave the note: this process holds the store's write lock now."""
     note = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command(),
-            "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "since": utc_now()}
     try:
         (folder / LOCK_OWNER_NAME).write_text(json.dumps(note, ensure_ascii=False), encoding="utf-8")
     except OSError:

@@ -18,9 +18,9 @@ guessed at.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
 
 from ..errors import StoreError
+from ..utils import utc_now
 from .database import Database
 
 SCHEMA_VERSION = 2
@@ -164,5 +164,5 @@ def _version(db: Database) -> int:
 def _create_v1(db: Database) -> None:
     _run_script(db, SCHEMA_V1)
     defaults = {"schema_version": "1", "generation": "0", "index_kind": "exact",
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "created_at": utc_now()}
     db.executemany("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", defaults.items())

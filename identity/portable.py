@@ -21,14 +21,13 @@ import hashlib
 import json
 import os
 import stat
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import StoreError
-from ..utils import write_bytes_atomic
+from ..utils import utc_now, write_bytes_atomic
 from . import fields
 from .enrolment import MAX_REFERENCES
 from .names import MAX_TAG_LENGTH, MAX_TAGS, clean_description, clean_tags, normalize_name
@@ -112,7 +111,7 @@ def write_character(character: Any, out_path: Path, *, protected: Path | None = 
     check_export_target(out_path, protected=protected, overwrite=overwrite)
     document: dict[str, Any] = {
         "format": FORMAT, "version": VERSION,
-        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "exported_at": utc_now(),
         "name": character.name, "description": character.description, "tags": character.tags,
         "fingerprint": character.fingerprint, "dim": int(character.vector.size),
         "created_at": character.created_at, "vector": encode_vector(character.vector),

@@ -18,13 +18,13 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 from ..errors import MissingDependencyError, NoStoreError, StoreError
+from ..utils import utc_now
 from .backend import StoreDatabase
 from .database import LOCK_TIMEOUT_ENV, READ_ONLY_MESSAGE, lock_timeout
 
@@ -163,15 +163,6 @@ class PostgresDatabase(StoreDatabase):
         cursor.executemany(_to_pg(sql), list(rows))
         return cursor
 
-    def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
-
-    @property
-    def closed(self) -> bool:
-        return self._connection is None
-
     def tables(self) -> set[str]:
         return {row[0] for row in self.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = ?", (SCHEMA,))}
@@ -307,7 +298,7 @@ def _create(db: PostgresDatabase) -> None:
             if statement.strip():
                 db.execute(statement)
         defaults = {"schema_version": str(SCHEMA_VERSION), "generation": "0", "index_kind": "exact",
-                    "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                    "created_at": utc_now()}
         db.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", list(defaults.items()))
 
 

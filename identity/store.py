@@ -28,7 +28,6 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from ..errors import (
     UnknownCharacterError,
 )
 from ..landmarks.model_pack import same_space
-from ..utils import remove_stale_temporaries
+from ..utils import remove_stale_temporaries, utc_now
 from . import integrity, migrations, rows, similarity
 from .backend import StoreDatabase
 from .calibration import probability
@@ -78,10 +77,6 @@ def default_store_path() -> Path | str:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("castkeep", appauthor=False)) / "store"
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -409,7 +404,7 @@ class Store:
                 if self._stored_fingerprint() is None:
                     self._db.set_meta("fingerprint", character.fingerprint)
                     self._db.set_meta("dim", str(character.vector.size))
-                character_id = rows.insert_character(self._db, character, key, _now())
+                character_id = rows.insert_character(self._db, character, key, utc_now())
                 generation = self._db.bump_generation()
         self._index.apply(generation, add={character_id: character.vector})
         stored = self.get(character.name)
@@ -448,7 +443,7 @@ class Store:
         combined = existing.references + fresh
         gate_impostors(combined, set(range(len(existing.references), len(combined))), force, warnings)
         assert existing.id is not None
-        now = _now()
+        now = utc_now()
         with self._db.guard():
             with self._db.write():
                 if not rows.character_exists(self._db, existing.id):
@@ -630,7 +625,7 @@ class Store:
                     return  # every reference was removed meanwhile
                 space = self._refit_space(character.id, fingerprint)
                 primary = fingerprint == self._db.meta("fingerprint")
-                rows.write_space(self._db, character.id, space, _now(), primary=primary)
+                rows.write_space(self._db, character.id, space, utc_now(), primary=primary)
                 if primary:  # (only after damage: every reference is embedded in it at registration)
                     self._db.bump_generation()
         if primary:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CastkeepError
-from ..utils import write_json_atomic
+from ..utils import utc_now, write_json_atomic
 
 log = logging.getLogger("castkeep.serve")
 
@@ -39,7 +39,7 @@ class Job:
     weights: tuple[str | None, str | None]
     state: str = "queued"
     error: str | None = None
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(default_factory=utc_now)
     events: list[dict[str, Any]] = field(default_factory=list)
     results: dict[str, Any] | None = None
     cancel_requested: threading.Event = field(default_factory=threading.Event)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from PIL import Image
 
 from ... import __version__
 from ...errors import ConfigError
-from ...utils import file_sha256, slug, write_json_atomic
+from ...utils import file_sha256, slug, utc_now, write_json_atomic
 from ..config import GenerationConfig
 from ..generator import OUT_ROOT
 from ..metadata import a1111_parameters
@@ -65,7 +65,7 @@ def write_edit(image: Image.Image, path: Path, *, command: str, source: Path, se
         "seed": None if config is None else config.seed, "settings": settings,
         "models": None if session is None else session.models_dict(), "characters": cast,
         **report, "warnings": [] if session is None else session.warnings,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": utc_now(),
     }
     fields: dict[str, Any] = {"castkeep edit": command, "Size": f"{image.width}x{image.height}"}
     if config is not None:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ... import __version__
-from ...utils import file_sha256, write_bytes_atomic, write_json_atomic
+from ...utils import file_sha256, utc_now, write_bytes_atomic, write_json_atomic
 from ..config import GenerationConfig
 from ..metadata import a1111_parameters
 from ..provenance.output import Provenance
@@ -63,7 +62,7 @@ def write_take(run_dir: Path, shot: Shot, config: GenerationConfig, take: Take, 
                         "region": shot.regions[name].to_dict() if name in shot.regions else None}
                        for name in shot.characters],
         "score": take.score, "nsfw": take.nsfw,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": utc_now(),
     }
     probability = take.score["probability"]
     fields = {

@@ -20,12 +20,11 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ...errors import GenerationError
-from ...utils import file_sha256
+from ...utils import file_sha256, utc_now
 
 LEDGER_NAME = "ledger.sqlite3"
 LOCK_NAME = "ledger.lock"
@@ -49,10 +48,6 @@ CREATE TABLE IF NOT EXISTS attempts (
     pipeline_s REAL NOT NULL, scoring_s REAL NOT NULL, write_s REAL NOT NULL, created_at TEXT NOT NULL,
     PRIMARY KEY (shot, attempt));
 """
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -169,12 +164,12 @@ class Ledger:
                 if key != "schema_version"}
 
     def start_session(self) -> int:
-        cursor = self._db.execute("INSERT INTO sessions (pid, started_at) VALUES (?, ?)", (os.getpid(), now()))
+        cursor = self._db.execute("INSERT INTO sessions (pid, started_at) VALUES (?, ?)", (os.getpid(), utc_now()))
         self.session = int(cursor.lastrowid or 0)
         return self.session
 
     def finish_session(self, outcome: str) -> None:
-        self._db.execute("UPDATE sessions SET finished_at = ?, outcome = ? WHERE id = ?", (now(), outcome, self.session))
+        self._db.execute("UPDATE sessions SET finished_at = ?, outcome = ? WHERE id = ?", (utc_now(), outcome, self.session))
 
     def count_pipeline_call(self, images: int) -> None:
         self._db.execute("UPDATE sessions SET pipeline_calls = pipeline_calls + 1, images = images + ? WHERE id = ?",
@@ -206,7 +201,7 @@ class Ledger:
             rounds = previous.rounds if previous is not None else 1
             self._db.execute("INSERT OR REPLACE INTO shots (id, number, key, state, rounds, target_met, kept, error, "
                              "updated_at) VALUES (?, ?, ?, ?, ?, NULL, '[]', NULL, ?)",
-                             (shot_id, number, key, RUNNING, rounds, now()))
+                             (shot_id, number, key, RUNNING, rounds, utc_now()))
         row = self.shot(shot_id)
         assert row is not None
         return row
@@ -214,18 +209,18 @@ class Ledger:
     def add_round(self, shot_id: str) -> None:
         """--retry-failed: one more budget of attempts (new seeds) for a shot that missed its target."""
         self._db.execute("UPDATE shots SET rounds = rounds + 1, state = ?, updated_at = ? WHERE id = ?",
-                         (PENDING, now(), shot_id))
+                         (PENDING, utc_now(), shot_id))
 
     def finish_shot(self, shot_id: str, *, target_met: bool, kept: list[dict[str, Any]],
                     timing: dict[str, Any] | None = None) -> None:
         state = DONE if target_met else FAILED_TARGET
         self._db.execute("UPDATE shots SET state = ?, target_met = ?, kept = ?, error = NULL, updated_at = ?, "
-                         "timing = ? WHERE id = ?", (state, int(target_met), json.dumps(kept), now(),
+                         "timing = ? WHERE id = ?", (state, int(target_met), json.dumps(kept), utc_now(),
                                                      None if timing is None else json.dumps(timing), shot_id))
 
     def fail_shot(self, shot_id: str, error: str) -> None:
         self._db.execute("UPDATE shots SET state = ?, error = ?, updated_at = ? WHERE id = ?",
-                         (ERROR, error, now(), shot_id))
+                         (ERROR, error, utc_now(), shot_id))
 
     # ------------------------------------------------------------------------------ attempts
     def record_attempt(self, shot_id: str, key: str, row: AttemptRow) -> None:
@@ -234,7 +229,7 @@ class Ledger:
             "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (shot_id, row.attempt, row.seed, key, self.session, row.file, row.sha256, row.sidecar, row.sidecar_sha256,
              int(row.passed), None if row.value == float("-inf") else row.value, json.dumps(row.score),
-             row.pipeline_s, row.scoring_s, row.write_s, now()))
+             row.pipeline_s, row.scoring_s, row.write_s, utc_now()))
 
     def attempts(self, shot_id: str) -> dict[int, AttemptRow]:
         cursor = self._db.execute(

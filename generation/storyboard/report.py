@@ -11,14 +11,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from ... import __version__
-from ...utils import write_bytes_atomic, write_json_atomic
+from ...utils import utc_now, write_bytes_atomic, write_json_atomic
 from ..runner import Identity
 from .ledger import Ledger
 from .plan import Plan
@@ -67,7 +66,7 @@ def build_summary(plan: Plan, ledger: Ledger, identities: dict[str, Identity]) -
                                             if timing["pipeline_s"] else None)
     return {
         "schema": SUMMARY_SCHEMA_ID, "castkeep_version": __version__, "title": plan.title,
-        "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "updated_at": utc_now(),
         "plan": ledger.meta().get("plan"), "models": ledger.meta().get("models"),
         "characters": [identities[name].to_dict() for name in plan.characters],
         "counts": {"shots": len(shots), "done": states.count("done"), "failed_target": states.count("failed-target"),
