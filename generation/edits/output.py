@@ -22,7 +22,7 @@ from ..metadata import a1111_parameters
 from ..provenance.output import Provenance
 from .session import EditSession
 
-EDIT_SIDECAR_SCHEMA_ID = "castkeep.edit.sidecar/1"
+EDIT_SIDECAR_SCHEMA_ID = "castkeep.edit.sidecar/2"  # /2: settings record requested_device and offload
 
 
 @dataclass
