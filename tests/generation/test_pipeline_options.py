@@ -86,8 +86,9 @@ def test_generate_edits_and_storyboard_share_one_definition_of_each_option():
 # ---------------------------------------------------------------------------------- edits
 @pytest.mark.slow
 def test_lora_scale_reaches_the_adapter_weights_in_an_edit(loaded, store_dir, photo, tmp_path):
-    """fix-face on a loaded Generator: after the repaint peft applies 0.5 to every FaceID LoRA layer; the
-    sidecar records it and its A1111 parameters say it. Kills: an edit ignoring lora_scale."""
+    """fix-face on a loaded Generator: after the repaint peft applies 0.5 to every FaceID LoRA layer (and
+    the VAE tiles); the sidecar records it and its A1111 parameters say it. Kills: an edit ignoring
+    lora_scale or vae_tiling."""
     from castkeep.generation.edits import fix_face
     from castkeep.generation.generator import Generator
     from castkeep.generation.provenance.output import Provenance
@@ -95,14 +96,15 @@ def test_lora_scale_reaches_the_adapter_weights_in_an_edit(loaded, store_dir, ph
     generator = Generator(loaded)
     out = tmp_path / "fixed.png"
     result = fix_face(photo, PERSON, generator=generator, store=store_dir, out=out, steps=3, seed=1,
-                      keep="always", lora_scale=0.5, provenance=Provenance(watermark=False))
-    assert lora_scalings(loaded.pipe.unet) == {0.5}
+                      keep="always", lora_scale=0.5, vae_tiling=True, provenance=Provenance(watermark=False))
+    assert lora_scalings(loaded.pipe.unet) == {0.5} and loaded.pipe.vae.use_tiling
     assert result.report["settings"]["lora_scale"] == 0.5 and result.report["settings"]["offload"] == "none"
     assert "FaceID LoRA weight: 0.5" in read_png_text(out)["parameters"]
     assert edit_sidecar_errors(json.loads(out.with_suffix(".json").read_text())) == []
     fix_face(photo, PERSON, generator=generator, store=store_dir, out=tmp_path / "again.png", steps=3, seed=1,
              lora_scale=1.0, provenance=Provenance(watermark=False))
-    assert lora_scalings(loaded.pipe.unet) == {1.0}  # per run, not left over from the last one
+    # Per run, not left over from the last one: LoRA at 1, and no tiling at the model's own size (auto).
+    assert lora_scalings(loaded.pipe.unet) == {1.0} and not loaded.pipe.vae.use_tiling
 
 
 @pytest.mark.slow
