@@ -36,6 +36,7 @@ from ..generator import (
     load_scoring_analyzer,
     open_store,
     pack_option,
+    scoring_device,
     weights_specs,
 )
 from ..loading import resolve_weights
@@ -160,7 +161,8 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
         check_cast(plan, opened)  # an unknown name fails before any weights are looked for
         identities = resolve_cast(plan, opened, resolve_weights(base, adapter, load["base_config"]),
                                   conditioning_models)
-        analyzer = load_scoring_analyzer(models)
+        analyzer = (generator.scoring_analyzer(models) if generator is not None
+                    else load_scoring_analyzer(models, scoring_device(device)))
         for identity in identities.values():
             check_scoring_model(identity, analyzer, opened)
         for shot in plan.shots:

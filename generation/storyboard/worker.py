@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import GenerationConfig
-from ..generator import Generator, load_scoring_analyzer
+from ..generator import Generator, load_scoring_analyzer, scoring_device
 from ..loading import LoadedPipeline
 from ..runner import Identity
 from ..schedulers import apply_scheduler
@@ -102,7 +102,7 @@ class ShotWorker:
         from ...identity.store import Store
 
         store = stack.enter_context(Store.open(spec.store, create=False, read_only=True))
-        analyzer = load_scoring_analyzer(spec.models)
+        analyzer = load_scoring_analyzer(spec.models, scoring_device(spec.device))
         generator = Generator.from_pretrained(spec.base_model, spec.ip_adapter, device=spec.device, dtype=spec.dtype,
                                              offload=spec.offload, base_config=spec.base_config, vae=spec.vae)
         return cls.build(generator, analyzer, store, spec.identities, spec.judges, label=label)

@@ -343,3 +343,46 @@ def test_the_ray_workers_loader_takes_the_load_time_options(tiny_models, store_d
 
     with ExitStack() as stack, pytest.raises(ConfigError, match="--offload model moves weights"):
         ShotWorker.load(replace(spec, offload="model"), stack, label="test")
+
+
+# ---------------------------------------------------------------------------------- scorers beside a GPU
+GPU_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")  # onnxruntime: it has none here
+def test_scorers_run_on_the_pipelines_gpu_and_on_the_cpu_by_default(loaded, tiny_models, store_dir, monkeypatch):
+    """The providers the scoring models ask for, chosen on a machine without a GPU: the CPU beside a CPU
+    pipeline; the pack's CUDA providers beside a CUDA pipeline when onnxruntime has them (made to say so
+    here: nothing runs on them), and the CPU, not an error, when it has not. Kills: scorers pinned to the
+    CPU, or asking for CUDA beside a CPU pipeline."""
+    from dataclasses import replace
+
+    import onnxruntime
+    import torch
+
+    from castkeep.generation.config import GenerationConfig
+    from castkeep.generation.edits.session import edit_session
+    from castkeep.generation.generator import Generator, scoring_device
+
+    assert [scoring_device(d) for d in ("cpu", "mps", "cuda")] == ["cpu", "cpu", "auto"]
+    assert scoring_device("auto") == ("auto" if torch.cuda.is_available() else "cpu")
+    cpu = Generator(loaded)
+    assert cpu.scoring_analyzer().pack.providers == ["CPUExecutionProvider"]
+    assert cpu.recogniser().requested_providers == ["CPUExecutionProvider"]
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(GPU_PROVIDERS))
+    on_cuda = Generator(replace(loaded, device="cuda"))
+    assert on_cuda.scoring_analyzer().pack.providers == GPU_PROVIDERS
+    assert on_cuda.recogniser().requested_providers == GPU_PROVIDERS
+    assert Generator(loaded).scoring_analyzer().pack.providers == ["CPUExecutionProvider"]  # CPU pipeline: CPU
+    config = GenerationConfig("portrait", scorer="fused")
+    weights = {"base_model": tiny_models["pipeline"], "ip_adapter": tiny_models["faceid"], "store": store_dir}
+    with edit_session([PERSON], config, device="cuda", **weights) as session:  # checks only: nothing loads on it
+        assert session.analyzer.pack.providers == GPU_PROVIDERS
+        assert session.cast[0].scorer.recogniser.requested_providers == GPU_PROVIDERS
+    with edit_session([PERSON], config, device="cpu", **weights) as session:
+        assert session.analyzer.pack.providers == ["CPUExecutionProvider"]
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert Generator(replace(loaded, device="cuda")).scoring_analyzer().pack.providers == ["CPUExecutionProvider"]
