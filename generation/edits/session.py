@@ -23,10 +23,12 @@ from ..generator import (
     StoreSpec,
     check_scoring_model,
     choose_judge,
+    load_recogniser,
     load_scoring_analyzer,
     open_store,
     pack_option,
     resolve_identity,
+    scoring_device,
     weights_specs,
 )
 from ..loading import build_pipeline, check_load_options, resolve_weights
@@ -110,7 +112,9 @@ def edit_session(characters: Sequence[CharacterOrIdentity], config: GenerationCo
             for character in characters:  # an unknown name fails before any weights are looked for
                 if not isinstance(character, Identity):
                     opened.get(character)
-        analyzer = generator.scoring_analyzer(models) if generator is not None else load_scoring_analyzer(models)
+        # Beside the pipeline's device (a Lanczos upscale loads no pipeline: the CPU).
+        analyzer = (generator.scoring_analyzer(models) if generator is not None else
+                    load_scoring_analyzer(models, scoring_device(device) if needs_weights else "cpu"))
         identities: list[tuple[Identity, Any]] = []
         if needs_weights:
             weights = (generator.loaded.checkpoint.path if generator is not None
@@ -128,7 +132,8 @@ def edit_session(characters: Sequence[CharacterOrIdentity], config: GenerationCo
             judged, notes = choose_judge(config, identity, analyzer, own_store)
             warnings += notes
             if own_store is not None and recogniser is None:
-                recogniser = generator.recogniser() if generator is not None else _dlib()
+                recogniser = (generator.recogniser() if generator is not None else
+                              load_recogniser(scoring_device(device) if needs_weights else "cpu"))
             cast.append(CastMember(identity, IdentityScorer(
                 analyzer, identity.vector, name=identity.name, store=own_store, judge=judged.scorer,
                 recogniser=recogniser if own_store is not None else None)))
@@ -141,9 +146,3 @@ def _space(weights: Any, conditioning_models: ModelsSpec) -> Any:
     from ..conditioning import conditioning_space
 
     return conditioning_space(weights, pack_option(conditioning_models))
-
-
-def _dlib() -> Any:
-    from ...identity.dlib_recogniser import DlibRecogniser
-
-    return DlibRecogniser()
