@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -386,3 +387,28 @@ def test_scorers_run_on_the_pipelines_gpu_and_on_the_cpu_by_default(loaded, tiny
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert Generator(replace(loaded, device="cuda")).scoring_analyzer().pack.providers == ["CPUExecutionProvider"]
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_ray_worker_loads_the_vae_the_driver_was_given(invoke, tiny_models, store_dir, tmp_path):
+    """One Ray worker on a local cluster: the take it made records the --vae and the memory options.
+    Kills: run_storyboard not putting the load-time options into the WorkerSpec."""
+    from test_storyboard_ray import ray_processes
+
+    ray = pytest.importorskip("ray")
+    before = ray_processes()
+    vae = tiny_models["pipeline"] / "vae"
+    out = tmp_path / "run"
+    result = invoke("storyboard", str(one_shot_plan(tmp_path)), "--out", str(out), "--store", str(store_dir),
+                    *weights(tiny_models, "--vae", str(vae), "--vae-tiling"), "--ray", "auto", "--workers", "1",
+                    "--json")
+    assert result.returncode == 0, result.stderr
+    assert not ray.is_initialized()
+    (take,) = sorted((out / "attempts").rglob("*.json"))
+    sidecar = json.loads(take.read_text())
+    assert sidecar["models"]["vae"] == str(vae) and sidecar["settings"]["vae_tiling"] is True
+    deadline = time.monotonic() + 30
+    while ray_processes() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not ray_processes() - before
