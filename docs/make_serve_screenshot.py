@@ -7,7 +7,7 @@ Renders each character at yaw -30, 0 and +30 degrees into a temporary folder, st
 temporary store on a free local port, registers the characters through the page's form in headless chromium
 (Debian's chromium and chromedriver, through selenium as tests/serve/test_live.py drives them), drops a new render
 of Bram (yaw -10, pitch +6) on identify, opens Bram's references, and saves the top of the page as an optimised
-PNG. Nothing but the screenshot is written outside the temporary folder. About a minute on two CPU cores.
+PNG. Nothing but the screenshot is written outside the temporary folder. About 15 s on two CPU cores.
 """
 
 from __future__ import annotations

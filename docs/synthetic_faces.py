@@ -59,9 +59,12 @@ class Character:
     seed: int = 0  # a smooth, symmetric random reshaping of the whole face: the rest of its identity
 
 
-# Four characters picked from 64 random ones (seeds 1-64 of the same parameter ranges) for the lowest
-# largest ArcFace cosine between any of them (buffalo_s_lite: 0.29, renders at +-15 against references at
-# -30, 0, +30 degrees; a character's own renders score 0.86-0.93).
+# Four characters picked from 64 drawn at random over these parameters' ranges, for the lowest largest ArcFace
+# cosine between them. Measured with buffalo_s_lite (renders at yaw +-15, +-10 with pitch -+6, against the mean
+# of a character's references at -30, 0, +30): a character's own renders 0.86-0.94, another's 0.22-0.34. The
+# renders look more alike to ArcFace than photos of different people do (one base mesh, one renderer), so the
+# photo calibration calls a few of those pairs "same person" (Ada and Dana above all); the screenshot's probe
+# (docs/make_serve_screenshot.py) is one whose three impostors all come out "different".
 CAST = (
     Character("Ada", skin=(236, 196, 170), hair=(170, 120, 60), iris=(50, 32, 20), lips=(190, 96, 100),
               width=0.94, height=0.94, jaw=-0.19, nose=0.13, eye_gap=-0.06, brow_lift=-0.43, eye_size=0.95,
