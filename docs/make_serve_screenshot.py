@@ -13,6 +13,7 @@ PNG. Nothing but the screenshot is written outside the temporary folder. About 1
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shutil
 import socket
@@ -142,8 +143,11 @@ def drive_page(browser: Any, url: str, references: dict[str, list[Path]], probe:
     browser.find_element(By.ID, "probe-input").send_keys(str(probe))
     wait.until(lambda b: b.find_element(By.ID, "result").get_attribute("data-best"))
     best = browser.find_element(By.ID, "result").get_attribute("data-best")
-    if best != PROBE[0]:
-        raise RuntimeError(f"identify named {best!r}, not {PROBE[0]!r}: the renders or the models changed")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#result-table tbody tr")
+    verdicts = [row.find_elements(By.TAG_NAME, "td")[-1].text for row in rows]
+    if best != PROBE[0] or verdicts != ["same person"] + ["different"] * (len(references) - 1):
+        raise RuntimeError(f"identify named {best!r} with verdicts {verdicts}, not {PROBE[0]!r} alone: the renders or "
+                           "the models changed (pick another PROBE view)")
     card = next(c for c in browser.find_elements(By.CSS_SELECTOR, "#gallery li") if c.get_attribute("data-name") == best)
     card.click()
     wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#references img")) == len(references[best]))
@@ -158,11 +162,8 @@ def drive_page(browser: Any, url: str, references: dict[str, list[Path]], probe:
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     if errors:
         raise RuntimeError(f"the page logged errors: {errors}")
-    raw = screenshot.with_suffix(".raw.png")
-    browser.save_screenshot(str(raw))
-    with Image.open(raw) as image:
+    with Image.open(io.BytesIO(browser.get_screenshot_as_png())) as image:
         page = image.convert("RGB").crop((0, 0, image.width, min(image.height, bottom)))
-    raw.unlink()
     # Lossless, zlib at its best (about 220 KB): 256 colours would halve it but posterise the faces' shading.
     page.save(screenshot, optimize=True)
 
