@@ -412,3 +412,14 @@ def test_a_ray_worker_loads_the_vae_the_driver_was_given(invoke, tiny_models, st
     while ray_processes() - before and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not ray_processes() - before
+
+
+def test_a_face_not_found_again_where_it_was_is_a_valid_edit_result():
+    """fix-face re-scores each face where it was: none there any more, in an image that still holds faces
+    (the generation sidecar's `score` requires faces 0 without a face; an edit's must not)."""
+    data = copy.deepcopy(EDIT_SIDECAR)
+    data["faces"][0]["scores"]["after"] = {**SCORE, "face_found": False, "faces": 2, "cosine": None,
+                                           "probability": None, "same": None}
+    assert edit_sidecar_errors(data) == []
+    data["faces"][0]["scores"]["after"]["scores"] = {"fused": {"probability": 0.5}}  # a verdict is still checked
+    assert edit_sidecar_errors(data)
