@@ -303,11 +303,11 @@ def resolve_image_encoder(spec: str) -> Path:
         for folder in (path, path / "image_encoder"):
             if (folder / "config.json").is_file() and _encoder_weights(folder) is not None:
                 return folder
-        raise ModelNotFoundError("not a CLIP image encoder folder (needs config.json and "
+        raise ModelNotFoundError("--image-encoder: not a CLIP image encoder folder (needs config.json and "
                                  f"{' or '.join(_ENCODER_WEIGHTS)})", path=path)
     if path.exists() or _looks_like_path(spec) or not _REPO_ID.match(spec):
-        raise ModelNotFoundError("CLIP image encoder folder not found (pass a folder with config.json and the "
-                                 f"weights, or a Hugging Face id such as {DEFAULT_IMAGE_ENCODER})", path=path)
+        raise ModelNotFoundError("CLIP image encoder folder not found (pass --image-encoder a folder with config.json "
+                                 f"and the weights, or a Hugging Face id such as {DEFAULT_IMAGE_ENCODER})", path=path)
     from huggingface_hub import hf_hub_download
 
     try:
