@@ -257,6 +257,13 @@ def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _tokens(shapes: dict[str, tuple[int, ...]], width: int) -> int:
+    """Tokens the ID projection makes per vector: its output rows over the token width (4 when unreadable:
+    diffusers' own assumption; a truncated checkpoint then fails in diffusers' loader, with its message)."""
+    rows = shapes.get("image_proj.proj.2.weight", (0,))[0]
+    return rows // width if rows and width else 4
+
+
 def inspect_faceid(path: Path, plus_version: str = "auto") -> FaceIDCheckpoint:
     """Check a checkpoint is IP-Adapter FaceID (what castkeep conditions on) and tell its variant, before
     loading it. Plus v1 and v2 have the same keys and shapes (v2 was trained with the shortcut): the file
@@ -275,12 +282,12 @@ def inspect_faceid(path: Path, plus_version: str = "auto") -> FaceIDCheckpoint:
         return FaceIDCheckpoint(path, "faceid-plusv2" if v2 else "faceid-plus",
                                 shapes["image_proj.perceiver_resampler.proj_out.weight"][0],
                                 shapes["image_proj.proj.0.weight"][1], has_lora,
-                                num_tokens=shapes["image_proj.proj.2.weight"][0] // width, clip_dim=clip_dim)
+                                num_tokens=_tokens(shapes, width), clip_dim=clip_dim)
     if plus_version != "auto":
         raise ConfigError(f"--plus-version applies to FaceID Plus checkpoints; {path.name} is not one")
     if "image_proj.norm.weight" in shapes and "image_proj.proj.0.weight" in shapes:
         cross = shapes["image_proj.norm.weight"][0]
-        tokens = shapes["image_proj.proj.2.weight"][0] // cross
+        tokens = _tokens(shapes, cross)
         portrait = "portrait" in name or (tokens == PORTRAIT_TOKENS and not has_lora)
         return FaceIDCheckpoint(path, "faceid-portrait" if portrait else "faceid", cross,
                                 shapes["image_proj.proj.0.weight"][1], has_lora, num_tokens=tokens)
@@ -343,7 +350,7 @@ def load_image_encoder(pipe: Any, folder: Path, checkpoint: FaceIDCheckpoint, dt
                               f"encoder makes {encoder.config.hidden_size}-d ones: use {DEFAULT_IMAGE_ENCODER}",
                               path=folder)
     pipe.register_modules(image_encoder=encoder)
-    size = int(encoder.config.image_size)
+    size: Any = encoder.config.image_size  # an int for CLIP (transformers types it as int or a pair)
     weights = _encoder_weights(folder)
     assert weights is not None  # resolve_image_encoder found it
     return CLIPImageProcessor(size=size, crop_size=size), cached_sha256(weights)
