@@ -82,7 +82,7 @@ def test_wrong_adapter_files_give_clear_errors(tiny_models, tmp_path, problem):
             tensors["image_proj.perceiver_resampler.proj_in.weight"] = torch.zeros(8, 8)
             tensors["image_proj.perceiver_resampler.proj_out.weight"] = torch.zeros(32, 8)
             tensors["image_proj.proj.0.weight"] = torch.zeros(1024, 512)
-            message = "CLIP image encoder .* FaceID Plus needs it"
+            message = r"CLIP image encoder .* \(FaceID Plus needs it\)"
         else:  # FaceID for a UNet with another cross-attention width (SDXL-style vs SD1.5)
             tensors["image_proj.norm.weight"] = torch.zeros(48)
             tensors["image_proj.proj.0.weight"] = torch.zeros(1024, 512)
