@@ -60,6 +60,12 @@ def _text(result: Any) -> str:
     lines.append(f"{timing['images_generated']} image(s) generated in {timing['generate_s']:.1f} s "
                  f"({timing['s_per_step']:.3f} s/step), kept {len(summary['outputs'])}"
                  + (f", mean pairwise identity cosine {consistency:+.3f}" if consistency is not None else ""))
+    inputs = summary["models"].get("adapter_inputs") or {}
+    if inputs.get("variant", "faceid") != "faceid":  # Plus / Portrait: say what the adapter was given
+        shortcut = "" if inputs["shortcut"] is None else (f", shortcut on (s_scale {inputs['s_scale']})"
+                                                          if inputs["shortcut"] else ", shortcut off")
+        lines.append(f"{inputs['variant']}: {inputs['references']} reference(s), {inputs['identity_tokens']} "
+                     f"identity tokens{shortcut}")
     for warning in summary["warnings"]:
         lines.append(f"warning: {warning}")
     lines.append(f"summary: {result.summary_path}  contact sheet: {result.contact_sheet_path}")
