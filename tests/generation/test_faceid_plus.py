@@ -284,3 +284,18 @@ def test_a_missing_image_encoder_is_one_line_with_the_download(invoke, tiny_mode
                       "--image-encoder", str(plus_models["encoder"]))
     assert plain.returncode == 14 and "takes no CLIP image" in plain.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_the_reference_rule_skips_flagged_and_crop_less_references_and_keeps_the_best_five(cli_store):
+    from castkeep.generation.plus_conditioning import MAX_REFERENCES, chosen_references
+
+    with Store.open(cli_store, create=False) as store:
+        character = store.get(PERSON, crops=True)
+    by_quality = sorted(character.references, key=lambda r: -r.quality)
+    assert len(by_quality) == 6 and MAX_REFERENCES == 5
+    assert chosen_references(character, crops=True) == by_quality[:5]
+    by_quality[0].flagged = True  # a flagged reference (an impostor kept with --force) never conditions
+    by_quality[1].crop = None  # a reference stored before crops were kept: Portrait can use it, Plus cannot
+    assert chosen_references(character, crops=True) == by_quality[2:]
+    assert chosen_references(character, fingerprint=character.fingerprint) == by_quality[1:]
+    assert chosen_references(character, fingerprint="buffalo_x:none.onnx:0") == []
