@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from ..generation.config import PLUS_VERSIONS
 from ..generation.memory import OFFLOADS
 from ..utils import dumps
 
@@ -200,12 +201,30 @@ vae_tiling_option = click.option(
 vae_slicing_option = click.option(
     "--vae-slicing/--no-vae-slicing", default=None,
     help="Decode a batch one image at a time [default: on with --batch-size > 1].")
-
-
+# FaceID Plus / Plus v2 / Portrait (generation/plus_conditioning.py): generate, storyboard and the edit commands.
+image_encoder_option = click.option(
+    "--image-encoder", default=None, metavar="ID|DIR",
+    help="FaceID Plus / Plus v2 only: the CLIP image encoder for the character's face crops, a transformers "
+         "folder (config.json + weights) or a Hub id [default: laion/CLIP-ViT-H-14-laion2B-s32B-b79K, "
+         "the one h94's model card names].")
+plus_version_option = click.option(
+    "--plus-version", type=click.Choice(PLUS_VERSIONS), default="auto", show_default=True,
+    help="FaceID Plus checkpoints: v2 turns diffusers' shortcut on (h94's card: shortcut=True for v2). "
+         "auto: v2 when the file name contains 'plusv2'.")
+s_scale_option = click.option(
+    "--s-scale", type=click.FloatRange(0, 5), default=1.0, show_default=True,
+    help="FaceID Plus v2: weight of the face-crop (CLIP) tokens added to the identity tokens (shortcut).")
 
 
 def pipeline_load_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--base-config, --vae and --offload: how the weights load (once per run; storyboard's)."""
     for option in reversed([base_config_option, vae_option, offload_option]):
+        func = option(func)
+    return func
+
+
+def plus_load_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--image-encoder and --plus-version: what a FaceID Plus checkpoint loads with (generate, storyboard, edits)."""
+    for option in reversed([image_encoder_option, plus_version_option]):
         func = option(func)
     return func

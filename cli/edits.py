@@ -21,6 +21,8 @@ from .common import (
     log_to_stderr,
     lora_scale_option,
     offload_option,
+    plus_load_options,
+    s_scale_option,
     vae_option,
     vae_tiling_option,
 )
@@ -56,6 +58,7 @@ def weights_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--id-scale", type=click.FloatRange(0, 5), default=0.8, show_default=True,
                      help="IP-Adapter scale: how strongly the identity steers the repaint."),
         lora_scale_option,
+        s_scale_option,
         click.option("--scheduler", default="default", show_default=True, type=click.Choice(SCHEDULER_NAMES),
                      help="Sampler."),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="torch device."),
@@ -66,7 +69,7 @@ def weights_options(func: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for option in reversed(options):
         func = option(func)
-    return func
+    return plus_load_options(func)
 
 
 def scoring_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -115,11 +118,13 @@ def _text(report: dict[str, Any]) -> str:
 
 
 def _config(prompt: str | None, negative_prompt: str, seed: int | None, steps: int, guidance: float,
-            id_scale: float, lora_scale: float, scheduler: str, scorer: str, vae_tiling: bool | None
-            ) -> dict[str, Any]:
+            id_scale: float, lora_scale: float, s_scale: float,
+             scheduler: str, scorer: str,
+            vae_tiling: bool | None) -> dict[str, Any]:
     """The GenerationConfig fields every edit command takes."""
     return {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
-            "guidance": guidance, "id_scale": id_scale, "lora_scale": lora_scale, "scheduler": scheduler,
+            "guidance": guidance, "id_scale": id_scale, "lora_scale": lora_scale, "s_scale": s_scale,
+            "scheduler": scheduler,
             "scorer": scorer, "vae_tiling": vae_tiling}
 
 
@@ -144,8 +149,10 @@ def _config(prompt: str | None, negative_prompt: str, seed: int | None, steps: i
 def fix_face(image: Path, characters: tuple[str, ...], faces: tuple[int, ...], prompt: str | None, strength: float,
              margin: float, keep: str, out: Path | None, store_path: Path | None, models: str | None, scorer: str,
              base_model: str | None, ip_adapter: str | None, conditioning_models: str | None, negative_prompt: str,
-             seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, scheduler: str,
+             seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, s_scale: float,
+             scheduler: str,
              device: str, dtype: str, base_config: str | None, vae: str | None, offload: str,
+             image_encoder: str | None, plus_version: str,
              vae_tiling: bool | None, no_watermark: bool, c2pa_cert: Path | None,
              c2pa_key: Path | None, as_json: bool) -> None:
     """Restore the faces of IMAGE as stored characters, ADetailer-style.
@@ -158,13 +165,14 @@ def fix_face(image: Path, characters: tuple[str, ...], faces: tuple[int, ...], p
     output (OUT.mask.png)."""
     from ..generation.edits import fix_face as run
 
-    settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, lora_scale, scheduler, scorer,
-                       vae_tiling)
+    settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, lora_scale, s_scale, scheduler,
+                       scorer, vae_tiling)
     provenance = make_provenance(no_watermark, c2pa_cert, c2pa_key)
     _run(as_json, lambda: run(image, list(characters), faces=list(faces) or None, strength=strength, margin=margin,
                               keep=keep, out=out, base_model=base_model, ip_adapter=ip_adapter, device=device,
                               dtype=dtype, store=store_path, models=models, conditioning_models=conditioning_models,
-                              offload=offload, base_config=base_config, vae=vae, provenance=provenance, **settings))
+                              offload=offload, base_config=base_config, vae=vae, image_encoder=image_encoder,
+                              plus_version=plus_version, provenance=provenance, **settings))
 
 
 @click.command("edit")
@@ -187,8 +195,10 @@ def fix_face(image: Path, characters: tuple[str, ...], faces: tuple[int, ...], p
 def edit(image: Path, prompt: str, character: str, mask: str, face: int | None, strength: float, margin: float,
          out: Path | None, store_path: Path | None, models: str | None, scorer: str, base_model: str | None,
          ip_adapter: str | None, conditioning_models: str | None, negative_prompt: str,
-         seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, scheduler: str,
+         seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, s_scale: float,
+             scheduler: str,
          device: str, dtype: str, base_config: str | None, vae: str | None, offload: str,
+             image_encoder: str | None, plus_version: str,
          vae_tiling: bool | None, no_watermark: bool, c2pa_cert: Path | None,
          c2pa_key: Path | None, as_json: bool) -> None:
     """Repaint the --mask region of IMAGE from PROMPT, conditioned on --character's identity (inpainting).
@@ -197,14 +207,15 @@ def edit(image: Path, prompt: str, character: str, mask: str, face: int | None, 
     scored before and after."""
     from ..generation.edits import edit_image
 
-    settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, lora_scale, scheduler, scorer,
-                       vae_tiling)
+    settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, lora_scale, s_scale, scheduler,
+                       scorer, vae_tiling)
     provenance = make_provenance(no_watermark, c2pa_cert, c2pa_key)
     _run(as_json, lambda: edit_image(image, character, mask=mask, face=face, strength=strength, margin=margin,
                                      out=out, base_model=base_model, ip_adapter=ip_adapter, device=device,
                                      dtype=dtype, store=store_path, models=models,
                                      conditioning_models=conditioning_models, offload=offload,
-                                     base_config=base_config, vae=vae, provenance=provenance, **settings))
+                                     base_config=base_config, vae=vae, image_encoder=image_encoder,
+                              plus_version=plus_version, provenance=provenance, **settings))
 
 
 @click.command("outpaint")
@@ -227,21 +238,24 @@ def outpaint(image: Path, character: str, aspect: str | None, left: int, right: 
              prompt: str | None, strength: float, out: Path | None, store_path: Path | None, models: str | None,
              scorer: str, base_model: str | None, ip_adapter: str | None, conditioning_models: str | None,
              negative_prompt: str,
-             seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, scheduler: str,
+             seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, s_scale: float,
+             scheduler: str,
              device: str, dtype: str, base_config: str | None, vae: str | None, offload: str,
+             image_encoder: str | None, plus_version: str,
              vae_tiling: bool | None, no_watermark: bool, c2pa_cert: Path | None,
              c2pa_key: Path | None, as_json: bool) -> None:
     """Extend IMAGE's canvas and fill the new area; the original pixels are kept exactly (with
     --no-watermark) and the character's face is re-scored on the new canvas."""
     from ..generation.edits import outpaint as run
 
-    settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, lora_scale, scheduler, scorer,
-                       vae_tiling)
+    settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, lora_scale, s_scale, scheduler,
+                       scorer, vae_tiling)
     provenance = make_provenance(no_watermark, c2pa_cert, c2pa_key)
     _run(as_json, lambda: run(image, character, aspect=aspect, left=left, right=right, top=top, bottom=bottom,
                               strength=strength, out=out, base_model=base_model, ip_adapter=ip_adapter, device=device,
                               dtype=dtype, store=store_path, models=models, conditioning_models=conditioning_models,
-                              offload=offload, base_config=base_config, vae=vae, provenance=provenance, **settings))
+                              offload=offload, base_config=base_config, vae=vae, image_encoder=image_encoder,
+                              plus_version=plus_version, provenance=provenance, **settings))
 
 
 @click.command("upscale")
@@ -266,18 +280,21 @@ def outpaint(image: Path, character: str, aspect: str | None, left: int, right: 
 def upscale(image: Path, to: str, mode: str, character: str | None, prompt: str | None, strength: float,
             tile: int | None, out: Path | None, store_path: Path | None, models: str | None, scorer: str,
             base_model: str | None, ip_adapter: str | None, conditioning_models: str | None, negative_prompt: str,
-            seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, scheduler: str,
+            seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, s_scale: float,
+             scheduler: str,
             device: str, dtype: str, base_config: str | None, vae: str | None, offload: str,
+             image_encoder: str | None, plus_version: str,
             vae_tiling: bool | None, no_watermark: bool, c2pa_cert: Path | None,
             c2pa_key: Path | None, as_json: bool) -> None:
     """Upscale IMAGE to 2K/4K (the long side) or --to PIXELS, with the face re-scored after."""
     from ..generation.edits import upscale as run
 
-    settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, lora_scale, scheduler, scorer,
-                       vae_tiling)
+    settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, lora_scale, s_scale, scheduler,
+                       scorer, vae_tiling)
     provenance = make_provenance(no_watermark, c2pa_cert, c2pa_key)
     _run(as_json, lambda: run(image, character, to=to, mode=mode, strength=strength, tile=tile, out=out,
                               base_model=base_model, ip_adapter=ip_adapter, device=device, dtype=dtype,
                               store=store_path, models=models, conditioning_models=conditioning_models,
-                              offload=offload, base_config=base_config, vae=vae, provenance=provenance, **settings),
+                              offload=offload, base_config=base_config, vae=vae, image_encoder=image_encoder,
+                              plus_version=plus_version, provenance=provenance, **settings),
          diffusion=mode == "diffusion")

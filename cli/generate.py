@@ -9,12 +9,21 @@ from typing import Any
 
 import click
 
-from ..generation.config import DEVICES, DTYPES, PLUS_VERSIONS, GenerationConfig
-from ..generation.memory import OFFLOADS
+from ..generation.config import DEVICES, DTYPES, GenerationConfig
 from ..generation.schedulers import SCHEDULER_NAMES
 from ..identity.scorers import SCORERS as GENERATION_SCORERS
 from ..utils import progress
-from .common import emit, json_option, log_to_stderr
+from .common import (
+    emit,
+    json_option,
+    log_to_stderr,
+    lora_scale_option,
+    pipeline_load_options,
+    plus_load_options,
+    s_scale_option,
+    vae_slicing_option,
+    vae_tiling_option,
+)
 from .provenance import make_provenance, provenance_options
 from .store_commands import store_option
 
@@ -83,18 +92,8 @@ def _text(result: Any) -> str:
 @click.option("--ip-adapter", default=None, envvar="CASTKEEP_IP_ADAPTER", show_envvar=True, metavar="ID|FILE",
               help="IP-Adapter FaceID weights: a .safetensors/.bin file, a folder holding one, or a Hub "
                    "repo[/file] [default: h94/IP-Adapter-FaceID, ip-adapter-faceid_sd15.bin or _sdxl.bin].")
-@click.option("--image-encoder", default=None, metavar="ID|DIR",
-              help="FaceID Plus / Plus v2 only: the CLIP image encoder for the character's face crops, a transformers "
-                   "folder (config.json + weights) or a Hub id [default: laion/CLIP-ViT-H-14-laion2B-s32B-b79K, "
-                   "the one h94's model card names].")
-@click.option("--plus-version", type=click.Choice(PLUS_VERSIONS), default="auto", show_default=True,
-              help="FaceID Plus checkpoints: v2 turns diffusers' shortcut on (h94's card: shortcut=True for v2). "
-                   "auto: v2 when the file name contains 'plusv2'.")
-@click.option("--base-config", default=None, metavar="DIR",
-              help="For a single-file --base-model (.safetensors): a diffusers folder of the same architecture whose "
-                   "configs convert it [default: the SD1.5/SDXL reference configs from the Hugging Face cache].")
-@click.option("--vae", default=None, metavar="ID|DIR|FILE",
-              help="A VAE in place of the base model's: a diffusers folder, a .safetensors file or a Hub id.")
+@plus_load_options
+@pipeline_load_options  # --base-config, --vae, --offload
 @store_option
 @click.option("--models", default=None, envvar="CASTKEEP_MODELS", show_envvar=True, metavar="PACK",
               help="Face model pack used to score outputs (the store's own, the one it was created with).")
@@ -111,10 +110,8 @@ def _text(result: Any) -> str:
               help="Classifier-free guidance (CFG) scale.")
 @click.option("--id-scale", type=click.FloatRange(0, 5), default=0.8, show_default=True,
               help="IP-Adapter scale: how strongly the identity steers the image (0: identity and FaceID LoRA off).")
-@click.option("--lora-scale", type=click.FloatRange(0, 2), default=1.0, show_default=True,
-              help="Weight of the FaceID LoRA the checkpoint carries (0.6-0.7 often follows the prompt better).")
-@click.option("--s-scale", type=click.FloatRange(0, 5), default=1.0, show_default=True,
-              help="FaceID Plus v2: weight of the face-crop (CLIP) tokens added to the identity tokens (shortcut).")
+@lora_scale_option
+@s_scale_option
 @click.option("--aspect", default=None, metavar="W:H",
               help="Aspect ratio (1:1, 4:3, 3:2, 16:9, 9:16, ...) at the model's native pixel count.")
 @click.option("--width", type=click.IntRange(min=8), default=None, help="Width in pixels (multiple of 8).")
@@ -141,13 +138,8 @@ def _text(result: Any) -> str:
               help="torch device; auto = cuda, then mps, then cpu.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto",
               show_default=True, help="Weights precision; auto = float16 on GPUs, float32 on CPU.")
-@click.option("--offload", type=click.Choice(OFFLOADS), default="none", show_default=True,
-              help="Small GPUs: keep weights in CPU RAM and move each model (model) or each layer (sequential, "
-                   "least memory, slowest) to the GPU as it runs.")
-@click.option("--vae-tiling/--no-vae-tiling", default=None,
-              help="Decode in tiles (less memory for large images) [default: on above 2x the model's native pixels].")
-@click.option("--vae-slicing/--no-vae-slicing", default=None,
-              help="Decode a batch one image at a time [default: on with --batch-size > 1].")
+@vae_tiling_option
+@vae_slicing_option
 @click.option("--keep-rejected", is_flag=True, help="Also write the outputs best-of/retry dropped (rejected/).")
 @provenance_options
 @json_option

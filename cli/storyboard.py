@@ -16,6 +16,7 @@ from .common import (
     json_option,
     log_to_stderr,
     pipeline_load_options,
+    plus_load_options,
     vae_slicing_option,
     vae_tiling_option,
 )
@@ -97,6 +98,7 @@ def _text(result: Any) -> str:
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
               help="Weights precision; auto = float16 on GPUs, float32 on CPU.")
 @pipeline_load_options
+@plus_load_options  # s_scale is a plan field, like lora_scale
 @vae_tiling_option
 @vae_slicing_option
 @provenance_options
@@ -105,7 +107,8 @@ def storyboard(plan: Path, out_dir: Path | None, base_model: str | None, ip_adap
                store_path: Path | None, models: str | None, conditioning_models: str | None, batch_size: int,
                retry_failed: bool, ray_address: str | None, workers: int | None, device: str, dtype: str,
                base_config: str | None, vae: str | None, offload: str, vae_tiling: bool | None,
-               vae_slicing: bool | None, no_watermark: bool, c2pa_cert: Path | None, c2pa_key: Path | None,
+               vae_slicing: bool | None, image_encoder: str | None, plus_version: str,
+               no_watermark: bool, c2pa_cert: Path | None, c2pa_key: Path | None,
                as_json: bool) -> None:
     """Generate every shot of PLAN (a TOML or YAML storyboard: shots with prompts, characters, seeds,
     sizes and selection rules; see --example), each judged against its characters.
@@ -133,7 +136,8 @@ def storyboard(plan: Path, out_dir: Path | None, base_model: str | None, ip_adap
                                     retry_failed=retry_failed, ray=ray_address, workers=workers,
                                     on_shot=bar.advance, provenance=provenance, offload=offload,
                                     base_config=base_config, vae=vae, vae_tiling=vae_tiling,
-                                    vae_slicing=vae_slicing)
+                                    vae_slicing=vae_slicing, image_encoder=image_encoder,
+                                    plus_version=plus_version)
         finally:
             bar.close()
     emit({**result.summary, "run_dir": str(result.run_dir), "report": str(result.report_path),

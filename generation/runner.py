@@ -91,6 +91,35 @@ class AdapterConditioning:
     record: dict[str, Any]
 
 
+def adapter_conditioning(loaded: LoadedPipeline, config: GenerationConfig, identity: Identity,
+                         warnings: list[str] | None = None, *, clip: ClipFaceEmbeds | None = None
+                         ) -> AdapterConditioning:
+    """What the loaded adapter takes for `identity`: its vector, a Portrait adapter's reference vectors, a
+    Plus adapter's CLIP features of the stored face crops (`clip`: ones encoded before for this identity, so a
+    storyboard or an edit encodes each character once), and their record. Notes go to `warnings`."""
+    checkpoint = loaded.checkpoint
+    vector, references = identity.vector, None
+    if checkpoint.variant == "faceid-portrait" and identity.references is not None:
+        vector, references = identity.references, len(identity.references)
+    if checkpoint.needs_image_encoder:
+        if clip is None:
+            if not identity.face_crops:
+                raise GenerationError(f"{checkpoint.path.name} (FaceID Plus) conditions on the character's stored face "
+                                      f"crops too, and '{identity.name}' has none (a vector given directly, or "
+                                      "references stored before crops were kept: register the photos again)")
+            clip = encode_face_crops(loaded, identity.face_crops)
+        references = clip.references
+        if config.s_scale != 1.0 and not checkpoint.shortcut and warnings is not None:
+            warnings.append(f"--s-scale {config.s_scale} has no effect: it scales Plus v2's shortcut, and "
+                            f"{checkpoint.path.name} runs as Plus v1 (see --plus-version)")
+    else:
+        clip = None
+    rows = int(np.asarray(vector).reshape(-1, np.asarray(vector).shape[-1]).shape[0])
+    record = adapter_inputs(checkpoint, tokens_rows=rows, references=references, s_scale=config.s_scale,
+                            clip=clip, image_encoder=loaded.image_encoder, image_encoder_hash=loaded.image_encoder_hash)
+    return AdapterConditioning(vector=np.asarray(vector, dtype=np.float32), clip=clip, record=record)
+
+
 @dataclass
 class RunResult:
     out_dir: Path
@@ -194,25 +223,7 @@ class GenerationRunner:
 
     def adapter_conditioning(self, config: GenerationConfig, identity: Identity) -> AdapterConditioning:
         """What the loaded adapter takes for `identity`, computed once per run (seeds do not change it)."""
-        checkpoint = self.loaded.checkpoint
-        vector, clip, references = identity.vector, None, None
-        if checkpoint.variant == "faceid-portrait" and identity.references is not None:
-            vector, references = identity.references, len(identity.references)
-        if checkpoint.needs_image_encoder:
-            if not identity.face_crops:
-                raise GenerationError(f"{checkpoint.path.name} (FaceID Plus) conditions on the character's stored face "
-                                      f"crops too, and '{identity.name}' has none (a vector given directly, or "
-                                      "references stored before crops were kept: register the photos again)")
-            clip = encode_face_crops(self.loaded, identity.face_crops)
-            references = clip.references
-            if config.s_scale != 1.0 and not checkpoint.shortcut:
-                self.warnings.append(f"--s-scale {config.s_scale} has no effect: it scales Plus v2's shortcut, and "
-                                     f"{checkpoint.path.name} runs as Plus v1 (see --plus-version)")
-        rows = int(np.asarray(vector).reshape(-1, np.asarray(vector).shape[-1]).shape[0])
-        record = adapter_inputs(checkpoint, tokens_rows=rows, references=references, s_scale=config.s_scale,
-                                clip=clip, image_encoder=self.loaded.image_encoder,
-                                image_encoder_hash=self.loaded.image_encoder_hash)
-        return AdapterConditioning(vector=np.asarray(vector, dtype=np.float32), clip=clip, record=record)
+        return adapter_conditioning(self.loaded, config, identity, self.warnings)
 
     def attempts(self, config: GenerationConfig, identity: Identity, width: int, height: int,
                  conditioning: AdapterConditioning | None = None) -> list[Attempt]:

@@ -30,7 +30,8 @@ def edit_image(image: str | os.PathLike[str], character: CharacterOrIdentity, pr
                generator: Generator | None = None, base_model: Any = None, ip_adapter: Any = None,
                device: str = "auto", dtype: str = "auto", store: Any = None, models: Any = None,
                conditioning_models: Any = None, offload: str = "none", base_config: Any = None,
-               vae: Any = None, provenance: Provenance | None = None, **settings: Any) -> EditResult:
+               vae: Any = None, image_encoder: Any = None, plus_version: str = "auto",
+             provenance: Provenance | None = None, **settings: Any) -> EditResult:
     """Repaint the `mask` region of `image` from `prompt` as `character`: mask is face, hair or background
     (from face `face`'s mesh, default the largest) or a mask file (white = repaint) of the image's size.
     The character's face is scored before and after."""
@@ -47,7 +48,8 @@ def edit_image(image: str | os.PathLike[str], character: CharacterOrIdentity, pr
     with edit_session([character], config, generator=generator, base_model=base_model, ip_adapter=ip_adapter,
                       device=device, dtype=dtype, store=store, models=models,
                       conditioning_models=conditioning_models,
-                      offload=offload, base_config=base_config, vae=vae) as session:
+                      offload=offload, base_config=base_config, vae=vae, image_encoder=image_encoder,
+                      plus_version=plus_version) as session:
         member = session.cast[0]
         bgr = pixels(original)
         faces = session.analyzer.analyze(bgr, dense=False).faces
@@ -63,7 +65,7 @@ def edit_image(image: str | os.PathLike[str], character: CharacterOrIdentity, pr
         loaded = session.load(inpaint=True).loaded
         pipe, sampler = derived_pipe(loaded, "inpaint", config.scheduler)
         region = work_region(region_mask, loaded.native_size, margin)
-        edited = inpaint_region(loaded, pipe, config, member.identity.vector, original, region_mask, region,
+        edited = inpaint_region(loaded, pipe, config, session.conditioning(0), original, region_mask, region,
                                 strength=strength, seed=config.seed_for(0))
         after = score_at(member.scorer, edited, target.bbox) if target is not None else None
         settings_out = {**config.to_dict(), "sampler": sampler, "strength": strength, "margin": margin,

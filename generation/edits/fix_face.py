@@ -50,7 +50,7 @@ def fix_face(image: str | os.PathLike[str], characters: CharacterOrIdentity | li
              out: str | os.PathLike[str] | None = None, generator: Generator | None = None,
              base_model: Any = None, ip_adapter: Any = None, device: str = "auto", dtype: str = "auto",
              store: Any = None, models: Any = None, conditioning_models: Any = None, offload: str = "none",
-             base_config: Any = None, vae: Any = None,
+             base_config: Any = None, vae: Any = None, image_encoder: Any = None, plus_version: str = "auto",
              provenance: Provenance | None = None, **settings: Any) -> EditResult:
     """Repaint faces of `image` as their characters (see the module docstring). `faces` are indices as
     `castkeep analyze` numbers them (default: the largest); `characters` one for all, or one per face.
@@ -74,7 +74,8 @@ def fix_face(image: str | os.PathLike[str], characters: CharacterOrIdentity | li
     with edit_session(cast_list, config, generator=generator, base_model=base_model, ip_adapter=ip_adapter,
                       device=device, dtype=dtype, store=store, models=models,
                       conditioning_models=conditioning_models,
-                      offload=offload, base_config=base_config, vae=vae) as session:
+                      offload=offload, base_config=base_config, vae=vae, image_encoder=image_encoder,
+                      plus_version=plus_version) as session:
         meshed = meshed_faces(session.analyzer, original, [face for _, face in pairs], str(source))
         bgr = pixels(original)
         found = len(session.analyzer.analyze(bgr, dense=False).faces)
@@ -88,7 +89,7 @@ def fix_face(image: str | os.PathLike[str], characters: CharacterOrIdentity | li
             member = session.cast[who]
             mask = face_mask((original.height, original.width), mf.points)
             region = work_region(mask, loaded.native_size, margin)
-            candidate = inpaint_region(loaded, pipe, config, member.identity.vector, current, mask, region,
+            candidate = inpaint_region(loaded, pipe, config, session.conditioning(who), current, mask, region,
                                        strength=strength, seed=config.seed_for(attempt))
             after = score_at(member.scorer, candidate, mf.face.bbox)
             better = improved(before, after)

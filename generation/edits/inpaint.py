@@ -24,6 +24,8 @@ from ..faceid_lora import apply_faceid_lora_scale
 from ..identity_embeds import identity_embeds, uses_guidance
 from ..loading import INPAINT_KINDS, LoadedPipeline
 from ..memory import apply_vae_memory, tiling_wanted
+from ..plus_conditioning import clear_clip_embeds, set_clip_embeds
+from ..runner import AdapterConditioning
 from ..schedulers import apply_scheduler
 from .masks import compose, mask_box
 
@@ -62,21 +64,30 @@ def derived_pipe(loaded: LoadedPipeline, task: str, scheduler: str = "default") 
     return pipe, apply_scheduler(pipe, scheduler)
 
 
-def run_pipe(loaded: LoadedPipeline, pipe: Any, config: GenerationConfig, vector: np.ndarray, *,
+def run_pipe(loaded: LoadedPipeline, pipe: Any, config: GenerationConfig, inputs: AdapterConditioning, *,
              image: Image.Image, strength: float, seed: int, mask: Image.Image | None = None) -> Image.Image:
-    """One conditioned call at the size of `image` (a multiple of 8): inpaint when `mask` is given."""
+    """One conditioned call at the size of `image` (a multiple of 8): inpaint when `mask` is given. `inputs`
+    (runner.adapter_conditioning) are the character's vector, or a Portrait adapter's reference vectors, and a
+    FaceID Plus adapter's CLIP features of the stored face crops (handed to the shared UNet's projection)."""
     import torch
 
+    if int(config.steps * strength) < 1:
+        raise GenerationError(f"--steps {config.steps} x --strength {strength} leaves no denoising step: raise "
+                              "either")
+    guidance = uses_guidance(pipe, config.guidance)
+    plus = loaded.checkpoint.needs_image_encoder
+    if plus:
+        if inputs.clip is None:
+            raise GenerationError(f"{loaded.checkpoint.path.name} (FaceID Plus) needs CLIP features of the "
+                                  "character's stored face crops, and none were given")
+        set_clip_embeds(loaded, inputs.clip, images=1, guidance=guidance, s_scale=config.s_scale)
     pipe.set_ip_adapter_scale(config.id_scale)
     apply_faceid_lora_scale(pipe, config.id_scale, config.lora_scale)
     # One image per call: slicing only when asked; tiling as `generate` decides it (--vae-tiling, else auto).
     apply_vae_memory(pipe, tiling=tiling_wanted(config.vae_tiling, image.width, image.height, loaded.native_size,
                                                 loaded.offload), slicing=bool(config.vae_slicing))
-    embeds = identity_embeds(vector, guidance=uses_guidance(pipe, config.guidance), device=loaded.device,
-                             dtype=pipe.unet.dtype, dim=loaded.checkpoint.id_dim)
-    if int(config.steps * strength) < 1:
-        raise GenerationError(f"--steps {config.steps} x --strength {strength} leaves no denoising step: raise "
-                              "either")
+    embeds = identity_embeds(inputs.vector, guidance=guidance, device=loaded.device, dtype=pipe.unet.dtype,
+                             dim=loaded.checkpoint.id_dim)
     extra: dict[str, Any] = {} if mask is None else {"mask_image": mask, "width": image.width,
                                                      "height": image.height}
     try:
@@ -87,6 +98,9 @@ def run_pipe(loaded: LoadedPipeline, pipe: Any, config: GenerationConfig, vector
     except torch.OutOfMemoryError:
         raise GenerationError(f"out of memory on {loaded.device} at {image.width}x{image.height}: use "
                               "--dtype float16 or a smaller --tile") from None
+    finally:
+        if plus:  # no later call may condition on this character's crops by accident
+            clear_clip_embeds(loaded)
     result: Image.Image = output.images[0]
     return result
 
@@ -128,13 +142,13 @@ def pipeline_mask(mask: np.ndarray, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray(resized, "L")
 
 
-def inpaint_region(loaded: LoadedPipeline, pipe: Any, config: GenerationConfig, vector: np.ndarray,
+def inpaint_region(loaded: LoadedPipeline, pipe: Any, config: GenerationConfig, inputs: AdapterConditioning,
                    image: Image.Image, mask: np.ndarray, region: Region, *, strength: float, seed: int
                    ) -> Image.Image:
     """`image` with `region` inpainted where `mask` (full size, float) is above 0 and pasted back by it."""
     x1, y1, x2, y2 = region.box
     crop = image.crop(region.box).resize(region.size, Image.Resampling.LANCZOS)
-    painted = run_pipe(loaded, pipe, config, vector, image=crop, strength=strength, seed=seed,
+    painted = run_pipe(loaded, pipe, config, inputs, image=crop, strength=strength, seed=seed,
                        mask=pipeline_mask(mask[y1:y2, x1:x2], region.size))
     edited = image.copy()
     edited.paste(painted.resize((x2 - x1, y2 - y1), Image.Resampling.LANCZOS), (x1, y1))

@@ -68,7 +68,8 @@ def outpaint(image: str | os.PathLike[str], character: CharacterOrIdentity, prom
              out: str | os.PathLike[str] | None = None, generator: Generator | None = None, base_model: Any = None,
              ip_adapter: Any = None, device: str = "auto", dtype: str = "auto", store: Any = None,
              models: Any = None, conditioning_models: Any = None, offload: str = "none",
-             base_config: Any = None, vae: Any = None, provenance: Provenance | None = None,
+             base_config: Any = None, vae: Any = None, image_encoder: Any = None, plus_version: str = "auto",
+             provenance: Provenance | None = None,
              **settings: Any) -> EditResult:
     """Extend `image` to `aspect` (or by pixels per side) and fill the new area as `character`'s scene."""
     from ...landmarks.images import load_pil
@@ -85,7 +86,8 @@ def outpaint(image: str | os.PathLike[str], character: CharacterOrIdentity, prom
     with edit_session([character], config, generator=generator, base_model=base_model, ip_adapter=ip_adapter,
                       device=device, dtype=dtype, store=store, models=models,
                       conditioning_models=conditioning_models,
-                      offload=offload, base_config=base_config, vae=vae) as session:
+                      offload=offload, base_config=base_config, vae=vae, image_encoder=image_encoder,
+                      plus_version=plus_version) as session:
         member = session.cast[0]
         bgr = pixels(original)
         faces = session.analyzer.analyze(bgr, dense=False).faces
@@ -94,7 +96,7 @@ def outpaint(image: str | os.PathLike[str], character: CharacterOrIdentity, prom
         pipe, sampler = derived_pipe(loaded, "inpaint", config.scheduler)
         canvas, mask = extended_canvas(original, sides)
         region = Region((0, 0, width, height), model_size((0, 0, width, height), loaded.native_size))
-        filled = inpaint_region(loaded, pipe, config, member.identity.vector, canvas, mask, region,
+        filled = inpaint_region(loaded, pipe, config, session.conditioning(0), canvas, mask, region,
                                 strength=strength, seed=config.seed_for(0))
         after = None
         if faces:

@@ -31,9 +31,9 @@ from ..generator import (
     scoring_device,
     weights_specs,
 )
-from ..loading import build_pipeline, check_load_options, resolve_weights
+from ..loading import build_pipeline, check_load_options, inspect_faceid, resolve_weights
 from ..memory import check_offload
-from ..runner import Identity, identity_from_store
+from ..runner import AdapterConditioning, Identity, adapter_conditioning, identity_from_store
 from ..scoring import IdentityScorer
 
 if TYPE_CHECKING:
@@ -64,6 +64,18 @@ class EditSession:
     offload: str = "none"  # load-time, like device and dtype (generation/memory.py)
     base_config: str | None = None  # the configs of a single-file base model
     vae: str | None = None  # a VAE in place of the base model's
+    image_encoder: str | None = None  # FaceID Plus: the CLIP image encoder (None: the default)
+    plus_version: str = "auto"
+    prepared: dict[int, AdapterConditioning] = field(default_factory=dict)
+
+    def conditioning(self, who: int) -> AdapterConditioning:
+        """What the loaded adapter takes for cast member `who` (its vector, a Portrait adapter's reference
+        vectors, a Plus adapter's CLIP features of its stored crops), computed once per edit."""
+        assert self.generator is not None, "load() first"
+        if who not in self.prepared:
+            self.prepared[who] = adapter_conditioning(self.generator.loaded, self.config, self.cast[who].identity,
+                                                      self.warnings)
+        return self.prepared[who]
 
     def load(self, *, inpaint: bool = False) -> Generator:
         """The diffusion weights, loaded once (or the Generator the caller passed in)."""
@@ -71,7 +83,9 @@ class EditSession:
             logger.info("loading %s + %s ...", self.base_model, self.ip_adapter)
             self.generator = Generator(build_pipeline(self.base_model, self.ip_adapter, device=self.device,
                                                       dtype=self.dtype, inpaint=inpaint, offload=self.offload,
-                                                      base_config=self.base_config, vae=self.vae))
+                                                      base_config=self.base_config, vae=self.vae,
+                                                      image_encoder=self.image_encoder,
+                                                      plus_version=self.plus_version))
             self.warnings += self.generator.loaded.warnings
         return self.generator
 
@@ -87,6 +101,9 @@ class EditSession:
         if self.generator is not None:
             models.update(self.generator.loaded.models_dict())
         models["conditioning"] = [member.identity.conditioning for member in self.cast] or None
+        if self.prepared:
+            models["adapter_inputs"] = [self.prepared[who].record if who in self.prepared else None
+                                        for who in range(len(self.cast))]
         return models
 
 
@@ -96,10 +113,13 @@ def edit_session(characters: Sequence[CharacterOrIdentity], config: GenerationCo
                  ip_adapter: PathSpec | None = None, device: str = "auto", dtype: str = "auto",
                  store: StoreSpec = None, models: ModelsSpec = None, conditioning_models: ModelsSpec = None,
                  needs_weights: bool = True, offload: str = "none", base_config: PathSpec | None = None,
-                 vae: PathSpec | None = None) -> Iterator[EditSession]:
+                 vae: PathSpec | None = None, image_encoder: PathSpec | None = None,
+                 plus_version: str = "auto") -> Iterator[EditSession]:
     """The checked characters and their scorers; nothing slow is loaded but the face models. Without
     `needs_weights` (a Lanczos upscale) the characters are only scored, in the store's primary space.
-    `offload`, `base_config` and `vae` are `build_pipeline`'s, used when the session loads the weights."""
+    `offload`, `base_config`, `vae`, `image_encoder` and `plus_version` are `build_pipeline`'s, used when the
+    session loads the weights; a FaceID Plus / Portrait adapter's characters come with their stored crops /
+    reference vectors."""
     base, adapter = weights_specs(base_model, ip_adapter)
     config_folder = None if base_config is None else os.fspath(base_config)
     if needs_weights and generator is None:  # a wrong mode or an offload on the CPU fails before any model loads
@@ -121,7 +141,9 @@ def edit_session(characters: Sequence[CharacterOrIdentity], config: GenerationCo
                        else resolve_weights(base, adapter, config_folder))
             space = (generator.conditioning_space(conditioning_models) if generator is not None else
                      _space(weights, conditioning_models))
-            identities = [resolve_identity(stack, c, opened, space, weights.name) for c in characters]
+            variant = (generator.loaded.checkpoint.variant if generator is not None
+                       else inspect_faceid(weights, plus_version).variant)  # the checkpoint's key shapes only
+            identities = [resolve_identity(stack, c, opened, space, weights.name, variant) for c in characters]
         else:
             identities = [(c, opened if opened is not None and c.name in opened else None) if isinstance(c, Identity)
                           else (identity_from_store(opened, c), opened) for c in characters]
@@ -139,7 +161,9 @@ def edit_session(characters: Sequence[CharacterOrIdentity], config: GenerationCo
                 recogniser=recogniser if own_store is not None else None)))
         yield EditSession(config=config, cast=cast, analyzer=analyzer, base_model=base, ip_adapter=adapter,
                           device=device, dtype=dtype, generator=generator, warnings=warnings, offload=offload,
-                          base_config=config_folder, vae=None if vae is None else os.fspath(vae))
+                          base_config=config_folder, vae=None if vae is None else os.fspath(vae),
+                          image_encoder=None if image_encoder is None else os.fspath(image_encoder),
+                          plus_version=plus_version)
 
 
 def _space(weights: Any, conditioning_models: ModelsSpec) -> Any:

@@ -20,6 +20,7 @@ from ..config import GenerationConfig
 from ..generator import CharacterOrIdentity, Generator, make_config
 from ..loading import LoadedPipeline
 from ..provenance.output import Provenance
+from ..runner import AdapterConditioning
 from .faces import pixels, score_at, score_record
 from .inpaint import check_output_size, derived_pipe, run_pipe
 from .output import EditResult, output_path, write_edit
@@ -64,7 +65,7 @@ def ramp(length: int, overlap: int) -> np.ndarray:
     return np.minimum(edge / max(1, overlap), 1.0)
 
 
-def tiled_img2img(loaded: LoadedPipeline, pipe: Any, config: GenerationConfig, vector: np.ndarray,
+def tiled_img2img(loaded: LoadedPipeline, pipe: Any, config: GenerationConfig, inputs: AdapterConditioning,
                   image: Image.Image, *, tile: int, strength: float) -> tuple[Image.Image, int]:
     """img2img over overlapping tiles (multiples of 8), blended; returns the image and the tile count."""
     width, height = image.size
@@ -76,7 +77,7 @@ def tiled_img2img(loaded: LoadedPipeline, pipe: Any, config: GenerationConfig, v
     for y in positions(height, tile_h, overlap):
         for x in positions(width, tile_w, overlap):
             crop = image.crop((x, y, x + tile_w, y + tile_h))
-            out = run_pipe(loaded, pipe, config, vector, image=crop, strength=strength, seed=config.seed_for(count))
+            out = run_pipe(loaded, pipe, config, inputs, image=crop, strength=strength, seed=config.seed_for(count))
             if out.size != crop.size:
                 out = out.resize(crop.size, Image.Resampling.LANCZOS)
             weight = np.outer(ramp(tile_h, overlap), ramp(tile_w, overlap))[..., None]
@@ -106,7 +107,8 @@ def upscale(image: str | os.PathLike[str], character: CharacterOrIdentity | None
             generator: Generator | None = None, base_model: Any = None, ip_adapter: Any = None,
             device: str = "auto", dtype: str = "auto", store: Any = None, models: Any = None,
             conditioning_models: Any = None, offload: str = "none",
-             base_config: Any = None, vae: Any = None, provenance: Provenance | None = None,
+             base_config: Any = None, vae: Any = None, image_encoder: Any = None, plus_version: str = "auto",
+             provenance: Provenance | None = None,
              **settings: Any) -> EditResult:
     """Upscale `image` so its long side is `to`; `diffusion` mode needs `character` (its identity conditions
     the detail pass), `lanczos` scores it only when one is given."""
@@ -141,13 +143,14 @@ def upscale(image: str | os.PathLike[str], character: CharacterOrIdentity | None
     with edit_session([character], config, generator=generator, base_model=base_model, ip_adapter=ip_adapter,
                       device=device, dtype=dtype, store=store, models=models,
                       conditioning_models=conditioning_models,
-                      offload=offload, base_config=base_config, vae=vae) as session:
+                      offload=offload, base_config=base_config, vae=vae, image_encoder=image_encoder,
+                      plus_version=plus_version) as session:
         loaded = session.load().loaded
         pipe, sampler = derived_pipe(loaded, "img2img", config.scheduler)
         if config.vae_tiling is None:  # the detail pass decodes with the VAE's tiling unless --no-vae-tiling
             config = replace(config, vae_tiling=True)
         tile_size = tile or loaded.native_size
-        result, count = tiled_img2img(loaded, pipe, config, session.cast[0].identity.vector, enlarged,
+        result, count = tiled_img2img(loaded, pipe, config, session.conditioning(0), enlarged,
                                       tile=tile_size, strength=strength)
         settings_out = {**config.to_dict(), "mode": mode, "to": str(to), "sampler": sampler, "strength": strength,
                         "tile": tile_size, "tiles": count, **session.load_settings()}

@@ -39,7 +39,7 @@ from ..generator import (
     scoring_device,
     weights_specs,
 )
-from ..loading import resolve_weights
+from ..loading import inspect_faceid, resolve_weights
 from ..memory import check_offload
 from ..provenance.output import Provenance
 from ..runner import Identity, identity_from_store
@@ -105,16 +105,29 @@ def check_cast(plan: Plan, store: Any) -> None:
             raise _prefixed(exc, _first_shot(plan, name)) from None
 
 
-def resolve_cast(plan: Plan, store: Any, adapter: Path, conditioning_models: ModelsSpec) -> dict[str, Identity]:
-    """Each character the plan names, in the adapter's space (the first shot naming one without it says so)."""
+def resolve_cast(plan: Plan, store: Any, adapter: Path, conditioning_models: ModelsSpec,
+                 variant: str = "faceid") -> dict[str, Identity]:
+    """Each character the plan names, in the adapter's space (the first shot naming one without it says so),
+    with what a FaceID Plus / Portrait `variant` also takes (their stored crops, their reference vectors)."""
     space = conditioning_space(adapter, pack_option(conditioning_models))
     identities = {}
     for name in plan.characters:
         try:
-            identities[name] = identity_from_store(store, name, space, adapter.name)
+            identities[name] = identity_from_store(store, name, space, adapter.name, variant)
         except CastkeepError as exc:
             raise _prefixed(exc, _first_shot(plan, name)) from None
     return identities
+
+
+def check_variant_shots(plan: Plan, variant: str, adapter: Path) -> None:
+    """Several characters in one image (regions) need a plain FaceID adapter (runner.generate_images): the
+    first such shot says so, before any weights load."""
+    if variant == "faceid":
+        return
+    for shot in plan.shots:
+        if len(shot.characters) > 1 or shot.regions:
+            raise GenerationError(f"{shot.where}: several characters in one image (regions) need a plain FaceID "
+                                  f"checkpoint; {adapter.name} is {variant}")
 
 
 def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, store: StoreSpec = None,
@@ -125,7 +138,8 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
                    provenance: Provenance | None = None, cancel: Callable[[], bool] | None = None,
                    generator: Generator | None = None, offload: str = "none", base_config: PathSpec | None = None,
                    vae: PathSpec | None = None, vae_tiling: bool | None = None,
-                   vae_slicing: bool | None = None) -> StoryboardResult:
+                   vae_slicing: bool | None = None, image_encoder: PathSpec | None = None,
+                   plus_version: str = "auto") -> StoryboardResult:
     """Run (or resume) every shot of `plan` into `out_dir` with one pipeline load.
 
     The plan, the characters (in the store and in the adapter's embedding space), the scorers and every
@@ -138,6 +152,8 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
     `generator` is a pipeline already loaded with these weights (a server keeps one warm) instead of a new one.
     `offload`, `base_config` and `vae` are `Generator.from_pretrained`'s (every Ray worker loads with them too);
     `vae_tiling`/`vae_slicing` apply to every shot (None: on where `generate` would switch them on).
+    FaceID Plus / Plus v2 adapters load `image_encoder` (`plus_version` as `generate`'s) and condition each
+    character on its stored face crops, Portrait adapters on its reference vectors (shots of one character).
     """
     provenance = provenance if provenance is not None else Provenance()
     provenance.check()
@@ -152,15 +168,19 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
     run_dir = Path(out_dir)
     base, adapter = weights_specs(base_model, ip_adapter)
     load: dict[str, Any] = {"offload": offload, "base_config": None if base_config is None else os.fspath(base_config),
-            "vae": None if vae is None else os.fspath(vae)}
+            "vae": None if vae is None else os.fspath(vae),
+            "image_encoder": None if image_encoder is None else os.fspath(image_encoder), "plus_version": plus_version}
     if generator is None:  # a wrong mode, or an offload on the CPU, fails before anything loads
         check_offload(offload, "cpu" if device == "cpu" else None)
     memory: dict[str, Any] = {"vae_tiling": vae_tiling, "vae_slicing": vae_slicing}
     with ExitStack() as stack:
         opened = open_store(stack, store)
         check_cast(plan, opened)  # an unknown name fails before any weights are looked for
-        identities = resolve_cast(plan, opened, resolve_weights(base, adapter, load["base_config"]),
-                                  conditioning_models)
+        weights = resolve_weights(base, adapter, load["base_config"])
+        variant = (generator.loaded.checkpoint.variant if generator is not None
+                   else inspect_faceid(weights, plus_version).variant)  # the checkpoint's key shapes only
+        check_variant_shots(plan, variant, weights)
+        identities = resolve_cast(plan, opened, weights, conditioning_models, variant)
         analyzer = (generator.scoring_analyzer(models) if generator is not None
                     else load_scoring_analyzer(models, scoring_device(device)))
         for identity in identities.values():

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from ..config import GenerationConfig
 from ..loading import LoadedPipeline
-from ..runner import Identity, generate_images, passes
+from ..runner import AdapterConditioning, Identity, generate_images, passes
 from ..scoring import OutputScore, Scorer
 from .plan import Region, Shot
 
@@ -147,22 +147,29 @@ def _flags(name: str, result: OutputScore, passed: bool) -> list[str]:
     return flags
 
 
-def conditioning(shot: Shot, identities: dict[str, Identity], width: int, height: int
-                 ) -> tuple[np.ndarray, list[Image.Image] | None]:
-    """The identity vector(s) the shot conditions on, and with several characters one mask per character."""
+def conditioning(shot: Shot, identities: dict[str, Identity], width: int, height: int,
+                 prepared: dict[str, AdapterConditioning] | None = None
+                 ) -> tuple[np.ndarray, list[Image.Image] | None, Any]:
+    """The identity vector(s) the shot conditions on, with several characters one mask per character, and a
+    FaceID Plus adapter's CLIP features. `prepared`: each character's adapter inputs (runner.adapter_conditioning:
+    a Portrait adapter's reference vectors, Plus's CLIP features), else the characters' vectors."""
     if len(shot.characters) == 1 and not shot.regions:
-        return identities[shot.characters[0]].vector, None
+        name = shot.characters[0]
+        if prepared is not None:
+            return prepared[name].vector, None, prepared[name].clip
+        return identities[name].vector, None, None
     vectors = np.stack([identities[name].vector for name in shot.characters])
-    return vectors, [region_mask(shot.regions[name], width, height) for name in shot.characters]
+    return vectors, [region_mask(shot.regions[name], width, height) for name in shot.characters], None
 
 
 def make_takes(loaded: LoadedPipeline, shot: Shot, config: GenerationConfig, identities: dict[str, Identity],
-               scorer: ShotScorer, attempts: list[int], width: int, height: int) -> list[Take]:
+               scorer: ShotScorer, attempts: list[int], width: int, height: int,
+               prepared: dict[str, AdapterConditioning] | None = None) -> list[Take]:
     """One pipeline call for `attempts` (their seeds: config.seed_for), each image scored."""
-    vector, masks = conditioning(shot, identities, width, height)
+    vector, masks, clip = conditioning(shot, identities, width, height, prepared)
     seeds = [config.seed_for(attempt) for attempt in attempts]
     started = time.perf_counter()
-    images, nsfw = generate_images(loaded, config, vector, seeds, width, height, masks=masks)
+    images, nsfw = generate_images(loaded, config, vector, seeds, width, height, masks=masks, clip=clip)
     pipeline_s = (time.perf_counter() - started) / len(seeds)
     takes = []
     for attempt, seed, image, flag in zip(attempts, seeds, images, nsfw, strict=True):

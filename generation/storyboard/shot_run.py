@@ -144,8 +144,9 @@ class ShotRun:
                 timing.scoring_s += take.scoring_s
                 with self._timed("files_s"):
                     started = time.perf_counter()
+                    models = {**self.board.models, "adapter_inputs": batch.adapter_inputs}
                     written = write_take(self.board.run_dir, self.shot, self.config, take, self.board.identities,
-                                         batch.settings, self.board.models, self.board.provenance)
+                                         batch.settings, models, self.board.provenance)
                     written.write_s = time.perf_counter() - started
                 with self._timed("ledger_s"):
                     self.ledger.record_attempt(self.shot.id, self.key, written)

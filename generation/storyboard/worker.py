@@ -13,7 +13,8 @@ from typing import Any
 from ..config import GenerationConfig
 from ..generator import Generator, load_scoring_analyzer, scoring_device
 from ..loading import LoadedPipeline
-from ..runner import Identity
+from ..plus_conditioning import ClipFaceEmbeds
+from ..runner import AdapterConditioning, Identity, adapter_conditioning
 from ..schedulers import apply_scheduler
 from ..scoring import DOMAIN, IdentityScorer, Scorer
 from .plan import Shot
@@ -37,6 +38,8 @@ class WorkerSpec:
     offload: str = "none"  # load-time, like device and dtype (generation/memory.py)
     base_config: str | None = None  # the configs of a single-file base model
     vae: str | None = None  # a VAE in place of the base model's
+    image_encoder: str | None = None  # FaceID Plus: the CLIP image encoder (None: the default)
+    plus_version: str = "auto"  # FaceID Plus v1/v2 (loading.inspect_faceid)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class TakeBatch:
     takes: list[Take]
     call_s: float  # pipeline and scoring included; the rest of it is the worker's own overhead
     worker: str
+    adapter_inputs: dict[str, Any] | None = None  # per character: what the adapter was given (as generate records)
 
 
 class ShotWorker:
@@ -80,6 +84,7 @@ class ShotWorker:
         self.loaded = loaded
         self.scorers = scorers
         self.identities = identities
+        self.clip: dict[str, ClipFaceEmbeds | None] = {}  # FaceID Plus: each character's crops, encoded once
         self.default_scheduler = loaded.pipe.scheduler
         self.info = PipelineInfo(models={**loaded.models_dict(), "face_analyzer": analyzer_fingerprint},
                                  kind=loaded.kind, native_size=loaded.native_size, device=loaded.device,
@@ -104,7 +109,8 @@ class ShotWorker:
         store = stack.enter_context(Store.open(spec.store, create=False, read_only=True))
         analyzer = load_scoring_analyzer(spec.models, scoring_device(spec.device))
         generator = Generator.from_pretrained(spec.base_model, spec.ip_adapter, device=spec.device, dtype=spec.dtype,
-                                             offload=spec.offload, base_config=spec.base_config, vae=spec.vae)
+                                             offload=spec.offload, base_config=spec.base_config, vae=spec.vae,
+                                             image_encoder=spec.image_encoder, plus_version=spec.plus_version)
         return cls.build(generator, analyzer, store, spec.identities, spec.judges, label=label)
 
     def make(self, request: TakeRequest) -> TakeBatch:
@@ -112,9 +118,21 @@ class ShotWorker:
         shot, config = request.shot, request.config
         settings = self._settings(config, request.width, request.height)
         scorer = ShotScorer(shot, {name: self.scorers[(name, config.scorer)] for name in shot.characters}, config)
+        prepared = self.conditioning(shot, config)
         takes = make_takes(self.loaded, shot, config, self.identities, scorer, list(request.attempts),
-                           request.width, request.height)
-        return TakeBatch(settings=settings, takes=takes, call_s=time.perf_counter() - started, worker=self.info.label)
+                           request.width, request.height, prepared)
+        return TakeBatch(settings=settings, takes=takes, call_s=time.perf_counter() - started, worker=self.info.label,
+                         adapter_inputs={name: inputs.record for name, inputs in prepared.items()})
+
+    def conditioning(self, shot: Shot, config: GenerationConfig) -> dict[str, AdapterConditioning]:
+        """Each character's adapter inputs for this shot (a Plus adapter's CLIP features are encoded at the
+        character's first shot and reused: they depend on the stored crops only)."""
+        prepared = {}
+        for name in shot.characters:
+            inputs = adapter_conditioning(self.loaded, config, self.identities[name], clip=self.clip.get(name))
+            self.clip[name] = inputs.clip
+            prepared[name] = inputs
+        return prepared
 
     def _settings(self, config: GenerationConfig, width: int, height: int) -> dict[str, Any]:
         """The sidecar's settings; the shot's sampler is set on the pipeline here, from the model's own
