@@ -64,24 +64,47 @@ def run_json(invoke, *args: str) -> dict:
 
 # ---------------------------------------------------------------------------------- the shared options
 def test_generate_edits_and_storyboard_share_one_definition_of_each_option():
-    """Kills: a copy of an option drifting (help text, choices, default) from generate's."""
+    """Each load-time and Plus option of generate, storyboard and the edit commands is cli/common.py's own
+    (help text, flags, choices, default): a command declaring a copy of its own, or dropping one, fails.
+    Kills: a copy drifting from the shared definition (generate had its own until issue 9's follow-up)."""
+    import click
+
+    from castkeep.cli import common
     from castkeep.cli.edits import edit, fix_face, outpaint, upscale
     from castkeep.cli.generate import generate
     from castkeep.cli.storyboard import storyboard
 
-    def described(command, name: str) -> tuple:
-        (param,) = [p for p in command.params if p.name == name]
-        return (param.help, param.opts, param.secondary_opts, param.default, str(param.type))
+    def described(param: click.Parameter) -> tuple:
+        return (getattr(param, "help", None), param.opts, param.secondary_opts, param.default, str(param.type),
+                getattr(param, "show_default", None), param.metavar)
 
-    shared = {"lora_scale": (fix_face, edit, outpaint, upscale),
-              "offload": (fix_face, edit, outpaint, upscale, storyboard),
-              "vae": (fix_face, edit, outpaint, upscale, storyboard),
-              "base_config": (fix_face, edit, outpaint, upscale, storyboard),
-              "vae_tiling": (fix_face, edit, outpaint, upscale, storyboard),
-              "vae_slicing": (storyboard,)}
-    for name, commands in shared.items():
+    def shared(option) -> click.Parameter:
+        @option
+        def command(**_: object) -> None:
+            pass
+
+        (param,) = click.command()(command).params
+        return param
+
+    edits = (fix_face, edit, outpaint, upscale)
+    every = (generate, storyboard, *edits)
+    options = {"base_config": (common.base_config_option, every), "vae": (common.vae_option, every),
+               "offload": (common.offload_option, every), "vae_tiling": (common.vae_tiling_option, every),
+               "vae_slicing": (common.vae_slicing_option, (generate, storyboard)),
+               "lora_scale": (common.lora_scale_option, (generate, *edits)),
+               "image_encoder": (common.image_encoder_option, every),
+               "plus_version": (common.plus_version_option, every),
+               "s_scale": (common.s_scale_option, (generate, *edits))}  # a plan field in storyboards
+    for name, (option, commands) in options.items():
+        expected = described(shared(option))
         for command in commands:
-            assert described(command, name) == described(generate, name), (command.name, name)
+            (param,) = [p for p in command.params if p.name == name]
+            assert described(param) == expected, (command.name, name)
+    # generate's help texts are the ones it had before the options moved to cli/common.py.
+    helps = {p.name: p.help for p in generate.params}
+    assert helps["s_scale"] == ("FaceID Plus v2: weight of the face-crop (CLIP) tokens added to the identity tokens "
+                                "(shortcut).")
+    assert helps["offload"].startswith("Small GPUs: keep weights in CPU RAM")
 
 
 # ---------------------------------------------------------------------------------- edits
