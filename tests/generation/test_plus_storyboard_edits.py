@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +191,31 @@ def test_fix_face_with_plus_v2_repaints_with_the_stored_crops_features(invoke, t
     assert sidecar["settings"]["s_scale"] == 0.6
     damaged = {**sidecar, "models": {**sidecar["models"], "adapter_inputs": [{**inputs, "variant": "faceid-max"}]}}
     assert edit_sidecar_errors(damaged)
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_ray_worker_conditions_plus_v2_on_the_stored_crops(invoke, tiny_models, plus_models, cli_store, tmp_path):
+    """One Ray worker on a local cluster (its own process: no hook reaches it): each take's record names the
+    5 stored crops it encoded (their hashes) and the shot's s_scale. Kills: WorkerSpec without the image
+    encoder / plus version, or identities sent to the workers without their crops."""
+    import hashlib
+
+    from test_storyboard_ray import ray_processes
+
+    ray = pytest.importorskip("ray")
+    before = ray_processes()
+    out = tmp_path / "run"
+    result = _storyboard(invoke, tiny_models["pipeline"], plus_models["v2"], cli_store, _plan(tmp_path, TWO_SHOTS),
+                         out, "--image-encoder", str(plus_models["encoder"]), "--ray", "auto", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert not ray.is_initialized()
+    references, _ = _stored_references(cli_store, crops=True)
+    crops = [hashlib.sha256(np.ascontiguousarray(r.crop.aligned(224)).tobytes()).hexdigest()[:16] for r in references]
+    for take, s_scale in zip(_takes(out), (1.0, 0.5), strict=True):
+        inputs = take["models"]["adapter_inputs"][PERSON]
+        assert (inputs["variant"], inputs["clip_crops_sha256"], inputs["s_scale"]) == ("faceid-plusv2", crops, s_scale)
+    deadline = time.monotonic() + 30
+    while ray_processes() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not ray_processes() - before
