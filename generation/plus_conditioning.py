@@ -101,14 +101,14 @@ def clear_clip_embeds(loaded: Any) -> None:
 
 
 def guard_plus_projection(pipe: Any) -> None:
-    """A FaceID Plus projection run without CLIP features (a caller that does not supply them: the edit and
-    storyboard commands for now) stops with one line instead of diffusers' AttributeError."""
+    """A FaceID Plus projection run without CLIP features (a caller that calls the pipeline itself, not through
+    generate_images or the edits' run_pipe) stops with one line instead of diffusers' AttributeError."""
     layer = pipe.unet.encoder_hid_proj.image_projection_layers[0]
 
     def check(module: Any, _inputs: Any) -> None:
         if module.clip_embeds is None:
-            raise GenerationError("this FaceID Plus adapter needs CLIP features of the character's face crops, which "
-                                  "only `castkeep generate` supplies so far: use a plain FaceID checkpoint here")
+            raise GenerationError("this FaceID Plus adapter needs CLIP features of the character's face crops, and "
+                                  "none were set (castkeep's generate, storyboard and edit commands set them)")
 
     layer.register_forward_pre_hook(check)
 

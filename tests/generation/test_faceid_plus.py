@@ -229,7 +229,7 @@ def test_shortcut_is_on_for_v2_only_and_s_scale_moves_v2_pixels_only(tiny_models
             pixels[version, s_scale] = np.asarray(image, dtype=np.int16)
         # Without CLIP features (a caller that does not supply them) the projection stops with one line.
         embeds = identity_embeds(unit(1), guidance=False)
-        with pytest.raises(GenerationError, match="only `castkeep generate` supplies"):
+        with pytest.raises(GenerationError, match="needs CLIP features of the character's face crops, and none were set"):
             loaded.pipe(prompt="x", num_inference_steps=1, guidance_scale=1.0, height=64, width=64,
                         ip_adapter_image_embeds=embeds)
         # Regions of several characters: refused in one line rather than mixing one face's crops into both.
