@@ -45,13 +45,15 @@ class Storyboard:
     """A checked plan with its characters and the workers' pipeline, run into one folder."""
 
     def __init__(self, pipeline: PipelineInfo, plan: Plan, identities: dict[str, Identity], run_dir: Path, *,
-                 batch_size: int = 1, provenance: Provenance | None = None) -> None:
+                 batch_size: int = 1, provenance: Provenance | None = None, mark_on_workers: bool = False) -> None:
         self.pipeline = pipeline
         self.plan = plan
         self.identities = identities
         self.run_dir = run_dir
         self.batch_size = batch_size
         self.provenance = provenance if provenance is not None else Provenance()  # how every take is marked
+        # Ray: each worker watermarks its own takes (same pixels: the same code), the driver saves them.
+        self.mark_on_workers = mark_on_workers and self.provenance.watermark
         self.models = {**pipeline.models, "conditioning": next(iter(identities.values())).conditioning}
         self.sizes = {shot.id: self._size(shot) for shot in plan.shots}  # all checked before the first image
 

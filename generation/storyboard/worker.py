@@ -1,6 +1,7 @@
 """The worker's side of a storyboard: a loaded pipeline and the characters' scorers, making one pipeline
 call's takes at a time (shot.make_takes) and writing nothing. The in-process runner holds one worker;
-with `--ray` every Ray actor holds its own, loaded from the same `WorkerSpec` (ray_workers.py).
+with `--ray` every Ray actor holds its own, loaded from the same `WorkerSpec` (ray_workers.py), and marks
+its takes with the watermark when the request says so, so that the driver's work per image stays small.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from ..config import GenerationConfig
 from ..generator import Generator, load_scoring_analyzer
 from ..loading import LoadedPipeline
+from ..provenance.output import Provenance
 from ..runner import Identity
 from ..schedulers import apply_scheduler
 from ..scoring import DOMAIN, IdentityScorer, Scorer
@@ -20,6 +22,7 @@ from .plan import Shot
 from .shot import ShotScorer, Take, make_takes
 
 IN_PROCESS = "in-process"
+WATERMARK = Provenance(watermark=True)  # the pixels' part of provenance: credentials are signed by the driver
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class TakeRequest:
     attempts: tuple[int, ...]
     width: int
     height: int
+    watermark: bool = False  # mark the takes here (a Ray worker, sparing the driver); else the driver's writer does
 
 
 @dataclass
@@ -110,6 +114,10 @@ class ShotWorker:
         scorer = ShotScorer(shot, {name: self.scorers[(name, config.scorer)] for name in shot.characters}, config)
         takes = make_takes(self.loaded, shot, config, self.identities, scorer, list(request.attempts),
                            request.width, request.height)
+        if request.watermark:
+            for take in takes:  # only the marked image travels back
+                take.marked = WATERMARK.mark(take.image)
+                take.image = take.marked.image
         return TakeBatch(settings=settings, takes=takes, call_s=time.perf_counter() - started, worker=self.info.label)
 
     def _settings(self, config: GenerationConfig, width: int, height: int) -> dict[str, Any]:
