@@ -91,7 +91,8 @@ class ShotRun:
         self.started = time.perf_counter()
         self.active_s = 0.0  # the driver's time on this shot up to `finish` (wall_s: plus `complete`)
         self.made: list[AttemptRow] = []  # written and in the ledger
-        self.pending: list[tuple[Take, Future[AttemptRow]]] = []  # queued, in order
+        # queued takes, in order: (attempt, seed, passed) and the write's outcome; the image goes with the job
+        self.pending: list[tuple[tuple[int, int, bool], Future[AttemptRow]]] = []
         self.kept: Future[list[dict[str, Any]]] | None = None  # the kept copies, queued by `finish`
         self.known: dict[int, AttemptRow] = {}
         self.deaths = 0  # workers that died holding one of its requests
@@ -143,7 +144,7 @@ class ShotRun:
         when it has all its takes."""
         with self._timed("driver_s"):
             made = len(self.made) + len(self.pending)
-            passing = sum(a.passed for a in self.made) + sum(take.passed for take, _ in self.pending)
+            passing = sum(a.passed for a in self.made) + sum(passed for (_, _, passed), _ in self.pending)
             while batch := next_attempts(self.config, made, passing):
                 if all(number in self.known for number in batch):
                     reused = [self.known[number] for number in batch]
@@ -171,7 +172,7 @@ class ShotRun:
                 timing.scoring_s += take.scoring_s
                 with self._timed("files_s"):  # waits only while the writer's queue is full
                     job = functools.partial(self._write_take, take, batch.settings)
-                    self.pending.append((take, self._submit(job)))
+                    self.pending.append(((take.attempt, take.seed, take.passed), self._submit(job)))
         self.collect()
 
     def _write_take(self, take: Take, settings: dict[str, Any]) -> AttemptRow:
@@ -209,10 +210,10 @@ class ShotRun:
     def collect(self, *, wait: bool = False) -> None:
         """Record the takes whose files are whole, in order (`wait`: all of them, waiting for the writer)."""
         while self.pending and (wait or self.pending[0][1].done()):
-            take, future = self.pending[0]
+            (attempt, seed, _), future = self.pending[0]
             with self._timed("driver_s"):
                 with self._timed("files_s"):
-                    written = self._result(future, f"take {take.attempt + 1} (seed {take.seed})")
+                    written = self._result(future, f"take {attempt + 1} (seed {seed})")
                 with self._timed("ledger_s"):
                     self.ledger.record_attempt(self.shot.id, self.key, written)
             self.pending.pop(0)
