@@ -6,6 +6,7 @@ test_restart.py."""
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -63,10 +64,14 @@ def test_one_server_per_runs_folder(tmp_path):
 
 def test_a_second_server_on_the_runs_folder_exits_with_one_line(invoke, tmp_path):
     lock = RunsLock.acquire(tmp_path / "runs")
-    try:
-        result = invoke("serve", "--store", str(tmp_path / "store"), "--runs", str(tmp_path / "runs"))
-    finally:
-        lock.release()
+    with socket.socket() as taken:  # were the lock not checked, the server would fail on this port, not serve on
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        try:
+            result = invoke("serve", "--store", str(tmp_path / "store"), "--runs", str(tmp_path / "runs"),
+                            "--port", str(taken.getsockname()[1]))
+        finally:
+            lock.release()
     assert result.returncode == ServerBusyError.exit_code == 22, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert "another castkeep serve" in last and "--runs" in last and "Traceback" not in result.stderr
