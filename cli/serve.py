@@ -83,6 +83,10 @@ def serve(store_path: Path | str | None, models: str | None, device: str, host: 
     faiss.omp_set_num_threads(1)
     click.echo(f"loading the face models ({workers} worker(s)) ...", err=True)
     app = create_app(config)
+    jobs = app.state.castkeep.jobs
+    if jobs.requeued:
+        click.echo(f"{len(jobs.requeued)} job(s) of {jobs.runs_root} queued again (the server stopped before they ended)",
+                   err=True)
     where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     access = ("reads and writes need the token" if token_reads else
               "writes need the token" if token else "writes are open to this machine")

@@ -110,6 +110,7 @@ class JobManager:
         except BaseException:
             self._runs_lock.release()
             raise
+        self.requeued = [job.id for job in restored]  # for the start-up line
         self._thread = threading.Thread(target=self._work, name="castkeep-jobs", daemon=True)
         self._thread.start()
         for job in restored:

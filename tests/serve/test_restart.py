@@ -131,7 +131,8 @@ def test_jobs_survive_a_kill_9_and_run_once(studio):
         assert record(runs / storyboard)["starts"] == 2  # started again once
         # The generation ran once, after the storyboard (queued again in submission order).
         assert record(runs / generate)["starts"] == 1
-        assert (runs / storyboard / "summary.json").stat().st_mtime <= (runs / generate / "output" / "summary.json").stat().st_mtime
+        board_end = (runs / storyboard / "summary.json").stat().st_mtime
+        assert board_end <= (runs / generate / "output" / "summary.json").stat().st_mtime
 
         # A gentle stop (SIGTERM) interrupts the running job between shots and leaves it queued, not cancelled.
         gentle = submit(server, "storyboard", {"plan": plan_text(12), **WEIGHTS})
