@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..generation.config import DEVICES, DTYPES, GenerationConfig
+from ..generation.config import DEVICES, DTYPES, PLUS_VERSIONS, GenerationConfig
 from ..generation.memory import OFFLOADS
 from ..generation.schedulers import SCHEDULER_NAMES
 from ..identity.scorers import SCORERS as GENERATION_SCORERS
@@ -60,6 +60,12 @@ def _text(result: Any) -> str:
     lines.append(f"{timing['images_generated']} image(s) generated in {timing['generate_s']:.1f} s "
                  f"({timing['s_per_step']:.3f} s/step), kept {len(summary['outputs'])}"
                  + (f", mean pairwise identity cosine {consistency:+.3f}" if consistency is not None else ""))
+    inputs = summary["models"].get("adapter_inputs") or {}
+    if inputs.get("variant", "faceid") != "faceid":  # Plus / Portrait: say what the adapter was given
+        shortcut = "" if inputs["shortcut"] is None else (f", shortcut on (s_scale {inputs['s_scale']})"
+                                                          if inputs["shortcut"] else ", shortcut off")
+        lines.append(f"{inputs['variant']}: {inputs['references']} reference(s), {inputs['identity_tokens']} "
+                     f"identity tokens{shortcut}")
     for warning in summary["warnings"]:
         lines.append(f"warning: {warning}")
     lines.append(f"summary: {result.summary_path}  contact sheet: {result.contact_sheet_path}")
@@ -77,6 +83,13 @@ def _text(result: Any) -> str:
 @click.option("--ip-adapter", default=None, envvar="CASTKEEP_IP_ADAPTER", show_envvar=True, metavar="ID|FILE",
               help="IP-Adapter FaceID weights: a .safetensors/.bin file, a folder holding one, or a Hub "
                    "repo[/file] [default: h94/IP-Adapter-FaceID, ip-adapter-faceid_sd15.bin or _sdxl.bin].")
+@click.option("--image-encoder", default=None, metavar="ID|DIR",
+              help="FaceID Plus / Plus v2 only: the CLIP image encoder for the character's face crops, a transformers "
+                   "folder (config.json + weights) or a Hub id [default: laion/CLIP-ViT-H-14-laion2B-s32B-b79K, "
+                   "the one h94's model card names].")
+@click.option("--plus-version", type=click.Choice(PLUS_VERSIONS), default="auto", show_default=True,
+              help="FaceID Plus checkpoints: v2 turns diffusers' shortcut on (h94's card: shortcut=True for v2). "
+                   "auto: v2 when the file name contains 'plusv2'.")
 @click.option("--base-config", default=None, metavar="DIR",
               help="For a single-file --base-model (.safetensors): a diffusers folder of the same architecture whose "
                    "configs convert it [default: the SD1.5/SDXL reference configs from the Hugging Face cache].")
@@ -100,6 +113,8 @@ def _text(result: Any) -> str:
               help="IP-Adapter scale: how strongly the identity steers the image (0: identity and FaceID LoRA off).")
 @click.option("--lora-scale", type=click.FloatRange(0, 2), default=1.0, show_default=True,
               help="Weight of the FaceID LoRA the checkpoint carries (0.6-0.7 often follows the prompt better).")
+@click.option("--s-scale", type=click.FloatRange(0, 5), default=1.0, show_default=True,
+              help="FaceID Plus v2: weight of the face-crop (CLIP) tokens added to the identity tokens (shortcut).")
 @click.option("--aspect", default=None, metavar="W:H",
               help="Aspect ratio (1:1, 4:3, 3:2, 16:9, 9:16, ...) at the model's native pixel count.")
 @click.option("--width", type=click.IntRange(min=8), default=None, help="Width in pixels (multiple of 8).")
@@ -137,9 +152,10 @@ def _text(result: Any) -> str:
 @provenance_options
 @json_option
 def generate(name: str, prompt: str, negative_prompt: str, base_model: str | None, ip_adapter: str | None,
-             base_config: str | None, vae: str | None,
+             image_encoder: str | None, plus_version: str, base_config: str | None, vae: str | None,
              store_path: Path | None, models: str | None, conditioning_models: str | None, out_dir: Path | None,
-             seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, aspect: str | None,
+             seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, s_scale: float,
+             aspect: str | None,
              width: int | None, height: int | None, num_images: int, scheduler: str, best_of: int, scorer: str,
              min_score: float | None, max_tries: int | None,
              batch_size: int, device: str, dtype: str, offload: str, vae_tiling: bool | None,
@@ -149,7 +165,8 @@ def generate(name: str, prompt: str, negative_prompt: str, base_model: str | Non
     and score every output against it.
 
     The adapter is conditioned on NAME's vector in the embedding space it was trained on (h94 FaceID:
-    buffalo_l; add that space with `castkeep reembed NAME --models buffalo_l`). Outputs are judged as
+    buffalo_l; add that space with `castkeep reembed NAME --models buffalo_l`). FaceID Plus / Plus v2 also
+    take NAME's stored face crops through a CLIP image encoder; Portrait takes up to 5 reference vectors. Outputs are judged as
     generated images by ArcFace and dlib, ranked by --scorer, and flagged where the two disagree.
 
     Writes a PNG per output (A1111 `parameters` metadata, castkeep's invisible watermark, and C2PA Content
@@ -161,7 +178,8 @@ def generate(name: str, prompt: str, negative_prompt: str, base_model: str | Non
 
     quiet_generation_libraries()
     config = GenerationConfig(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
-                              guidance=guidance, id_scale=id_scale, lora_scale=lora_scale, width=width, height=height,
+                              guidance=guidance, id_scale=id_scale, lora_scale=lora_scale, s_scale=s_scale, width=width,
+                              height=height,
                               aspect=aspect,
                               num_images=num_images, scheduler=scheduler, best_of=best_of, scorer=scorer,
                               min_score=min_score,
@@ -172,7 +190,8 @@ def generate(name: str, prompt: str, negative_prompt: str, base_model: str | Non
     with log_to_stderr("castkeep.generation", verbose=not as_json):
         try:
             result = generate_run(name, config=config, base_model=base_model, ip_adapter=ip_adapter, device=device,
-                                  dtype=dtype, offload=offload, base_config=base_config, vae=vae, store=store_path, models=models,
+                                  dtype=dtype, offload=offload, base_config=base_config, vae=vae, image_encoder=image_encoder,
+                                  plus_version=plus_version, store=store_path, models=models,
                                   conditioning_models=conditioning_models, out_dir=out_dir,
                                   keep_rejected=keep_rejected, on_attempt=bar.advance, provenance=provenance)
         finally:

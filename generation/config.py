@@ -18,6 +18,7 @@ from .schedulers import SCHEDULER_NAMES
 # Value domains of the load-time options (checked by loading.build_pipeline; the CLI's choices).
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+PLUS_VERSIONS = ("auto", "v1", "v2")  # FaceID Plus: auto = v2 when the file name says `plusv2` (h94's naming)
 LARGEST_NATIVE_SIZE = 1024  # SDXL's; SD1.5's is 512
 MAX_SEED = 2**32 - 1  # torch.Generator takes 64-bit seeds; A1111/ComfyUI users know 32-bit ones
 
@@ -31,6 +32,7 @@ class GenerationConfig:
     guidance: float = 7.5
     id_scale: float = 0.8  # IP-Adapter scale: how strongly the identity conditions the UNet
     lora_scale: float = 1.0  # weight of the FaceID LoRA the checkpoint carries (0 when id_scale is 0)
+    s_scale: float = 1.0  # FaceID Plus v2: weight of the CLIP-resampled tokens added to the ID tokens (shortcut)
     width: int | None = None
     height: int | None = None
     aspect: str | None = None
@@ -53,6 +55,7 @@ class GenerationConfig:
             (self.guidance >= 0, f"--guidance {self.guidance} must be >= 0"),
             (0 <= self.id_scale <= 5, f"--id-scale {self.id_scale} must be between 0 and 5"),
             (0 <= self.lora_scale <= 2, f"--lora-scale {self.lora_scale} must be between 0 and 2"),
+            (0 <= self.s_scale <= 5, f"--s-scale {self.s_scale} must be between 0 and 5"),
             (self.num_images >= 1, f"--num-images {self.num_images} must be at least 1"),
             (self.best_of >= 1, f"--best-of {self.best_of} must be at least 1"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1"),

@@ -26,7 +26,7 @@ from ..landmarks.model_pack import same_space
 from ..utils import slug
 from .conditioning import ConditioningSpace, conditioning_space
 from .config import GenerationConfig
-from .loading import DEFAULT_BASE_MODEL, DEFAULT_IP_ADAPTER, LoadedPipeline, build_pipeline, resolve_weights
+from .loading import DEFAULT_BASE_MODEL, DEFAULT_IP_ADAPTER, LoadedPipeline, build_pipeline, inspect_faceid, resolve_weights
 from .provenance.output import Provenance
 from .runner import Attempt, GenerationRunner, Identity, RunResult, identity_from_store
 from .scoring import IdentityScorer
@@ -135,7 +135,7 @@ def open_store(stack: ExitStack, store: Any) -> Store:
 
 
 def resolve_identity(stack: ExitStack, character: CharacterOrIdentity, store: Any, space: ConditioningSpace,
-             adapter_name: str) -> tuple[Identity, Store | None]:
+             adapter_name: str, variant: str = "faceid") -> tuple[Identity, Store | None]:
     """The identity to generate (its vector in the adapter's space), and the store to score it against
     (if any)."""
     if isinstance(character, Identity):
@@ -145,7 +145,7 @@ def resolve_identity(stack: ExitStack, character: CharacterOrIdentity, store: An
         return (checked_identity(character, space, adapter_name),
                 opened if opened is not None and character.name in opened else None)
     opened = open_store(stack, store)
-    return identity_from_store(opened, character, space, adapter_name), opened
+    return identity_from_store(opened, character, space, adapter_name, variant), opened
 
 
 class Generator:
@@ -160,20 +160,26 @@ class Generator:
     def from_pretrained(cls, base_model: PathSpec | None = None, ip_adapter: PathSpec | None = None, *,
                         device: str = "auto", dtype: str = "auto", hash_base_model: bool = True,
                         offload: str = "none", base_config: PathSpec | None = None,
-                        vae: PathSpec | None = None) -> Generator:
+                        vae: PathSpec | None = None, image_encoder: PathSpec | None = None,
+                        plus_version: str = "auto") -> Generator:
         """Load SD1.5/SDXL (a diffusers folder or Hub id) with FaceID weights (a file, a folder or a Hub
         `repo[/file]`) on `device` (auto: cuda, mps, cpu) in `dtype` (auto: float16 on GPUs); `offload`
         "model"/"sequential" for small GPUs (generation/memory.py). A single-file `base_model` (.safetensors)
-        loads with the diffusers configs in `base_config`; `vae` replaces the base model's VAE."""
+        loads with the diffusers configs in `base_config`; `vae` replaces the base model's VAE. FaceID Plus / Plus v2
+        checkpoints also load the CLIP `image_encoder` (a folder or Hub id; default h94's choice,
+        laion/CLIP-ViT-H-14-laion2B-s32B-b79K); `plus_version` "v1"/"v2" overrides the file name's say."""
         base, adapter = weights_specs(base_model, ip_adapter)
         logger.info("loading %s + %s ...", base, adapter)
-        return cls._build(base, adapter, device, dtype, hash_base_model, offload, _spec(base_config), _spec(vae))
+        return cls._build(base, adapter, device, dtype, hash_base_model, offload, _spec(base_config), _spec(vae),
+                          _spec(image_encoder), plus_version)
 
     @classmethod
     def _build(cls, base: str, adapter: str, device: str, dtype: str, hash_base_model: bool = True,
-               offload: str = "none", base_config: str | None = None, vae: str | None = None) -> Generator:
+               offload: str = "none", base_config: str | None = None, vae: str | None = None,
+               image_encoder: str | None = None, plus_version: str = "auto") -> Generator:
         loaded = build_pipeline(base, adapter, device=device, dtype=dtype, hash_base_model=hash_base_model,
-                                offload=offload, base_config=base_config, vae=vae)
+                                offload=offload, base_config=base_config, vae=vae, image_encoder=image_encoder,
+                                plus_version=plus_version)
         for message in loaded.warnings:
             logger.warning(message)
         return cls(loaded)
@@ -233,7 +239,8 @@ class Generator:
         provenance.check()
         space = self.conditioning_space(conditioning_models)
         with ExitStack() as stack:
-            identity, opened = resolve_identity(stack, character, store, space, self.loaded.checkpoint.path.name)
+            identity, opened = resolve_identity(stack, character, store, space, self.loaded.checkpoint.path.name,
+                                                self.loaded.checkpoint.variant)
             scoring = analyzer if analyzer is not None else self.scoring_analyzer(models)
             check_scoring_model(identity, scoring, opened)
             config, warnings = choose_judge(config, identity, scoring, opened)
@@ -250,6 +257,7 @@ class Generator:
 def generate(character: CharacterOrIdentity, prompt: str | None = None, *, base_model: PathSpec | None = None,
              ip_adapter: PathSpec | None = None, device: str = "auto", dtype: str = "auto", offload: str = "none",
              base_config: PathSpec | None = None, vae: PathSpec | None = None,
+             image_encoder: PathSpec | None = None, plus_version: str = "auto",
              config: GenerationConfig | None = None, store: StoreSpec = None, models: ModelsSpec = None,
              conditioning_models: ModelsSpec = None, out_dir: PathSpec | None = None, keep_rejected: bool = False,
              on_attempt: Callable[[Attempt], None] | None = None, provenance: Provenance | None = None,
@@ -271,12 +279,13 @@ def generate(character: CharacterOrIdentity, prompt: str | None = None, *, base_
         logger.info("loading %s + %s ...", base, adapter)
         weights = resolve_weights(base, adapter, _spec(base_config))  # finds the files; loads nothing
         space = conditioning_space(weights, pack_option(conditioning_models))
-        identity, opened = resolve_identity(stack, character, store, space, weights.name)
+        variant = inspect_faceid(weights, plus_version).variant  # reads the checkpoint's key shapes only
+        identity, opened = resolve_identity(stack, character, store, space, weights.name, variant)
         analyzer = load_scoring_analyzer(models)
         check_scoring_model(identity, analyzer, opened)
         choose_judge(config, identity, analyzer, opened)
         generator = Generator._build(base, adapter, device, dtype, offload=offload, base_config=_spec(base_config),
-                                     vae=_spec(vae))
+                                     vae=_spec(vae), image_encoder=_spec(image_encoder), plus_version=plus_version)
         return generator.generate(identity, config=config, store=opened, analyzer=analyzer,
                                   conditioning_models=conditioning_models, out_dir=out_dir,
                                   keep_rejected=keep_rejected, on_attempt=on_attempt, provenance=provenance)

@@ -2,8 +2,9 @@
 
 Base models and FaceID weights are resolved to local files first (a folder or file the user gave,
 or the Hugging Face cache), then loaded with diffusers' own loaders: `from_pretrained(folder)` and
-`load_ip_adapter(..., image_encoder_folder=None)`. When local paths are given nothing touches the
-network. Every way of failing to find weights becomes one `ModelNotFoundError` saying what to
+`load_ip_adapter(..., image_encoder_folder=None)`; FaceID Plus / Plus v2 also get transformers'
+`CLIPVisionModelWithProjection` (resolved the same way) for the character's face crops. When local paths
+are given nothing touches the network. Every way of failing to find weights becomes one `ModelNotFoundError` saying what to
 download and where to put it.
 """
 
@@ -17,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, GenerationError, ModelNotFoundError
-from .config import DEVICES, DTYPES
+from .config import DEVICES, DTYPES, PLUS_VERSIONS
 from .memory import check_offload, place_pipeline
 from .model_hash import cached_sha256
+from .plus_conditioning import guard_plus_projection
 from .single_file import is_single_file, load_single_file_pipeline, load_vae, single_file_config
 
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -29,6 +31,13 @@ FACEID_FILES = {"sd15": "ip-adapter-faceid_sd15.bin", "sdxl": "ip-adapter-faceid
 PIPELINE_KINDS = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
 # Inpainting checkpoints (9-channel UNets): loaded only for the edit commands (`build_pipeline(inpaint=True)`).
 INPAINT_KINDS = {"StableDiffusionInpaintPipeline": "sd15", "StableDiffusionXLInpaintPipeline": "sdxl"}
+# FaceID Plus / Plus v2: h94's model card loads this CLIP ViT-H/14 image encoder for them.
+DEFAULT_IMAGE_ENCODER = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+_ENCODER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+# What castkeep conditions: plain FaceID (one ArcFace vector), Plus (+ CLIP of the face crop, shortcut off), Plus v2
+# (shortcut on), Portrait (one token group per reference vector, no LoRA).
+FACEID_VARIANTS = ("faceid", "faceid-plus", "faceid-plusv2", "faceid-portrait")
+PORTRAIT_TOKENS = 16  # ip-adapter-faceid-portrait*: 16 tokens per reference vector (4 for the others)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
@@ -172,10 +181,21 @@ def load_base_pipeline(folder: Path, *, dtype: Any, inpaint: bool = False, singl
 @dataclass
 class FaceIDCheckpoint:
     path: Path
-    variant: str  # "faceid" | "faceid-plus"
+    variant: str  # one of FACEID_VARIANTS
     cross_attention_dim: int
     id_dim: int
     has_lora: bool
+    num_tokens: int = 4  # tokens the projection makes from one identity vector
+    clip_dim: int | None = None  # Plus: the width of the CLIP hidden states its resampler takes
+
+    @property
+    def needs_image_encoder(self) -> bool:
+        return self.variant in ("faceid-plus", "faceid-plusv2")
+
+    @property
+    def shortcut(self) -> bool:
+        """Plus v2 adds the ID tokens to the resampler's output (h94's card: `shortcut=True` for v2)."""
+        return self.variant == "faceid-plusv2"
 
 
 def resolve_ip_adapter(spec: str, kind: str) -> Path:
@@ -237,21 +257,103 @@ def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def inspect_faceid(path: Path) -> FaceIDCheckpoint:
-    """Check a checkpoint is IP-Adapter FaceID (what castkeep conditions on) before loading it."""
+def _tokens(shapes: dict[str, tuple[int, ...]], width: int) -> int:
+    """Tokens the ID projection makes per vector: its output rows over the token width (4 when unreadable:
+    diffusers' own assumption; a truncated checkpoint then fails in diffusers' loader, with its message)."""
+    rows = shapes.get("image_proj.proj.2.weight", (0,))[0]
+    return rows // width if rows and width else 4
+
+
+def inspect_faceid(path: Path, plus_version: str = "auto") -> FaceIDCheckpoint:
+    """Check a checkpoint is IP-Adapter FaceID (what castkeep conditions on) and tell its variant, before
+    loading it. Plus v1 and v2 have the same keys and shapes (v2 was trained with the shortcut): the file
+    name decides (`plusv2`, h94's naming) unless `plus_version` ("v1" | "v2") says. Portrait: `portrait` in
+    the file name, or a LoRA-less projection making 16 tokens per vector (h94's Portrait checkpoints)."""
+    if plus_version not in PLUS_VERSIONS:
+        raise ConfigError(f"--plus-version {plus_version!r} is not one of {', '.join(PLUS_VERSIONS)}")
     shapes = _checkpoint_shapes(path)
     if not any(k.startswith("image_proj.") for k in shapes) or not any(k.startswith("ip_adapter.") for k in shapes):
         raise GenerationError("not an IP-Adapter checkpoint (no image_proj/ip_adapter keys)", path=path)
     has_lora = any("_lora." in k for k in shapes)
+    name = path.name.lower()
     if "image_proj.perceiver_resampler.proj_in.weight" in shapes:
-        return FaceIDCheckpoint(path, "faceid-plus", shapes["image_proj.perceiver_resampler.proj_out.weight"][0],
-                                shapes["image_proj.proj.0.weight"][1], has_lora)
+        width, clip_dim = shapes["image_proj.perceiver_resampler.proj_in.weight"]
+        v2 = plus_version == "v2" or (plus_version == "auto" and "plusv2" in name)
+        return FaceIDCheckpoint(path, "faceid-plusv2" if v2 else "faceid-plus",
+                                shapes["image_proj.perceiver_resampler.proj_out.weight"][0],
+                                shapes["image_proj.proj.0.weight"][1], has_lora,
+                                num_tokens=_tokens(shapes, width), clip_dim=clip_dim)
+    if plus_version != "auto":
+        raise ConfigError(f"--plus-version applies to FaceID Plus checkpoints; {path.name} is not one")
     if "image_proj.norm.weight" in shapes and "image_proj.proj.0.weight" in shapes:
-        return FaceIDCheckpoint(path, "faceid", shapes["image_proj.norm.weight"][0],
-                                shapes["image_proj.proj.0.weight"][1], has_lora)
+        cross = shapes["image_proj.norm.weight"][0]
+        tokens = _tokens(shapes, cross)
+        portrait = "portrait" in name or (tokens == PORTRAIT_TOKENS and not has_lora)
+        return FaceIDCheckpoint(path, "faceid-portrait" if portrait else "faceid", cross,
+                                shapes["image_proj.proj.0.weight"][1], has_lora, num_tokens=tokens)
     raise GenerationError("this is a CLIP-image IP-Adapter, not IP-Adapter FaceID: castkeep conditions on "
                           "ArcFace identity, use e.g. ip-adapter-faceid_sd15.bin / ip-adapter-faceid_sdxl.bin",
                           path=path)
+
+
+# ---------------------------------------------------------------------------------- CLIP image encoder
+def _encoder_weights(folder: Path) -> Path | None:
+    return next((folder / name for name in _ENCODER_WEIGHTS if (folder / name).is_file()), None)
+
+
+def resolve_image_encoder(spec: str) -> Path:
+    """A local transformers CLIP vision folder (config.json + weights) for FaceID Plus: the folder given (or
+    its `image_encoder/`, the layout of h94/IP-Adapter's `models/`), or the Hugging Face cache copy of a Hub id
+    (only config.json and one weights file are fetched, never the repository's open_clip files)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        for folder in (path, path / "image_encoder"):
+            if (folder / "config.json").is_file() and _encoder_weights(folder) is not None:
+                return folder
+        raise ModelNotFoundError("--image-encoder: not a CLIP image encoder folder (needs config.json and "
+                                 f"{' or '.join(_ENCODER_WEIGHTS)})", path=path)
+    if path.exists() or _looks_like_path(spec) or not _REPO_ID.match(spec):
+        raise ModelNotFoundError("CLIP image encoder folder not found (pass --image-encoder a folder with config.json "
+                                 f"and the weights, or a Hugging Face id such as {DEFAULT_IMAGE_ENCODER})", path=path)
+    from huggingface_hub import hf_hub_download
+
+    try:
+        folder = Path(hf_hub_download(spec, "config.json", local_files_only=_offline())).parent
+        for name in _ENCODER_WEIGHTS:
+            try:
+                hf_hub_download(spec, name, local_files_only=_offline())
+                return folder
+            except _hub_errors():
+                continue
+    except _hub_errors():
+        pass
+    reason = "HF_HUB_OFFLINE is set" if _offline() else "the download failed"
+    raise ModelNotFoundError(
+        f"CLIP image encoder '{spec}' (FaceID Plus needs it) is not a local folder nor in the Hugging Face cache "
+        f"({reason}): download it with `huggingface-cli download {spec} config.json {_ENCODER_WEIGHTS[0]} "
+        f"--local-dir DIR` and pass --image-encoder DIR") from None
+
+
+def load_image_encoder(pipe: Any, folder: Path, checkpoint: FaceIDCheckpoint, dtype: Any) -> tuple[Any, str]:
+    """transformers' CLIPVisionModelWithProjection from `folder`, registered as the pipeline's `image_encoder`
+    (so it is placed and offloaded with the rest), and the CLIPImageProcessor for its input size, which
+    diffusers' `load_ip_adapter` would build too. Returns (processor, sha256 of the weights file)."""
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    try:
+        encoder = CLIPVisionModelWithProjection.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"cannot load the CLIP image encoder ({' '.join(str(exc).split())[:300]})",
+                                 path=folder) from None
+    if int(encoder.config.hidden_size) != checkpoint.clip_dim:
+        raise GenerationError(f"this FaceID Plus checkpoint takes {checkpoint.clip_dim}-d CLIP features but the image "
+                              f"encoder makes {encoder.config.hidden_size}-d ones: use {DEFAULT_IMAGE_ENCODER}",
+                              path=folder)
+    pipe.register_modules(image_encoder=encoder)
+    size: Any = encoder.config.image_size  # an int for CLIP (transformers types it as int or a pair)
+    weights = _encoder_weights(folder)
+    assert weights is not None  # resolve_image_encoder found it
+    return CLIPImageProcessor(size=size, crop_size=size), cached_sha256(weights)
 
 
 # ---------------------------------------------------------------------------------- assembly
@@ -271,6 +373,9 @@ class LoadedPipeline:
     requested_device: str = "auto"  # what the caller asked for; `device` is what it resolved to
     vae: str | None = None  # a VAE given in place of the base model's own
     offload: str = "none"  # "model" | "sequential": accelerate hooks move each part to `device` as it runs
+    image_encoder: str | None = None  # FaceID Plus: the CLIP image encoder as given (id or folder)
+    image_encoder_hash: str | None = None
+    image_processor: Any = None  # its CLIPImageProcessor (the face crop → pixel_values)
 
     @property
     def native_size(self) -> int:
@@ -282,7 +387,8 @@ class LoadedPipeline:
                 "base_model_hash": self.base_model_hash,
                 "ip_adapter": self.ip_adapter, "ip_adapter_file": self.checkpoint.path.name,
                 "ip_adapter_hash": self.ip_adapter_hash, "ip_adapter_variant": self.checkpoint.variant,
-                "faceid_lora": self.checkpoint.has_lora, "vae": self.vae}
+                "faceid_lora": self.checkpoint.has_lora, "vae": self.vae,
+                "image_encoder": self.image_encoder, "image_encoder_hash": self.image_encoder_hash}
 
 
 def check_load_options(device: str, dtype: str) -> None:
@@ -321,11 +427,14 @@ def resolve_weights(base_model: str, ip_adapter: str, base_config: str | None = 
 def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAULT_IP_ADAPTER, *,
                    device: str = "auto", dtype: str = "auto", hash_base_model: bool = True,
                    inpaint: bool = False, offload: str = "none", base_config: str | None = None,
-                   vae: str | None = None) -> LoadedPipeline:
+                   vae: str | None = None, image_encoder: str | None = None,
+                   plus_version: str = "auto") -> LoadedPipeline:
     """Base model + FaceID weights, on `device`, ready for `ip_adapter_image_embeds`. `inpaint` also
     accepts an inpainting checkpoint as the base model (the edit commands). `offload` ("model",
     "sequential") keeps the weights in CPU RAM and moves each part to the GPU as it runs (generation/memory.py).
     A single-file `base_model` (.safetensors) loads with `base_config`'s configs; `vae` replaces the VAE.
+    FaceID Plus / Plus v2 checkpoints also load `image_encoder` (a folder or Hub id; default
+    DEFAULT_IMAGE_ENCODER); `plus_version` tells v1 from v2 where the file name does not.
 
     The IP-Adapter scale is not set here: it is a per-run setting (`GenerationConfig.id_scale`),
     applied by `generate_images` on every call."""
@@ -335,11 +444,13 @@ def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAU
     folder, kind = resolve_base(base_model, base_config)
     single_file = Path(base_model).expanduser() if is_single_file(base_model) else None
     weights = resolve_ip_adapter(ip_adapter, kind)
-    checkpoint = inspect_faceid(weights)  # fail fast, before the (slow) base model load
-    if checkpoint.variant == "faceid-plus":
-        raise GenerationError("IP-Adapter FaceID Plus / PlusV2 checkpoints also need a CLIP image encoder and a "
-                              "face crop, which castkeep does not wire up yet: use the plain FaceID checkpoint "
-                              f"({FACEID_FILES[kind]})", path=weights)
+    checkpoint = inspect_faceid(weights, plus_version)  # fail fast, before the (slow) base model load
+    encoder_folder = None
+    if checkpoint.needs_image_encoder:
+        encoder_folder = resolve_image_encoder(image_encoder or DEFAULT_IMAGE_ENCODER)
+    elif image_encoder is not None:
+        raise ConfigError(f"--image-encoder is for FaceID Plus checkpoints; {weights.name} is "
+                          f"{checkpoint.variant} and takes no CLIP image")
     if checkpoint.has_lora:
         from diffusers.utils import USE_PEFT_BACKEND
 
@@ -360,6 +471,10 @@ def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAU
             f"UNet but the base model is {architecture(unet_dim)}: use "
             f"{FACEID_FILES[kind]} with this base model", path=weights)
     warnings = _load_faceid(pipe, weights)
+    processor, encoder_hash = None, None
+    if encoder_folder is not None:
+        processor, encoder_hash = load_image_encoder(pipe, encoder_folder, checkpoint, torch_dtype)
+        guard_plus_projection(pipe)
     # diffusers' SDXL pipelines embed their own dwtDct watermark whenever invisible-watermark is installed;
     # castkeep marks every output itself (one mark it can read back, off with --no-watermark).
     if getattr(pipe, "watermark", None) is not None:
@@ -373,7 +488,9 @@ def build_pipeline(base_model: str = DEFAULT_BASE_MODEL, ip_adapter: str = DEFAU
         base_model=base_model, base_model_folder=folder,
         base_model_hash=cached_sha256(unet_file) if hash_base_model and unet_file else None,
         ip_adapter=ip_adapter, checkpoint=checkpoint, ip_adapter_hash=cached_sha256(weights), warnings=warnings,
-        requested_device=requested_device, offload=offload, vae=vae)
+        requested_device=requested_device, offload=offload, vae=vae,
+        image_encoder=None if encoder_folder is None else (image_encoder or DEFAULT_IMAGE_ENCODER),
+        image_encoder_hash=encoder_hash, image_processor=processor)
 
 
 # diffusers warnings that say nothing about this use: FaceID takes embeddings, never images, and the

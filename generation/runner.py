@@ -25,6 +25,15 @@ from .identity_embeds import identity_embeds, normalised_identity, uses_guidance
 from .loading import LoadedPipeline
 from .memory import apply_vae_memory, tiling_wanted
 from .metadata import SIDECAR_SCHEMA_ID, a1111_parameters
+from .plus_conditioning import (
+    ClipFaceEmbeds,
+    adapter_inputs,
+    chosen_references,
+    clear_clip_embeds,
+    clip_face_image,
+    encode_face_crops,
+    set_clip_embeds,
+)
 from .provenance.output import Provenance
 from .schedulers import apply_scheduler
 from .scoring import DOMAIN, OutputScore, Scorer, consistency_matrix, mean_off_diagonal
@@ -41,6 +50,9 @@ class Identity:
     fingerprint: str | None = None  # the face model the vector came from (None: not known)
     source: str = "vector"  # "store" when read from a character store
     conditioning: dict[str, Any] | None = None  # the adapter's space and what declared it (sidecars)
+    # FaceID Portrait: one row per chosen reference, in the adapter's space (generation/plus_conditioning.py)
+    references: np.ndarray | None = None
+    face_crops: list[np.ndarray] | None = None  # FaceID Plus: the chosen references' 224 px aligned crops
 
     def to_dict(self) -> dict[str, Any]:
         vector = normalised_identity(self.vector)
@@ -71,6 +83,15 @@ class Attempt:
 
 
 @dataclass
+class AdapterConditioning:
+    """The adapter's inputs for one run: identity vector(s), FaceID Plus CLIP features, and their record."""
+
+    vector: np.ndarray  # (dim,) one identity, or (n, dim): a Portrait adapter's reference vectors
+    clip: ClipFaceEmbeds | None
+    record: dict[str, Any]
+
+
+@dataclass
 class RunResult:
     out_dir: Path
     attempts: list[Attempt]
@@ -82,17 +103,29 @@ class RunResult:
 
 
 def generate_images(loaded: LoadedPipeline, config: GenerationConfig, vector: np.ndarray, seeds: list[int],
-                    width: int, height: int, *, masks: list[Image.Image] | None = None
-                    ) -> tuple[list[Image.Image], list[bool | None]]:
+                    width: int, height: int, *, masks: list[Image.Image] | None = None,
+                    clip: ClipFaceEmbeds | None = None) -> tuple[list[Image.Image], list[bool | None]]:
     """One pipeline call: len(seeds) images, image i from its own seeded generator, with the
     identity applied at `config.id_scale`. Several identities (`vector` of shape (n, dim)) need one mask
-    each (white where that identity applies): diffusers' `ip_adapter_masks`.
+    each (white where that identity applies): diffusers' `ip_adapter_masks`. A FaceID Portrait adapter takes
+    the n rows of one character's references as n token groups instead (no masks); FaceID Plus takes `clip`,
+    the character's face-crop CLIP features, with one vector.
 
     Generators live on the CPU so a seed gives the same starting noise on every device.
     """
     import torch
 
     pipe = loaded.pipe
+    checkpoint = loaded.checkpoint
+    if masks is not None and checkpoint.variant != "faceid":
+        raise GenerationError(f"several characters in one image (regions) need a plain FaceID checkpoint; "
+                              f"{checkpoint.path.name} is {checkpoint.variant}")
+    if checkpoint.needs_image_encoder:
+        if clip is None:
+            raise GenerationError(f"{checkpoint.path.name} (FaceID Plus) needs CLIP features of the character's "
+                                  "stored face crops, and none were given")
+        set_clip_embeds(loaded, clip, images=len(seeds), guidance=uses_guidance(pipe, config.guidance),
+                        s_scale=config.s_scale)
     pipe.set_ip_adapter_scale(config.id_scale)  # per call: one loaded pipeline serves many configs
     apply_faceid_lora_scale(pipe, config.id_scale, config.lora_scale)
     apply_vae_memory(pipe, tiling=tiling_wanted(config.vae_tiling, width, height, loaded.native_size, loaded.offload),
@@ -116,6 +149,9 @@ def generate_images(loaded: LoadedPipeline, config: GenerationConfig, vector: np
     except torch.OutOfMemoryError:
         raise GenerationError(f"out of memory on {loaded.device} at {width}x{height} x{len(seeds)}: lower "
                               "--batch-size, the size, or use --dtype float16") from None
+    finally:
+        if checkpoint.needs_image_encoder:
+            clear_clip_embeds(loaded)
     nsfw = getattr(output, "nsfw_content_detected", None) or [None] * len(seeds)
     return list(output.images), list(nsfw)
 
@@ -156,13 +192,38 @@ class GenerationRunner:
     def _passes(self, score: OutputScore, config: GenerationConfig) -> bool:
         return passes(score, config)
 
-    def attempts(self, config: GenerationConfig, identity: Identity, width: int, height: int) -> list[Attempt]:
+    def adapter_conditioning(self, config: GenerationConfig, identity: Identity) -> AdapterConditioning:
+        """What the loaded adapter takes for `identity`, computed once per run (seeds do not change it)."""
+        checkpoint = self.loaded.checkpoint
+        vector, clip, references = identity.vector, None, None
+        if checkpoint.variant == "faceid-portrait" and identity.references is not None:
+            vector, references = identity.references, len(identity.references)
+        if checkpoint.needs_image_encoder:
+            if not identity.face_crops:
+                raise GenerationError(f"{checkpoint.path.name} (FaceID Plus) conditions on the character's stored face "
+                                      f"crops too, and '{identity.name}' has none (a vector given directly, or "
+                                      "references stored before crops were kept: register the photos again)")
+            clip = encode_face_crops(self.loaded, identity.face_crops)
+            references = clip.references
+            if config.s_scale != 1.0 and not checkpoint.shortcut:
+                self.warnings.append(f"--s-scale {config.s_scale} has no effect: it scales Plus v2's shortcut, and "
+                                     f"{checkpoint.path.name} runs as Plus v1 (see --plus-version)")
+        rows = int(np.asarray(vector).reshape(-1, np.asarray(vector).shape[-1]).shape[0])
+        record = adapter_inputs(checkpoint, tokens_rows=rows, references=references, s_scale=config.s_scale,
+                                clip=clip, image_encoder=self.loaded.image_encoder,
+                                image_encoder_hash=self.loaded.image_encoder_hash)
+        return AdapterConditioning(vector=np.asarray(vector, dtype=np.float32), clip=clip, record=record)
+
+    def attempts(self, config: GenerationConfig, identity: Identity, width: int, height: int,
+                 conditioning: AdapterConditioning | None = None) -> list[Attempt]:
         """Generate and score until best-of-N is done and (with --min-score) enough outputs pass."""
+        prepared = conditioning if conditioning is not None else self.adapter_conditioning(config, identity)
         attempts: list[Attempt] = []
         while indices := next_attempts(config, len(attempts), sum(a.passed for a in attempts)):
             seeds = [config.seed_for(i) for i in indices]
             started = time.perf_counter()
-            images, nsfw = generate_images(self.loaded, config, identity.vector, seeds, width, height)
+            images, nsfw = generate_images(self.loaded, config, prepared.vector, seeds, width, height,
+                                           clip=prepared.clip)
             seconds = (time.perf_counter() - started) / len(seeds)
             for seed, image, flag in zip(seeds, images, nsfw, strict=True):
                 score = self.scorer.score(image)
@@ -187,8 +248,9 @@ class GenerationRunner:
                                      base=self.loaded.native_size, model=f"this {self.loaded.kind} model",
                                      kind=self.loaded.kind)
         sampler = apply_scheduler(pipe, config.scheduler)
+        conditioning = self.adapter_conditioning(config, identity)
         started = time.perf_counter()
-        attempts = self.attempts(config, identity, width, height)
+        attempts = self.attempts(config, identity, width, height, conditioning)
         generate_seconds = time.perf_counter() - started
 
         # Passing outputs first, then by the judge's log-odds of "same person" (no face last), then the
@@ -214,7 +276,7 @@ class GenerationRunner:
                     "requested_device": self.loaded.requested_device}
         settings.pop("prompt"), settings.pop("negative_prompt")
         models = {**self.loaded.models_dict(), "face_analyzer": self.analyzer_fingerprint,
-                  "conditioning": identity.conditioning}
+                  "conditioning": identity.conditioning, "adapter_inputs": conditioning.record}
         attempt_log = [a.to_dict() for a in attempts]
         created = utc_now()
         for attempt in to_write:
@@ -315,10 +377,13 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def identity_from_store(store: Any, name: str, space: ConditioningSpace | None = None,
-                        adapter_name: str = "this adapter") -> Identity:
+                        adapter_name: str = "this adapter", variant: str = "faceid") -> Identity:
     """The character's vector in the adapter's space (`space`; None: the store's primary space).
-    UnknownCharacterError (from the store) when missing, UnknownSpaceError when not in that space."""
-    character = store.get(name)
+    UnknownCharacterError (from the store) when missing, UnknownSpaceError when not in that space.
+    `variant` (FACEID_VARIANTS) adds what FaceID Plus and Portrait adapters take: the chosen references'
+    face crops, or their vectors in the adapter's space (generation/plus_conditioning.py)."""
+    plus = variant in ("faceid-plus", "faceid-plusv2")
+    character = store.get(name, crops=plus)
     if space is None:
         vector, fingerprint, conditioning = character.vector, character.fingerprint, None
     else:
@@ -326,5 +391,13 @@ def identity_from_store(store: Any, name: str, space: ConditioningSpace | None =
         conditioning = {**space.to_dict(), "fingerprint": fingerprint}
     if vector is None or np.asarray(vector).ndim != 1 or not np.asarray(vector).size:
         raise StoreError(f"character '{character.name}' has no identity vector")
+    references, crops = None, None
+    if variant == "faceid-portrait":
+        chosen = chosen_references(character, fingerprint=fingerprint)
+        if chosen:
+            references = np.stack([np.asarray(r.embeddings[fingerprint], dtype=np.float32) for r in chosen])
+    if plus:
+        crops = [clip_face_image(r) for r in chosen_references(character, crops=True)] or None
     return Identity(name=character.name, vector=np.asarray(vector, dtype=np.float32),
-                    fingerprint=fingerprint, source="store", conditioning=conditioning)
+                    fingerprint=fingerprint, source="store", conditioning=conditioning, references=references,
+                    face_crops=crops)

@@ -17,7 +17,8 @@ def package_modules() -> dict[str, Path]:
     modules = {}
     for path in ROOT.rglob("*.py"):
         relative = path.relative_to(ROOT)
-        if relative.parts[0] in {"tests", ".venv", "build"} or relative.parts[0].startswith("."):
+        # docs/ holds scripts that regenerate the README's pictures: not part of the installed package.
+        if relative.parts[0] in {"tests", "docs", ".venv", "build"} or relative.parts[0].startswith("."):
             continue
         name = ".".join(relative.with_suffix("").parts)
         modules[name.removesuffix(".__init__") or "__init__"] = path

@@ -78,17 +78,17 @@ def test_wrong_adapter_files_give_clear_errors(tiny_models, tmp_path, problem):
         if problem == "clip":  # plain CLIP-image IP-Adapter
             tensors["image_proj.proj.weight"] = torch.zeros(128, 1024)
             message = "CLIP-image IP-Adapter"
-        elif problem == "plus":
+        elif problem == "plus":  # FaceID Plus without its CLIP image encoder (offline, not cached)
             tensors["image_proj.perceiver_resampler.proj_in.weight"] = torch.zeros(8, 8)
             tensors["image_proj.perceiver_resampler.proj_out.weight"] = torch.zeros(32, 8)
             tensors["image_proj.proj.0.weight"] = torch.zeros(1024, 512)
-            message = "Plus"
+            message = r"CLIP image encoder .* \(FaceID Plus needs it\)"
         else:  # FaceID for a UNet with another cross-attention width (SDXL-style vs SD1.5)
             tensors["image_proj.norm.weight"] = torch.zeros(48)
             tensors["image_proj.proj.0.weight"] = torch.zeros(1024, 512)
             message = "UNet but the base model"
         save_file(tensors, str(path))
-        expected = GenerationError
+        expected = ModelNotFoundError if problem == "plus" else GenerationError
     with pytest.raises(expected, match=message) as info:
         build_pipeline(str(tiny_models["pipeline"]), str(path), device="cpu")
     assert "\n" not in str(info.value)

@@ -365,3 +365,103 @@ def save_tiny_single_file(path: str | Path, seed: int = 0) -> Path:
     path = Path(path)
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return path
+
+
+# ---------------------------------------------------------------------------------- FaceID Plus / Portrait
+CLIP_HIDDEN = 48  # the tiny CLIP vision encoder's width (ViT-H/14's is 1280)
+CLIP_IMAGE_SIZE = 32  # its input size (ViT-H/14: 224): 4x4 patches of 8 px + the class token = 17 tokens
+PLUS_DEPTH = 4  # the resampler blocks of h94's FaceID Plus (diffusers' converter expects exactly 4)
+PLUS_HEAD_DIM = 64  # diffusers reads heads = to_q rows // 64
+
+
+def faceid_plus_state_dict(unet, *, seed: int = 0, lora: bool = True, scale: float = 0.5) -> dict:
+    """A random FaceID Plus / Plus v2 state dict for `unet` with h94's key names and shapes (Plus v1 and v2
+    are the same layout): the ID MLP (`image_proj.proj.0/2`, `norm`) and the FacePerceiverResampler that reads
+    CLIP hidden states (`image_proj.perceiver_resampler.proj_in/proj_out/norm_out`, 4 blocks of attention
+    `norm1/norm2/to_q/to_kv/to_out` and feed-forward `1.0/1.1/1.3`), then the FaceID attention and LoRA keys."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed + 1000)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * scale
+
+    cross = unet.config.cross_attention_dim
+    inner = PLUS_HEAD_DIM  # one head
+    state = {key: value for key, value in faceid_state_dict(unet, seed=seed, lora=lora, scale=scale).items()
+             if key.startswith("ip_adapter.")}
+    prefix = "image_proj.perceiver_resampler."
+    state.update({
+        "image_proj.proj.0.weight": randn(ARCFACE_DIM * 2, ARCFACE_DIM), "image_proj.proj.0.bias": randn(ARCFACE_DIM * 2),
+        "image_proj.proj.2.weight": randn(cross * FACEID_TOKENS, ARCFACE_DIM * 2),
+        "image_proj.proj.2.bias": randn(cross * FACEID_TOKENS),
+        "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross),
+        prefix + "proj_in.weight": randn(cross, CLIP_HIDDEN), prefix + "proj_in.bias": randn(cross),
+        prefix + "proj_out.weight": randn(cross, cross), prefix + "proj_out.bias": randn(cross),
+        prefix + "norm_out.weight": torch.ones(cross), prefix + "norm_out.bias": torch.zeros(cross),
+    })
+    for i in range(PLUS_DEPTH):
+        block = f"{prefix}layers.{i}."
+        for norm in ("0.norm1", "0.norm2", "1.0"):
+            state[f"{block}{norm}.weight"], state[f"{block}{norm}.bias"] = torch.ones(cross), torch.zeros(cross)
+        state.update({f"{block}0.to_q.weight": randn(inner, cross), f"{block}0.to_kv.weight": randn(2 * inner, cross),
+                      f"{block}0.to_out.weight": randn(cross, inner), f"{block}1.1.weight": randn(4 * cross, cross),
+                      f"{block}1.3.weight": randn(cross, 4 * cross)})
+    return {key: value.contiguous() for key, value in state.items()}
+
+
+def portrait_state_dict(unet, *, seed: int = 0, scale: float = 0.5) -> dict:
+    """A random FaceID Portrait state dict: the plain FaceID projection making 16 tokens per vector, no LoRA."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed + 2000)
+    cross = unet.config.cross_attention_dim
+    state = faceid_state_dict(unet, seed=seed, lora=False, scale=scale)
+    state["image_proj.proj.2.weight"] = torch.randn(cross * 16, ARCFACE_DIM * FACEID_MULT, generator=generator) * scale
+    state["image_proj.proj.2.bias"] = torch.randn(cross * 16, generator=generator) * scale
+    return state
+
+
+def _save_state(state: dict, path: Path) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".bin":  # h94's nested {"image_proj": ..., "ip_adapter": ...} torch file
+        nested: dict[str, dict] = {"image_proj": {}, "ip_adapter": {}}
+        for key, value in state.items():
+            group, _, rest = key.partition(".")
+            nested[group][rest] = value
+        torch.save(nested, str(path))
+    else:
+        save_file(state, str(path))
+    return path
+
+
+def save_tiny_faceid_plus(path: str | Path, pipeline_folder: str | Path, *, seed: int = 0) -> Path:
+    """A FaceID Plus checkpoint for the UNet in `pipeline_folder` (name it `...plusv2...` for Plus v2)."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(Path(pipeline_folder) / "unet")
+    return _save_state(faceid_plus_state_dict(unet, seed=seed), Path(path))
+
+
+def save_tiny_portrait(path: str | Path, pipeline_folder: str | Path, *, seed: int = 0) -> Path:
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(Path(pipeline_folder) / "unet")
+    return _save_state(portrait_state_dict(unet, seed=seed), Path(path))
+
+
+def save_tiny_clip_encoder(folder: str | Path, seed: int = 0) -> Path:
+    """A tiny random transformers `CLIPVisionModelWithProjection` saved as a folder (config.json +
+    model.safetensors), the layout of laion/CLIP-ViT-H-14-laion2B-s32B-b79K's transformers files."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=CLIP_HIDDEN, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        image_size=CLIP_IMAGE_SIZE, patch_size=8, projection_dim=32))
+    model.save_pretrained(folder, safe_serialization=True)
+    return Path(folder)
