@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from ...errors import PlanError
 from ..errors import ApiError, json_error_schema
 from ..jobs import FINAL, Job, JobManager, new_job_id, run_results
-from ..model_paths import resolve_model
+from ..model_paths import job_weights
 from ..security import require_writer, writer_responses
 from ..state import state
 from . import views
@@ -53,9 +53,7 @@ def manager(request: Request) -> JobManager:
 
 
 def _weights(request: Request, base_model: str | None, ip_adapter: str | None) -> tuple[str | None, str | None]:
-    config = state(request).config
-    return (resolve_model(base_model, config.models_dir, config.base_model, "base_model"),
-            resolve_model(ip_adapter, config.models_dir, config.ip_adapter, "ip_adapter"))
+    return job_weights(state(request).config, base_model, ip_adapter)
 
 
 @router.post("/jobs/generate", status_code=202, dependencies=writes, responses=writer_responses(),
