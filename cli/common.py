@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from ..generation.memory import OFFLOADS
 from ..utils import dumps
 
 
@@ -172,3 +173,39 @@ def verdict_text(result: dict[str, Any]) -> str:
     return (f"{result['scorer']:<8} {result['metric']} {result['score']:.4f} "
             f"(threshold {result['threshold']:.2f}, {result['domain']})  P(same) {result['probability']:.2f}  "
             f"{'same person' if result['same'] else 'different people'}")
+
+
+# ---------------------------------------------------------------------------------- diffusion weights
+# The load-time and memory options of every command that loads the diffusion pipeline (generate, the edit
+# commands, storyboard): one definition, so the help texts and choices cannot drift apart.
+base_config_option = click.option(
+    "--base-config", default=None, metavar="DIR",
+    help="For a single-file --base-model (.safetensors): a diffusers folder of the same architecture whose "
+         "configs convert it [default: the SD1.5/SDXL reference configs from the Hugging Face cache].")
+vae_option = click.option(
+    "--vae", default=None, metavar="ID|DIR|FILE",
+    help="A VAE in place of the base model's: a diffusers folder, a .safetensors file or a Hub id.")
+lora_scale_option = click.option(
+    "--lora-scale", type=click.FloatRange(0, 2), default=1.0, show_default=True,
+    help="Weight of the FaceID LoRA the checkpoint carries (0.6-0.7 often follows the prompt better).")
+
+
+offload_option = click.option(
+    "--offload", type=click.Choice(OFFLOADS), default="none", show_default=True,
+    help="Small GPUs: keep weights in CPU RAM and move each model (model) or each layer (sequential, "
+         "least memory, slowest) to the GPU as it runs.")
+vae_tiling_option = click.option(
+    "--vae-tiling/--no-vae-tiling", default=None,
+    help="Decode in tiles (less memory for large images) [default: on above 2x the model's native pixels].")
+vae_slicing_option = click.option(
+    "--vae-slicing/--no-vae-slicing", default=None,
+    help="Decode a batch one image at a time [default: on with --batch-size > 1].")
+
+
+
+
+def pipeline_load_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--base-config, --vae and --offload: how the weights load (once per run; storyboard's)."""
+    for option in reversed([base_config_option, vae_option, offload_option]):
+        func = option(func)
+    return func

@@ -14,7 +14,16 @@ import click
 from ..generation.config import DEVICES, DTYPES
 from ..generation.schedulers import SCHEDULER_NAMES
 from ..identity.scorers import SCORERS
-from .common import emit, json_option, log_to_stderr
+from .common import (
+    base_config_option,
+    emit,
+    json_option,
+    log_to_stderr,
+    lora_scale_option,
+    offload_option,
+    vae_option,
+    vae_tiling_option,
+)
 from .provenance import make_provenance, provenance_options
 from .store_commands import store_option
 
@@ -27,9 +36,13 @@ out_option = click.option("--out", type=click.Path(path_type=Path), default=None
 def weights_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Where the weights are, and the per-run diffusion knobs every editing command shares."""
     options = [
-        click.option("--base-model", default=None, envvar="CASTKEEP_BASE_MODEL", show_envvar=True, metavar="ID|DIR",
-                     help="SD1.5 or SDXL diffusers folder or Hub id; an inpainting checkpoint of either works for "
-                          "fix-face, edit and outpaint [default: stable-diffusion-v1-5/stable-diffusion-v1-5]."),
+        click.option("--base-model", default=None, envvar="CASTKEEP_BASE_MODEL", show_envvar=True,
+                     metavar="ID|DIR|FILE",
+                     help="SD1.5 or SDXL: a diffusers folder, a single-file .safetensors checkpoint or a Hub id; an "
+                          "inpainting checkpoint of either works for fix-face, edit and outpaint "
+                          "[default: stable-diffusion-v1-5/stable-diffusion-v1-5]."),
+        base_config_option,
+        vae_option,
         click.option("--ip-adapter", default=None, envvar="CASTKEEP_IP_ADAPTER", show_envvar=True, metavar="ID|FILE",
                      help="IP-Adapter FaceID weights (file, folder or Hub repo[/file]) [default: h94/IP-Adapter-FaceID]."),
         click.option("--conditioning-models", default=None, metavar="PACK",
@@ -42,11 +55,14 @@ def weights_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--guidance", type=click.FloatRange(min=0), default=7.5, show_default=True, help="CFG scale."),
         click.option("--id-scale", type=click.FloatRange(0, 5), default=0.8, show_default=True,
                      help="IP-Adapter scale: how strongly the identity steers the repaint."),
+        lora_scale_option,
         click.option("--scheduler", default="default", show_default=True, type=click.Choice(SCHEDULER_NAMES),
                      help="Sampler."),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="torch device."),
         click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
                      help="Weights precision; auto = float16 on GPUs."),
+        offload_option,
+        vae_tiling_option,  # no --vae-slicing: an edit decodes one image per call
     ]
     for option in reversed(options):
         func = option(func)
@@ -99,9 +115,12 @@ def _text(report: dict[str, Any]) -> str:
 
 
 def _config(prompt: str | None, negative_prompt: str, seed: int | None, steps: int, guidance: float,
-            id_scale: float, scheduler: str, scorer: str) -> dict[str, Any]:
+            id_scale: float, lora_scale: float, scheduler: str, scorer: str, vae_tiling: bool | None
+            ) -> dict[str, Any]:
+    """The GenerationConfig fields every edit command takes."""
     return {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
-            "guidance": guidance, "id_scale": id_scale, "scheduler": scheduler, "scorer": scorer}
+            "guidance": guidance, "id_scale": id_scale, "lora_scale": lora_scale, "scheduler": scheduler,
+            "scorer": scorer, "vae_tiling": vae_tiling}
 
 
 @click.command("fix-face")
@@ -125,8 +144,10 @@ def _config(prompt: str | None, negative_prompt: str, seed: int | None, steps: i
 def fix_face(image: Path, characters: tuple[str, ...], faces: tuple[int, ...], prompt: str | None, strength: float,
              margin: float, keep: str, out: Path | None, store_path: Path | None, models: str | None, scorer: str,
              base_model: str | None, ip_adapter: str | None, conditioning_models: str | None, negative_prompt: str,
-             seed: int | None, steps: int, guidance: float, id_scale: float, scheduler: str, device: str, dtype: str,
-             no_watermark: bool, c2pa_cert: Path | None, c2pa_key: Path | None, as_json: bool) -> None:
+             seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, scheduler: str,
+             device: str, dtype: str, base_config: str | None, vae: str | None, offload: str,
+             vae_tiling: bool | None, no_watermark: bool, c2pa_cert: Path | None,
+             c2pa_key: Path | None, as_json: bool) -> None:
     """Restore the faces of IMAGE as stored characters, ADetailer-style.
 
     Each face is cropped with a margin, repainted at the model's resolution with its character's identity
@@ -137,12 +158,13 @@ def fix_face(image: Path, characters: tuple[str, ...], faces: tuple[int, ...], p
     output (OUT.mask.png)."""
     from ..generation.edits import fix_face as run
 
-    settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, scheduler, scorer)
+    settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, lora_scale, scheduler, scorer,
+                       vae_tiling)
     provenance = make_provenance(no_watermark, c2pa_cert, c2pa_key)
     _run(as_json, lambda: run(image, list(characters), faces=list(faces) or None, strength=strength, margin=margin,
                               keep=keep, out=out, base_model=base_model, ip_adapter=ip_adapter, device=device,
                               dtype=dtype, store=store_path, models=models, conditioning_models=conditioning_models,
-                              provenance=provenance, **settings))
+                              offload=offload, base_config=base_config, vae=vae, provenance=provenance, **settings))
 
 
 @click.command("edit")
@@ -164,22 +186,25 @@ def fix_face(image: Path, characters: tuple[str, ...], faces: tuple[int, ...], p
 @json_option
 def edit(image: Path, prompt: str, character: str, mask: str, face: int | None, strength: float, margin: float,
          out: Path | None, store_path: Path | None, models: str | None, scorer: str, base_model: str | None,
-         ip_adapter: str | None, conditioning_models: str | None, negative_prompt: str, seed: int | None, steps: int,
-         guidance: float, id_scale: float, scheduler: str, device: str, dtype: str,
-         no_watermark: bool, c2pa_cert: Path | None, c2pa_key: Path | None, as_json: bool) -> None:
+         ip_adapter: str | None, conditioning_models: str | None, negative_prompt: str,
+         seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, scheduler: str,
+         device: str, dtype: str, base_config: str | None, vae: str | None, offload: str,
+         vae_tiling: bool | None, no_watermark: bool, c2pa_cert: Path | None,
+         c2pa_key: Path | None, as_json: bool) -> None:
     """Repaint the --mask region of IMAGE from PROMPT, conditioned on --character's identity (inpainting).
 
     Only pixels where the feathered mask is above 0 change (with --no-watermark); the character's face is
     scored before and after."""
     from ..generation.edits import edit_image
 
-    settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, scheduler, scorer)
+    settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, lora_scale, scheduler, scorer,
+                       vae_tiling)
     provenance = make_provenance(no_watermark, c2pa_cert, c2pa_key)
     _run(as_json, lambda: edit_image(image, character, mask=mask, face=face, strength=strength, margin=margin,
                                      out=out, base_model=base_model, ip_adapter=ip_adapter, device=device,
                                      dtype=dtype, store=store_path, models=models,
-                                     conditioning_models=conditioning_models, provenance=provenance,
-                                     **settings))
+                                     conditioning_models=conditioning_models, offload=offload,
+                                     base_config=base_config, vae=vae, provenance=provenance, **settings))
 
 
 @click.command("outpaint")
@@ -201,19 +226,22 @@ def edit(image: Path, prompt: str, character: str, mask: str, face: int | None, 
 def outpaint(image: Path, character: str, aspect: str | None, left: int, right: int, top: int, bottom: int,
              prompt: str | None, strength: float, out: Path | None, store_path: Path | None, models: str | None,
              scorer: str, base_model: str | None, ip_adapter: str | None, conditioning_models: str | None,
-             negative_prompt: str, seed: int | None, steps: int, guidance: float, id_scale: float, scheduler: str,
-             device: str, dtype: str,
-         no_watermark: bool, c2pa_cert: Path | None, c2pa_key: Path | None, as_json: bool) -> None:
+             negative_prompt: str,
+             seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, scheduler: str,
+             device: str, dtype: str, base_config: str | None, vae: str | None, offload: str,
+             vae_tiling: bool | None, no_watermark: bool, c2pa_cert: Path | None,
+             c2pa_key: Path | None, as_json: bool) -> None:
     """Extend IMAGE's canvas and fill the new area; the original pixels are kept exactly (with
     --no-watermark) and the character's face is re-scored on the new canvas."""
     from ..generation.edits import outpaint as run
 
-    settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, scheduler, scorer)
+    settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, lora_scale, scheduler, scorer,
+                       vae_tiling)
     provenance = make_provenance(no_watermark, c2pa_cert, c2pa_key)
     _run(as_json, lambda: run(image, character, aspect=aspect, left=left, right=right, top=top, bottom=bottom,
                               strength=strength, out=out, base_model=base_model, ip_adapter=ip_adapter, device=device,
                               dtype=dtype, store=store_path, models=models, conditioning_models=conditioning_models,
-                              provenance=provenance, **settings))
+                              offload=offload, base_config=base_config, vae=vae, provenance=provenance, **settings))
 
 
 @click.command("upscale")
@@ -238,15 +266,18 @@ def outpaint(image: Path, character: str, aspect: str | None, left: int, right: 
 def upscale(image: Path, to: str, mode: str, character: str | None, prompt: str | None, strength: float,
             tile: int | None, out: Path | None, store_path: Path | None, models: str | None, scorer: str,
             base_model: str | None, ip_adapter: str | None, conditioning_models: str | None, negative_prompt: str,
-            seed: int | None, steps: int, guidance: float, id_scale: float, scheduler: str, device: str, dtype: str,
-            no_watermark: bool, c2pa_cert: Path | None, c2pa_key: Path | None, as_json: bool) -> None:
+            seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, scheduler: str,
+            device: str, dtype: str, base_config: str | None, vae: str | None, offload: str,
+            vae_tiling: bool | None, no_watermark: bool, c2pa_cert: Path | None,
+            c2pa_key: Path | None, as_json: bool) -> None:
     """Upscale IMAGE to 2K/4K (the long side) or --to PIXELS, with the face re-scored after."""
     from ..generation.edits import upscale as run
 
-    settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, scheduler, scorer)
+    settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, lora_scale, scheduler, scorer,
+                       vae_tiling)
     provenance = make_provenance(no_watermark, c2pa_cert, c2pa_key)
     _run(as_json, lambda: run(image, character, to=to, mode=mode, strength=strength, tile=tile, out=out,
                               base_model=base_model, ip_adapter=ip_adapter, device=device, dtype=dtype,
                               store=store_path, models=models, conditioning_models=conditioning_models,
-                              provenance=provenance, **settings),
+                              offload=offload, base_config=base_config, vae=vae, provenance=provenance, **settings),
          diffusion=mode == "diffusion")

@@ -36,6 +36,39 @@ def _sidecar_line(sidecar: dict[str, Any]) -> str:
             f"({sidecar.get('schema')})")
 
 
+def _score_text(score: Any) -> str:
+    if not isinstance(score, dict):
+        return "not scored"
+    if not score.get("face_found"):
+        return "no face"
+    probability = score.get("probability")
+    return f"P(same) {probability:.3f}" if isinstance(probability, float) else "face"
+
+
+def _edit_lines(edit: dict[str, Any]) -> list[str]:
+    """An edit's sidecar: what ran on which image, each face before -> after, the mask, models and settings."""
+    problems = edit["schema_errors"]
+    lines = [f"{edit['command']} of {edit['source']} ("
+             + ("valid sidecar" if not problems else f"sidecar does not match its schema: {problems[0]}") + ")"]
+    for face in edit["faces"]:
+        which = "face" if face["face"] is None else f"face {face['face']}"
+        verdict = "" if face["kept"] is None else (", kept" if face["kept"] else ", original kept")
+        if face["improved"] is not None:
+            verdict += " (improved)" if face["improved"] else " (not improved)"
+        lines.append(f"{which} as {face['character']}: {_score_text(face['before'])} -> "
+                     f"{_score_text(face['after'])}{verdict}")
+    if edit["mask"] is not None:
+        fraction = edit["mask_fraction"]
+        lines.append(f"mask: {edit['mask']}" + (f" ({fraction:.1%} of the image)" if isinstance(fraction, float) else ""))
+    models = edit["models"]
+    if models:
+        lines.append("models: " + ", ".join(f"{key} {value}" for key, value in models.items() if value is not None))
+    settings = edit["settings"]
+    if settings:
+        lines.append("settings: " + ", ".join(f"{key} {value}" for key, value in settings.items() if value is not None))
+    return lines
+
+
 def _c2pa_lines(credentials: dict[str, Any] | None) -> list[str]:
     if credentials is None:
         return ["none"]
@@ -72,6 +105,10 @@ def _text(results: list[dict[str, Any]]) -> str:
         lines.append("  parameters (A1111): " + ("none" if parameters is None else
                                                  parameters["text"].splitlines()[-1][:200]))
         lines.append("  castkeep sidecar: " + ("none" if result["castkeep"] is None else _sidecar_line(result["castkeep"])))
+        if result.get("edit"):
+            edit = _edit_lines(result["edit"])
+            lines.append(f"  edit: {edit[0]}")
+            lines += [f"        {line}" for line in edit[1:]]
         others = ", ".join(f"{o['tool']} ({o['chunk']})" for o in result["other_generators"])
         lines.append(f"  other generators: {others or 'none'}")
         c2pa = _c2pa_lines(result["c2pa"])
@@ -88,7 +125,9 @@ def _text(results: list[dict[str, Any]]) -> str:
 @json_option
 def inspect(images: tuple[Path, ...], c2pa_trust: Path | None, keep_going: bool, as_json: bool) -> None:
     """Show what IMAGES (files or folders) carry: castkeep's invisible watermark, A1111 `parameters`,
-    castkeep's sidecar chunk, ComfyUI/InvokeAI metadata, and C2PA Content Credentials with their validation.
+    castkeep's sidecar chunk (for an edit output of fix-face, edit, outpaint or upscale: the command, each
+    face's score before and after, the mask, models and settings), ComfyUI/InvokeAI metadata, and C2PA
+    Content Credentials with their validation.
 
     Reads only; exits 3 when an image cannot be read (unless --keep-going).
     """

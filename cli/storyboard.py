@@ -11,7 +11,14 @@ import click
 from ..errors import GenerationError
 from ..generation.config import DEVICES, DTYPES
 from ..utils import progress, slug
-from .common import emit, json_option, log_to_stderr
+from .common import (
+    emit,
+    json_option,
+    log_to_stderr,
+    pipeline_load_options,
+    vae_slicing_option,
+    vae_tiling_option,
+)
 from .provenance import make_provenance, provenance_options
 from .store_commands import store_option
 
@@ -66,8 +73,9 @@ def _text(result: Any) -> str:
               help="Print an example plan (TOML, every field explained) and exit.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Run folder; re-running the same command resumes it [default: ./castkeep-out/storyboard-PLAN].")
-@click.option("--base-model", default=None, envvar="CASTKEEP_BASE_MODEL", show_envvar=True, metavar="ID|DIR",
-              help="Stable Diffusion 1.5 or SDXL: a diffusers folder or a Hugging Face id.")
+@click.option("--base-model", default=None, envvar="CASTKEEP_BASE_MODEL", show_envvar=True, metavar="ID|DIR|FILE",
+              help="Stable Diffusion 1.5 or SDXL: a diffusers folder, a single-file .safetensors checkpoint "
+                   "(A1111/Civitai) or a Hugging Face id.")
 @click.option("--ip-adapter", default=None, envvar="CASTKEEP_IP_ADAPTER", show_envvar=True, metavar="ID|FILE",
               help="IP-Adapter FaceID weights: a file, a folder holding one, or a Hub repo[/file].")
 @store_option
@@ -88,12 +96,17 @@ def _text(result: Any) -> str:
               help="torch device; auto = cuda, then mps, then cpu.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
               help="Weights precision; auto = float16 on GPUs, float32 on CPU.")
+@pipeline_load_options
+@vae_tiling_option
+@vae_slicing_option
 @provenance_options
 @json_option
 def storyboard(plan: Path, out_dir: Path | None, base_model: str | None, ip_adapter: str | None,
                store_path: Path | None, models: str | None, conditioning_models: str | None, batch_size: int,
                retry_failed: bool, ray_address: str | None, workers: int | None, device: str, dtype: str,
-               no_watermark: bool, c2pa_cert: Path | None, c2pa_key: Path | None, as_json: bool) -> None:
+               base_config: str | None, vae: str | None, offload: str, vae_tiling: bool | None,
+               vae_slicing: bool | None, no_watermark: bool, c2pa_cert: Path | None, c2pa_key: Path | None,
+               as_json: bool) -> None:
     """Generate every shot of PLAN (a TOML or YAML storyboard: shots with prompts, characters, seeds,
     sizes and selection rules; see --example), each judged against its characters.
 
@@ -118,7 +131,9 @@ def storyboard(plan: Path, out_dir: Path | None, base_model: str | None, ip_adap
                                     ip_adapter=ip_adapter, device=device, dtype=dtype, models=models,
                                     conditioning_models=conditioning_models, batch_size=batch_size,
                                     retry_failed=retry_failed, ray=ray_address, workers=workers,
-                                    on_shot=bar.advance, provenance=provenance)
+                                    on_shot=bar.advance, provenance=provenance, offload=offload,
+                                    base_config=base_config, vae=vae, vae_tiling=vae_tiling,
+                                    vae_slicing=vae_slicing)
         finally:
             bar.close()
     emit({**result.summary, "run_dir": str(result.run_dir), "report": str(result.report_path),

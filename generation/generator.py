@@ -66,11 +66,32 @@ def make_config(prompt: str | None, config: GenerationConfig | None, settings: d
     return config
 
 
-def load_scoring_analyzer(models: ModelsSpec) -> FaceAnalyzer:
-    """Detection + embedding only: all that scoring an output needs."""
+def scoring_device(device: str) -> str:
+    """The onnxruntime device of the face models that score a pipeline's outputs, for the pipeline's torch
+    `device` (as asked for, or resolved): beside a CUDA pipeline they run on the pack's CUDA providers where
+    onnxruntime has them ("auto": else the CPU, never an error, so a CPU-only onnxruntime still scores);
+    beside anything else, on the CPU."""
+    if device == "auto":  # as loading.resolve_device resolves it; mps has no onnxruntime provider here
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return "auto" if device == "cuda" else "cpu"
+
+
+def load_scoring_analyzer(models: ModelsSpec, device: str = "cpu") -> FaceAnalyzer:
+    """Detection + embedding only: all that scoring an output needs; `device` is onnxruntime's
+    (`scoring_device` of the pipeline's)."""
     from ..identity.analyzer import FaceAnalyzer
 
-    return FaceAnalyzer.from_pretrained(models, dense=False, landmarks_106=False)
+    return FaceAnalyzer.from_pretrained(models, device=device, dense=False, landmarks_106=False)
+
+
+def load_recogniser(device: str = "cpu") -> Any:
+    """dlib's recogniser, the independent judge of outputs, on `device`'s onnxruntime providers."""
+    from ..identity.dlib_recogniser import DlibRecogniser
+    from ..landmarks.model_pack import select_providers
+
+    return DlibRecogniser(providers=None if device == "cpu" else select_providers(device))
 
 
 def check_scoring_model(identity: Identity, analyzer: FaceAnalyzer, store: Store | None = None) -> None:
@@ -201,15 +222,13 @@ class Generator:
         """The face models that score outputs, loaded once per pack."""
         key = str(getattr(models, "path", models))
         if key not in self._analyzers:
-            self._analyzers[key] = load_scoring_analyzer(models)
+            self._analyzers[key] = load_scoring_analyzer(models, scoring_device(self.loaded.device))
         return self._analyzers[key]
 
     def recogniser(self) -> Any:
         """dlib's recogniser, the independent judge of outputs, loaded once."""
         if self._recogniser is None:
-            from ..identity.dlib_recogniser import DlibRecogniser
-
-            self._recogniser = DlibRecogniser()
+            self._recogniser = load_recogniser(scoring_device(self.loaded.device))
         return self._recogniser
 
     def conditioning_space(self, conditioning_models: ModelsSpec = None) -> ConditioningSpace:
@@ -281,7 +300,7 @@ def generate(character: CharacterOrIdentity, prompt: str | None = None, *, base_
         space = conditioning_space(weights, pack_option(conditioning_models))
         variant = inspect_faceid(weights, plus_version).variant  # reads the checkpoint's key shapes only
         identity, opened = resolve_identity(stack, character, store, space, weights.name, variant)
-        analyzer = load_scoring_analyzer(models)
+        analyzer = load_scoring_analyzer(models, scoring_device(device))
         check_scoring_model(identity, analyzer, opened)
         choose_judge(config, identity, analyzer, opened)
         generator = Generator._build(base, adapter, device, dtype, offload=offload, base_config=_spec(base_config),

@@ -107,6 +107,8 @@ class DlibRecogniser:
         self.shape_predictor = self._dlib.shape_predictor(os.fspath(shape_path))
         self._model: Any = None
         self._session: Any = None
+        # What was asked for: onnxruntime falls back to the CPU silently (`providers` says what runs).
+        self.requested_providers = list(providers) if providers else ["CPUExecutionProvider"]
         if self.backend == "onnx":
             from .dlib_onnx import convert, descriptor_session
 

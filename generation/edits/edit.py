@@ -29,8 +29,8 @@ def edit_image(image: str | os.PathLike[str], character: CharacterOrIdentity, pr
                strength: float = STRENGTH, margin: float = MARGIN, out: str | os.PathLike[str] | None = None,
                generator: Generator | None = None, base_model: Any = None, ip_adapter: Any = None,
                device: str = "auto", dtype: str = "auto", store: Any = None, models: Any = None,
-               conditioning_models: Any = None, provenance: Provenance | None = None,
-             **settings: Any) -> EditResult:
+               conditioning_models: Any = None, offload: str = "none", base_config: Any = None,
+               vae: Any = None, provenance: Provenance | None = None, **settings: Any) -> EditResult:
     """Repaint the `mask` region of `image` from `prompt` as `character`: mask is face, hair or background
     (from face `face`'s mesh, default the largest) or a mask file (white = repaint) of the image's size.
     The character's face is scored before and after."""
@@ -46,7 +46,8 @@ def edit_image(image: str | os.PathLike[str], character: CharacterOrIdentity, pr
     file_mask = None if str(mask) in MASK_KINDS else load_mask(mask, original.size)
     with edit_session([character], config, generator=generator, base_model=base_model, ip_adapter=ip_adapter,
                       device=device, dtype=dtype, store=store, models=models,
-                      conditioning_models=conditioning_models) as session:
+                      conditioning_models=conditioning_models,
+                      offload=offload, base_config=base_config, vae=vae) as session:
         member = session.cast[0]
         bgr = pixels(original)
         faces = session.analyzer.analyze(bgr, dense=False).faces
@@ -66,7 +67,7 @@ def edit_image(image: str | os.PathLike[str], character: CharacterOrIdentity, pr
                                 strength=strength, seed=config.seed_for(0))
         after = score_at(member.scorer, edited, target.bbox) if target is not None else None
         settings_out = {**config.to_dict(), "sampler": sampler, "strength": strength, "margin": margin,
-                        "mask": str(mask), "device": loaded.device, "dtype": loaded.dtype}
+                        "mask": str(mask), **session.load_settings()}
         settings_out.pop("prompt"), settings_out.pop("negative_prompt")
         mask_file = path.with_suffix(".mask.png")
         report = {"mask": {"kind": str(mask) if file_mask is None else "file", **mask_stats(region_mask)},

@@ -49,7 +49,8 @@ def fix_face(image: str | os.PathLike[str], characters: CharacterOrIdentity | li
              strength: float = STRENGTH, margin: float = MARGIN, keep: str = "improved",
              out: str | os.PathLike[str] | None = None, generator: Generator | None = None,
              base_model: Any = None, ip_adapter: Any = None, device: str = "auto", dtype: str = "auto",
-             store: Any = None, models: Any = None, conditioning_models: Any = None,
+             store: Any = None, models: Any = None, conditioning_models: Any = None, offload: str = "none",
+             base_config: Any = None, vae: Any = None,
              provenance: Provenance | None = None, **settings: Any) -> EditResult:
     """Repaint faces of `image` as their characters (see the module docstring). `faces` are indices as
     `castkeep analyze` numbers them (default: the largest); `characters` one for all, or one per face.
@@ -72,7 +73,8 @@ def fix_face(image: str | os.PathLike[str], characters: CharacterOrIdentity | li
     path = output_path(out, source, "fixface", provenance)
     with edit_session(cast_list, config, generator=generator, base_model=base_model, ip_adapter=ip_adapter,
                       device=device, dtype=dtype, store=store, models=models,
-                      conditioning_models=conditioning_models) as session:
+                      conditioning_models=conditioning_models,
+                      offload=offload, base_config=base_config, vae=vae) as session:
         meshed = meshed_faces(session.analyzer, original, [face for _, face in pairs], str(source))
         bgr = pixels(original)
         found = len(session.analyzer.analyze(bgr, dense=False).faces)
@@ -99,7 +101,7 @@ def fix_face(image: str | os.PathLike[str], characters: CharacterOrIdentity | li
                             "mask": mask_stats(mask), "region": region.to_dict(),
                             "scores": {"before": before.to_dict(), "after": after.to_dict()}})
         settings_out = {**config.to_dict(), "sampler": sampler, "strength": strength, "margin": margin, "keep": keep,
-                        "device": loaded.device, "dtype": loaded.dtype}
+                        **session.load_settings()}
         settings_out.pop("prompt"), settings_out.pop("negative_prompt")
         mask_file = path.with_suffix(".mask.png")
         report = {"faces": records, "changed": any(r["kept"] for r in records), "mask_file": mask_file.name}

@@ -23,6 +23,7 @@ from ..config import GenerationConfig
 from ..faceid_lora import apply_faceid_lora_scale
 from ..identity_embeds import identity_embeds, uses_guidance
 from ..loading import INPAINT_KINDS, LoadedPipeline
+from ..memory import apply_vae_memory, tiling_wanted
 from ..schedulers import apply_scheduler
 from .masks import compose, mask_box
 
@@ -68,6 +69,9 @@ def run_pipe(loaded: LoadedPipeline, pipe: Any, config: GenerationConfig, vector
 
     pipe.set_ip_adapter_scale(config.id_scale)
     apply_faceid_lora_scale(pipe, config.id_scale, config.lora_scale)
+    # One image per call: slicing only when asked; tiling as `generate` decides it (--vae-tiling, else auto).
+    apply_vae_memory(pipe, tiling=tiling_wanted(config.vae_tiling, image.width, image.height, loaded.native_size,
+                                                loaded.offload), slicing=bool(config.vae_slicing))
     embeds = identity_embeds(vector, guidance=uses_guidance(pipe, config.guidance), device=loaded.device,
                              dtype=pipe.unet.dtype, dim=loaded.checkpoint.id_dim)
     if int(config.steps * strength) < 1:

@@ -67,7 +67,8 @@ def outpaint(image: str | os.PathLike[str], character: CharacterOrIdentity, prom
              config: GenerationConfig | None = None, strength: float = STRENGTH,
              out: str | os.PathLike[str] | None = None, generator: Generator | None = None, base_model: Any = None,
              ip_adapter: Any = None, device: str = "auto", dtype: str = "auto", store: Any = None,
-             models: Any = None, conditioning_models: Any = None, provenance: Provenance | None = None,
+             models: Any = None, conditioning_models: Any = None, offload: str = "none",
+             base_config: Any = None, vae: Any = None, provenance: Provenance | None = None,
              **settings: Any) -> EditResult:
     """Extend `image` to `aspect` (or by pixels per side) and fill the new area as `character`'s scene."""
     from ...landmarks.images import load_pil
@@ -83,7 +84,8 @@ def outpaint(image: str | os.PathLike[str], character: CharacterOrIdentity, prom
     path = output_path(out, source, "outpaint", provenance)
     with edit_session([character], config, generator=generator, base_model=base_model, ip_adapter=ip_adapter,
                       device=device, dtype=dtype, store=store, models=models,
-                      conditioning_models=conditioning_models) as session:
+                      conditioning_models=conditioning_models,
+                      offload=offload, base_config=base_config, vae=vae) as session:
         member = session.cast[0]
         bgr = pixels(original)
         faces = session.analyzer.analyze(bgr, dense=False).faces
@@ -99,7 +101,7 @@ def outpaint(image: str | os.PathLike[str], character: CharacterOrIdentity, prom
             x1, y1, x2, y2 = (float(v) for v in faces[0].bbox)
             after = score_at(member.scorer, filled, (x1 + sides[0], y1 + sides[1], x2 + sides[0], y2 + sides[1]))
         settings_out = {**config.to_dict(), "sampler": sampler, "strength": strength, "aspect": aspect,
-                        "device": loaded.device, "dtype": loaded.dtype}
+                        **session.load_settings()}
         settings_out.pop("prompt"), settings_out.pop("negative_prompt")
         report = {"extension": dict(zip(("left", "top", "right", "bottom"), sides, strict=True)),
                   "original_box": [sides[0], sides[1], sides[0] + original.width, sides[1] + original.height],

@@ -16,12 +16,13 @@ from ... import __version__
 from ...errors import ConfigError
 from ...utils import file_sha256, slug, utc_now, write_json_atomic
 from ..config import GenerationConfig
+from ..faceid_lora import effective_lora_scale
 from ..generator import OUT_ROOT
 from ..metadata import a1111_parameters
 from ..provenance.output import Provenance
 from .session import EditSession
 
-EDIT_SIDECAR_SCHEMA_ID = "castkeep.edit.sidecar/1"
+EDIT_SIDECAR_SCHEMA_ID = "castkeep.edit.sidecar/2"  # /2: settings record requested_device and offload
 
 
 @dataclass
@@ -73,6 +74,8 @@ def write_edit(image: Image.Image, path: Path, *, command: str, source: Path, se
                        "Seed": config.seed, "Denoising strength": settings.get("strength"),
                        "IP-Adapter weight": config.id_scale})
     models = sidecar["models"] or {}
+    if config is not None and models.get("faceid_lora"):  # as generate writes it: the weight the run applied
+        fields["FaceID LoRA weight"] = effective_lora_scale(config.id_scale, config.lora_scale)
     if "base_model" in models:
         fields.update({"Model": Path(models["base_model"]).name, "Model hash": (models["base_model_hash"] or "")[:10],
                        "IP-Adapter": models["ip_adapter_file"], "IP-Adapter hash": models["ip_adapter_hash"][:10]})

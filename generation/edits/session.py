@@ -8,6 +8,7 @@ Nothing here is new machinery: it is generation/generator.py's checks, per chara
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -22,13 +23,16 @@ from ..generator import (
     StoreSpec,
     check_scoring_model,
     choose_judge,
+    load_recogniser,
     load_scoring_analyzer,
     open_store,
     pack_option,
     resolve_identity,
+    scoring_device,
     weights_specs,
 )
-from ..loading import build_pipeline, resolve_weights
+from ..loading import build_pipeline, check_load_options, resolve_weights
+from ..memory import check_offload
 from ..runner import Identity, identity_from_store
 from ..scoring import IdentityScorer
 
@@ -57,15 +61,26 @@ class EditSession:
     dtype: str = "auto"
     generator: Generator | None = None
     warnings: list[str] = field(default_factory=list)
+    offload: str = "none"  # load-time, like device and dtype (generation/memory.py)
+    base_config: str | None = None  # the configs of a single-file base model
+    vae: str | None = None  # a VAE in place of the base model's
 
     def load(self, *, inpaint: bool = False) -> Generator:
         """The diffusion weights, loaded once (or the Generator the caller passed in)."""
         if self.generator is None:
             logger.info("loading %s + %s ...", self.base_model, self.ip_adapter)
             self.generator = Generator(build_pipeline(self.base_model, self.ip_adapter, device=self.device,
-                                                      dtype=self.dtype, inpaint=inpaint))
+                                                      dtype=self.dtype, inpaint=inpaint, offload=self.offload,
+                                                      base_config=self.base_config, vae=self.vae))
             self.warnings += self.generator.loaded.warnings
         return self.generator
+
+    def load_settings(self) -> dict[str, Any]:
+        """What the loaded pipeline runs on, for the sidecar's settings (as `generate` records them)."""
+        assert self.generator is not None, "load() first"
+        loaded = self.generator.loaded
+        return {"device": loaded.device, "requested_device": loaded.requested_device, "dtype": loaded.dtype,
+                "offload": loaded.offload}
 
     def models_dict(self) -> dict[str, Any]:
         models: dict[str, Any] = {"face_analyzer": self.analyzer.fingerprint}
@@ -80,10 +95,16 @@ def edit_session(characters: Sequence[CharacterOrIdentity], config: GenerationCo
                  generator: Generator | None = None, base_model: PathSpec | None = None,
                  ip_adapter: PathSpec | None = None, device: str = "auto", dtype: str = "auto",
                  store: StoreSpec = None, models: ModelsSpec = None, conditioning_models: ModelsSpec = None,
-                 needs_weights: bool = True) -> Iterator[EditSession]:
+                 needs_weights: bool = True, offload: str = "none", base_config: PathSpec | None = None,
+                 vae: PathSpec | None = None) -> Iterator[EditSession]:
     """The checked characters and their scorers; nothing slow is loaded but the face models. Without
-    `needs_weights` (a Lanczos upscale) the characters are only scored, in the store's primary space."""
+    `needs_weights` (a Lanczos upscale) the characters are only scored, in the store's primary space.
+    `offload`, `base_config` and `vae` are `build_pipeline`'s, used when the session loads the weights."""
     base, adapter = weights_specs(base_model, ip_adapter)
+    config_folder = None if base_config is None else os.fspath(base_config)
+    if needs_weights and generator is None:  # a wrong mode or an offload on the CPU fails before any model loads
+        check_load_options(device, dtype)
+        check_offload(offload, "cpu" if device == "cpu" else None)
     with ExitStack() as stack:
         opened = None
         if any(not isinstance(c, Identity) for c in characters) or (characters and store is not None):
@@ -91,10 +112,13 @@ def edit_session(characters: Sequence[CharacterOrIdentity], config: GenerationCo
             for character in characters:  # an unknown name fails before any weights are looked for
                 if not isinstance(character, Identity):
                     opened.get(character)
-        analyzer = generator.scoring_analyzer(models) if generator is not None else load_scoring_analyzer(models)
+        # Beside the pipeline's device (a Lanczos upscale loads no pipeline: the CPU).
+        analyzer = (generator.scoring_analyzer(models) if generator is not None else
+                    load_scoring_analyzer(models, scoring_device(device) if needs_weights else "cpu"))
         identities: list[tuple[Identity, Any]] = []
         if needs_weights:
-            weights = generator.loaded.checkpoint.path if generator is not None else resolve_weights(base, adapter)
+            weights = (generator.loaded.checkpoint.path if generator is not None
+                       else resolve_weights(base, adapter, config_folder))
             space = (generator.conditioning_space(conditioning_models) if generator is not None else
                      _space(weights, conditioning_models))
             identities = [resolve_identity(stack, c, opened, space, weights.name) for c in characters]
@@ -108,21 +132,17 @@ def edit_session(characters: Sequence[CharacterOrIdentity], config: GenerationCo
             judged, notes = choose_judge(config, identity, analyzer, own_store)
             warnings += notes
             if own_store is not None and recogniser is None:
-                recogniser = generator.recogniser() if generator is not None else _dlib()
+                recogniser = (generator.recogniser() if generator is not None else
+                              load_recogniser(scoring_device(device) if needs_weights else "cpu"))
             cast.append(CastMember(identity, IdentityScorer(
                 analyzer, identity.vector, name=identity.name, store=own_store, judge=judged.scorer,
                 recogniser=recogniser if own_store is not None else None)))
         yield EditSession(config=config, cast=cast, analyzer=analyzer, base_model=base, ip_adapter=adapter,
-                          device=device, dtype=dtype, generator=generator, warnings=warnings)
+                          device=device, dtype=dtype, generator=generator, warnings=warnings, offload=offload,
+                          base_config=config_folder, vae=None if vae is None else os.fspath(vae))
 
 
 def _space(weights: Any, conditioning_models: ModelsSpec) -> Any:
     from ..conditioning import conditioning_space
 
     return conditioning_space(weights, pack_option(conditioning_models))
-
-
-def _dlib() -> Any:
-    from ...identity.dlib_recogniser import DlibRecogniser
-
-    return DlibRecogniser()

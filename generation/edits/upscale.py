@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,8 @@ def upscale(image: str | os.PathLike[str], character: CharacterOrIdentity | None
             strength: float = STRENGTH, tile: int | None = None, out: str | os.PathLike[str] | None = None,
             generator: Generator | None = None, base_model: Any = None, ip_adapter: Any = None,
             device: str = "auto", dtype: str = "auto", store: Any = None, models: Any = None,
-            conditioning_models: Any = None, provenance: Provenance | None = None,
+            conditioning_models: Any = None, offload: str = "none",
+             base_config: Any = None, vae: Any = None, provenance: Provenance | None = None,
              **settings: Any) -> EditResult:
     """Upscale `image` so its long side is `to`; `diffusion` mode needs `character` (its identity conditions
     the detail pass), `lanczos` scores it only when one is given."""
@@ -138,15 +140,17 @@ def upscale(image: str | os.PathLike[str], character: CharacterOrIdentity | None
     config = make_config(prompt if prompt is not None or config is not None else DEFAULT_PROMPT, config, settings)
     with edit_session([character], config, generator=generator, base_model=base_model, ip_adapter=ip_adapter,
                       device=device, dtype=dtype, store=store, models=models,
-                      conditioning_models=conditioning_models) as session:
+                      conditioning_models=conditioning_models,
+                      offload=offload, base_config=base_config, vae=vae) as session:
         loaded = session.load().loaded
         pipe, sampler = derived_pipe(loaded, "img2img", config.scheduler)
-        pipe.vae.enable_tiling()
+        if config.vae_tiling is None:  # the detail pass decodes with the VAE's tiling unless --no-vae-tiling
+            config = replace(config, vae_tiling=True)
         tile_size = tile or loaded.native_size
         result, count = tiled_img2img(loaded, pipe, config, session.cast[0].identity.vector, enlarged,
                                       tile=tile_size, strength=strength)
         settings_out = {**config.to_dict(), "mode": mode, "to": str(to), "sampler": sampler, "strength": strength,
-                        "tile": tile_size, "tiles": count, "device": loaded.device, "dtype": loaded.dtype}
+                        "tile": tile_size, "tiles": count, **session.load_settings()}
         settings_out.pop("prompt"), settings_out.pop("negative_prompt")
         return write_edit(result, path, command="upscale", source=source, session=session, config=config,
                           settings=settings_out, report={"face": _scores(session, original, result)},

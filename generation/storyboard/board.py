@@ -45,12 +45,15 @@ class Storyboard:
     """A checked plan with its characters and the workers' pipeline, run into one folder."""
 
     def __init__(self, pipeline: PipelineInfo, plan: Plan, identities: dict[str, Identity], run_dir: Path, *,
-                 batch_size: int = 1, provenance: Provenance | None = None, mark_on_workers: bool = False) -> None:
+                 batch_size: int = 1, provenance: Provenance | None = None, vae_tiling: bool | None = None,
+                 vae_slicing: bool | None = None, mark_on_workers: bool = False) -> None:
         self.pipeline = pipeline
         self.plan = plan
         self.identities = identities
         self.run_dir = run_dir
         self.batch_size = batch_size
+        # Decoding memory, for every shot (like batch_size, not part of a shot's key): None = generate's auto.
+        self.vae_tiling, self.vae_slicing = vae_tiling, vae_slicing
         self.provenance = provenance if provenance is not None else Provenance()  # how every take is marked
         # Ray: each worker watermarks its own takes (same pixels: the same code), the driver saves them.
         self.mark_on_workers = mark_on_workers and self.provenance.watermark
@@ -70,7 +73,8 @@ class Storyboard:
         return shot_key(shot, self.identities, self.models)
 
     def config(self, shot: Shot, rounds: int) -> GenerationConfig:
-        config = shot.config(batch_size=self.batch_size)
+        config = replace(shot.config(batch_size=self.batch_size), vae_tiling=self.vae_tiling,
+                         vae_slicing=self.vae_slicing)
         # --retry-failed: each round adds one more budget of takes, continuing the shot's seed sequence.
         return config if rounds <= 1 else replace(config, max_tries=config.budget * rounds)
 

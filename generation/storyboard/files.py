@@ -20,6 +20,7 @@ from typing import Any
 from ... import __version__
 from ...utils import file_sha256, utc_now, write_bytes_atomic, write_json_atomic
 from ..config import GenerationConfig
+from ..faceid_lora import effective_lora_scale
 from ..metadata import a1111_parameters
 from ..provenance.output import Provenance
 from ..runner import Identity
@@ -70,6 +71,7 @@ def write_take(run_dir: Path, shot: Shot, config: GenerationConfig, take: Take, 
         "Size": f"{take.image.width}x{take.image.height}", "Model hash": (models["base_model_hash"] or "")[:10],
         "Model": Path(models["base_model"]).name, "IP-Adapter": models["ip_adapter_file"],
         "IP-Adapter hash": models["ip_adapter_hash"][:10], "IP-Adapter weight": config.id_scale,
+        "FaceID LoRA weight": effective_lora_scale(config.id_scale, config.lora_scale) if models["faceid_lora"] else None,
         "Character": " + ".join(shot.characters), "Shot": shot.id,
         "Identity P(same)": "no face" if probability is None else f"{probability:.3f} ({config.scorer}, generated)",
         "Version": f"castkeep {__version__}",

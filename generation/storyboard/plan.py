@@ -136,6 +136,7 @@ SHOT_FIELDS: dict[str, Callable[[Any], Any]] = {
     "steps": _integer(1, 1000),
     "guidance": _number(0, 50),
     "id_scale": _number(0, 5),
+    "lora_scale": _number(0, 2),  # the FaceID LoRA's weight (generate's --lora-scale)
     "num_images": _integer(1, 64),
     "best_of": _integer(1, 256),
     "min_score": _number(0, 1),
@@ -147,7 +148,8 @@ _SIZE_FIELDS = {"aspect", "width", "height"}
 PLAN_KEYS = ("title", "seed", "defaults", "shots")
 SHOT_ONLY = ("id", "regions")
 # The settings a shot passes to GenerationConfig, by their config names.
-_CONFIG_NAMES = {"steps": "steps", "guidance": "guidance", "id_scale": "id_scale", "width": "width",
+_CONFIG_NAMES = {"steps": "steps", "guidance": "guidance", "id_scale": "id_scale", "lora_scale": "lora_scale",
+                 "width": "width",
                  "height": "height", "aspect": "aspect", "num_images": "num_images", "best_of": "best_of",
                  "min_score": "min_score", "max_tries": "max_tries", "scorer": "scorer", "scheduler": "scheduler"}
 

@@ -38,9 +38,11 @@ from ..generator import (
     load_scoring_analyzer,
     open_store,
     pack_option,
+    scoring_device,
     weights_specs,
 )
 from ..loading import resolve_weights
+from ..memory import check_offload
 from ..provenance.output import Provenance
 from ..runner import Identity, identity_from_store
 from .board import ShotEvent, Storyboard
@@ -148,7 +150,9 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
                    batch_size: int = 1, retry_failed: bool = False, ray: str | None = None,
                    workers: int | None = None, on_shot: Callable[[ShotEvent], None] | None = None,
                    provenance: Provenance | None = None, cancel: Callable[[], bool] | None = None,
-                   generator: Generator | None = None) -> StoryboardResult:
+                   generator: Generator | None = None, offload: str = "none", base_config: PathSpec | None = None,
+                   vae: PathSpec | None = None, vae_tiling: bool | None = None,
+                   vae_slicing: bool | None = None) -> StoryboardResult:
     """Run (or resume) every shot of `plan` into `out_dir` with one pipeline load.
 
     The plan, the characters (in the store and in the adapter's embedding space), the scorers and every
@@ -159,6 +163,8 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
     `provenance` says (default: castkeep's invisible watermark). In-process runs only: `cancel`, asked before
     each shot, stops the run between shots (the session's outcome is "cancelled"; running it again resumes);
     `generator` is a pipeline already loaded with these weights (a server keeps one warm) instead of a new one.
+    `offload`, `base_config` and `vae` are `Generator.from_pretrained`'s (every Ray worker loads with them too);
+    `vae_tiling`/`vae_slicing` apply to every shot (None: on where `generate` would switch them on).
     """
     provenance = provenance if provenance is not None else Provenance()
     provenance.check()
@@ -172,11 +178,18 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
         raise GenerationError("--workers needs --ray" if ray is None else f"--workers {workers} must be at least 1")
     run_dir = Path(out_dir)
     base, adapter = weights_specs(base_model, ip_adapter)
+    load: dict[str, Any] = {"offload": offload, "base_config": None if base_config is None else os.fspath(base_config),
+            "vae": None if vae is None else os.fspath(vae)}
+    if generator is None:  # a wrong mode, or an offload on the CPU, fails before anything loads
+        check_offload(offload, "cpu" if device == "cpu" else None)
+    memory: dict[str, Any] = {"vae_tiling": vae_tiling, "vae_slicing": vae_slicing}
     with ExitStack() as stack:
         opened = open_store(stack, store)
         check_cast(plan, opened)  # an unknown name fails before any weights are looked for
-        identities = resolve_cast(plan, opened, resolve_weights(base, adapter), conditioning_models)
-        analyzer = load_scoring_analyzer(models)
+        identities = resolve_cast(plan, opened, resolve_weights(base, adapter, load["base_config"]),
+                                  conditioning_models)
+        analyzer = (generator.scoring_analyzer(models) if generator is not None
+                    else load_scoring_analyzer(models, scoring_device(device)))
         for identity in identities.values():
             check_scoring_model(identity, analyzer, opened)
         for shot in plan.shots:
@@ -189,9 +202,10 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
         ledger = stack.enter_context(Ledger.open(run_dir))
         if ray is None:
             if generator is None:
-                generator = Generator.from_pretrained(base, adapter, device=device, dtype=dtype)
+                generator = Generator.from_pretrained(base, adapter, device=device, dtype=dtype, **load)
             worker = ShotWorker.build(generator, analyzer, opened, identities, judges)
-            board = Storyboard(worker.info, plan, identities, run_dir, batch_size=batch_size, provenance=provenance)
+            board = Storyboard(worker.info, plan, identities, run_dir, batch_size=batch_size, provenance=provenance,
+                               **memory)
             _drive(board, ledger, lambda: run_in_process(board, ledger, worker, retry_failed=retry_failed,
                                                          on_shot=on_shot, cancel=cancel))
         else:
@@ -202,11 +216,11 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
             pack = pack_option(models) or os.environ.get(ENV_MODELS)
             spec = WorkerSpec(base_model=base, ip_adapter=adapter, device=device, dtype=dtype,
                               models=None if pack is None else os.fspath(pack), store=_store_location(store, opened),
-                              identities=identities, judges=judges)
+                              identities=identities, judges=judges, **load)
             pool, pipeline = stack.enter_context(RayPool.start(spec, ray, workers=workers,
                                                                analyzer=analyzer.fingerprint))
             board = Storyboard(pipeline, plan, identities, run_dir, batch_size=batch_size, provenance=provenance,
-                               mark_on_workers=True)
+                               mark_on_workers=True, **memory)
             _drive(board, ledger, lambda: pool.run(board, ledger, retry_failed=retry_failed, on_shot=on_shot))
         summary_path, report_path, summary = write_report(run_dir, plan, ledger, identities)
         session = ledger.sessions()[-1]

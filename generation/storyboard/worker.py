@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import GenerationConfig
-from ..generator import Generator, load_scoring_analyzer
+from ..generator import Generator, load_scoring_analyzer, scoring_device
 from ..loading import LoadedPipeline
 from ..provenance.output import Provenance
 from ..runner import Identity
@@ -37,6 +37,9 @@ class WorkerSpec:
     store: str  # the store's folder, opened read-only by each worker
     identities: dict[str, Identity]
     judges: tuple[str, ...]  # the scorers the plan's shots rank by (fused, dlib, arcface)
+    offload: str = "none"  # load-time, like device and dtype (generation/memory.py)
+    base_config: str | None = None  # the configs of a single-file base model
+    vae: str | None = None  # a VAE in place of the base model's
 
 
 @dataclass(frozen=True)
@@ -103,8 +106,9 @@ class ShotWorker:
         from ...identity.store import Store
 
         store = stack.enter_context(Store.open(spec.store, create=False, read_only=True))
-        analyzer = load_scoring_analyzer(spec.models)
-        generator = Generator.from_pretrained(spec.base_model, spec.ip_adapter, device=spec.device, dtype=spec.dtype)
+        analyzer = load_scoring_analyzer(spec.models, scoring_device(spec.device))
+        generator = Generator.from_pretrained(spec.base_model, spec.ip_adapter, device=spec.device, dtype=spec.dtype,
+                                             offload=spec.offload, base_config=spec.base_config, vae=spec.vae)
         return cls.build(generator, analyzer, store, spec.identities, spec.judges, label=label)
 
     def make(self, request: TakeRequest) -> TakeBatch:
@@ -127,6 +131,7 @@ class ShotWorker:
         pipe.scheduler = type(self.default_scheduler).from_config(self.default_scheduler.config)
         sampler = apply_scheduler(pipe, config.scheduler)
         settings = {**config.to_dict(), "sampler": sampler, "width": width, "height": height, "domain": DOMAIN,
-                    "device": self.loaded.device, "dtype": self.loaded.dtype}
+                    "device": self.loaded.device, "requested_device": self.loaded.requested_device,
+                    "dtype": self.loaded.dtype, "offload": self.loaded.offload}
         settings.pop("prompt"), settings.pop("negative_prompt")
         return settings

@@ -69,9 +69,15 @@ def weights(base: Path, adapter: Path) -> tuple[str, ...]:
 
 
 def run_json(invoke, *args: str) -> dict:
+    """The command's --json report; the sidecar it wrote is valid against schemas/edit.schema.json."""
+    from castkeep.generation.metadata import edit_sidecar_errors
+
     result = invoke(*args, "--json")
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    report = json.loads(result.stdout)
+    if "sidecar_path" in report:
+        assert edit_sidecar_errors(json.loads(Path(report["sidecar_path"]).read_text())) == []
+    return report
 
 
 def test_fix_face_changes_only_pixels_inside_the_feathered_face_oval(invoke, tiny_models, store_dir, faces_dir,
