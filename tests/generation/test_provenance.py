@@ -251,7 +251,7 @@ def test_storyboard_takes_are_marked_and_kept_copies_keep_the_marks(faces_dir, c
     image = Image.open(generated_images(faces_dir, 1)[0]).convert("RGB")
     take = Take(attempt=0, seed=7, image=image, score={"probability": 0.8}, value=1.4, passed=True)
     settings = {"sampler": "DDIM"}
-    models = {**SIDECAR["models"], "base_model_kind": "sd15"}
+    models = {**SIDECAR["models"], "base_model_kind": "sd15", "faceid_lora": None}
 
     default = write_take(tmp_path / "default", shot, shot.config(), take, identities, settings, models)
     assert inspect_image(tmp_path / "default" / default.file)["watermark"]["status"] == "found"
