@@ -145,3 +145,9 @@ class MissingDependencyError(CastkeepError):
     """An optional dependency is not installed (castkeep[generate] for generation, [bench] for plots)."""
 
     exit_code = 18
+
+
+class ServerBusyError(CastkeepError):
+    """Another `castkeep serve` already holds the runs folder (one server per runs folder keeps its job list)."""
+
+    exit_code = 22

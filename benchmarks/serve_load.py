@@ -20,6 +20,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from collections.abc import Iterator
@@ -93,9 +94,13 @@ def running_server(store: Path, workers: int, env: dict[str, str], log: Path, ti
     httpx = _httpx()
     port = _free_port()
     log.parent.mkdir(parents=True, exist_ok=True)
+    # Its own runs folder (it runs no job): a server already serving this store holds the store's runs folder.
+    # No rate limit, whatever the environment says: the benchmark measures how fast the server answers.
+    runs = tempfile.TemporaryDirectory(prefix="castkeep-bench-runs-")
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "castkeep", "serve", "--store", str(store), "--port", str(port),
-                                    "--workers", str(workers)], stdout=out, stderr=subprocess.STDOUT, env=env)
+                                    "--workers", str(workers), "--runs", runs.name, "--rate-limit", "0"],
+                                   stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -118,6 +123,7 @@ def running_server(store: Path, workers: int, env: dict[str, str], log: Path, ti
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        runs.cleanup()
 
 
 def _same(kind: str, answer: dict[str, Any], expected: Expected) -> bool:

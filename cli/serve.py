@@ -23,6 +23,15 @@ from .store_commands import store_option
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--token", default=None, envvar="CASTKEEP_TOKEN", show_envvar=True,
               help="Bearer token that changes to the store (register, add references, remove, import) need.")
+@click.option("--token-reads", is_flag=True, default=False, envvar="CASTKEEP_TOKEN_READS", show_envvar=True,
+              help="Every /api request needs the token, reads too (the gallery, identify, jobs, run files); the page "
+                   "asks for it once. / and /docs stay open: they hold no data.")
+@click.option("--rate-limit", type=click.FloatRange(0, 10_000), default=0, show_default=True, envvar="CASTKEEP_RATE_LIMIT",
+              show_envvar=True, metavar="N",
+              help="POST requests (identify, score, compare, register, add references, import, job submissions) one "
+                   "client address may send per second, after --rate-burst; more get a 429 with Retry-After. 0: no limit.")
+@click.option("--rate-burst", type=click.IntRange(1, 10_000), default=10, show_default=True, metavar="B",
+              help="POST requests a client may send at once before --rate-limit applies.")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Requests that run the face models at once (each holds its own model sessions).")
 @click.option("--max-upload-mb", type=click.IntRange(1, 4096), default=64, show_default=True,
@@ -41,13 +50,15 @@ from .store_commands import store_option
               help="torch device of the jobs' diffusion pipeline.")
 @click.option("--generation-dtype", type=click.Choice(DTYPES), default="auto", show_default=True)
 def serve(store_path: Path | str | None, models: str | None, device: str, host: str, port: int, token: str | None,
-          workers: int, max_upload_mb: int, runs: Path | None, models_dir: Path | None, base_model: str | None,
-          ip_adapter: str | None, generation_device: str, generation_dtype: str) -> None:
+          token_reads: bool, rate_limit: float, rate_burst: int, workers: int, max_upload_mb: int, runs: Path | None,
+          models_dir: Path | None, base_model: str | None, ip_adapter: str | None, generation_device: str,
+          generation_dtype: str) -> None:
     """Serve the store over HTTP: a web page at /, the API under /api, its documentation at /docs.
 
     The face models load once, at start. Reads (gallery, identify, score, compare, export) are open to
-    whoever reaches the server; changes need `Authorization: Bearer TOKEN` when a token is set. Without a
-    token the server listens on this machine only."""
+    whoever reaches the server unless --token-reads; changes need `Authorization: Bearer TOKEN` when a token
+    is set. Without a token the server listens on this machine only. Jobs are kept in their run folders
+    under --runs and queue again when the server restarts; one server per runs folder."""
     try:
         import uvicorn
 
@@ -58,12 +69,13 @@ def serve(store_path: Path | str | None, models: str | None, device: str, host: 
                                      f"pip install 'castkeep[serve]'") from None
     try:
         check_bind(host, token)
+        config = ServeConfig(store=store_path, models=models, device=device, token=token, workers=workers,
+                             max_upload_bytes=max_upload_mb * 2**20, runs=runs, models_dir=models_dir,
+                             base_model=base_model, ip_adapter=ip_adapter, generation_device=generation_device,
+                             generation_dtype=generation_dtype, token_reads=token_reads, rate_limit=rate_limit,
+                             rate_burst=rate_burst)
     except ConfigError as exc:
         raise click.UsageError(exc.args[0]) from None
-    config = ServeConfig(store=store_path, models=models, device=device, token=token, workers=workers,
-                         max_upload_bytes=max_upload_mb * 2**20, runs=runs, models_dir=models_dir,
-                         base_model=base_model, ip_adapter=ip_adapter, generation_device=generation_device,
-                         generation_dtype=generation_dtype)
     # Requests run side by side: FAISS's OpenMP threads, spin-waiting after each search of a store's few hundred
     # vectors, would take cores from the other requests' face models (a single-thread search is well under 1 ms).
     import faiss
@@ -71,8 +83,14 @@ def serve(store_path: Path | str | None, models: str | None, device: str, host: 
     faiss.omp_set_num_threads(1)
     click.echo(f"loading the face models ({workers} worker(s)) ...", err=True)
     app = create_app(config)
+    jobs = app.state.castkeep.jobs
+    if jobs.requeued:
+        click.echo(f"{len(jobs.requeued)} job(s) of {jobs.runs_root} queued again (the server stopped before they ended)",
+                   err=True)
     where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-    click.echo(f"castkeep serve: {where}/ (API docs: {where}/docs); writes "
-               f"{'need the token' if token else 'are open to this machine'}", err=True)
+    access = ("reads and writes need the token" if token_reads else
+              "writes need the token" if token else "writes are open to this machine")
+    limit = f"; at most {rate_limit:g} POST/s per client (burst {rate_burst})" if rate_limit else ""
+    click.echo(f"castkeep serve: {where}/ (API docs: {where}/docs); {access}{limit}", err=True)
     logging.getLogger("castkeep.serve").setLevel(logging.INFO)
     uvicorn.run(app, host=host, port=port, log_level="info")

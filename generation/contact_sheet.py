@@ -1,5 +1,6 @@
 """One PNG to look at a run: every output with its seed and identity score, and the pairwise
-identity-consistency matrix across outputs as a heat map."""
+identity-consistency matrix across outputs as a heat map. It shows generated faces, so it carries
+castkeep's invisible watermark like the outputs themselves (unless the run has none)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
+
+from .provenance.output import Provenance
 
 CELL = 256
 CAPTION = 44
@@ -70,8 +73,10 @@ def _matrix_panel(matrix: Sequence[Sequence[float | None]], labels: Sequence[str
 
 
 def contact_sheet(items: Sequence[dict[str, Any]], images: Sequence[Image.Image], path: Path, *,
-                  title: str = "", matrix: Sequence[Sequence[float | None]] | None = None) -> Path:
-    """Grid of outputs (with captions) + the consistency heat map; saved as PNG at `path`."""
+                  title: str = "", matrix: Sequence[Sequence[float | None]] | None = None,
+                  provenance: Provenance | None = None) -> Path:
+    """Grid of outputs (with captions) + the consistency heat map; saved as PNG at `path`, watermarked
+    when `provenance` says so (one mark per run: about as cheap as one output's)."""
     tiles = list(zip(items, images, strict=True))
     panels = len(tiles) + (1 if matrix else 0)
     columns = max(1, min(4, math.ceil(math.sqrt(panels))))
@@ -98,6 +103,8 @@ def contact_sheet(items: Sequence[dict[str, Any]], images: Sequence[Image.Image]
         x = PAD + (position % columns) * (CELL + PAD)
         y = header + PAD + (position // columns) * (CELL + CAPTION + PAD)
         sheet.paste(_matrix_panel(matrix, [f"#{item['index']}" for item in items], CELL), (x, y))
+    if provenance is not None:
+        sheet = provenance.mark(sheet).image
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path, format="PNG")
     return path

@@ -298,7 +298,8 @@ class GenerationRunner:
         sheet_items = [{"index": a.rank, "seed": a.seed, "score": a.score.to_dict(), "passed": a.passed
                         if config.min_score is not None else a.score.same} for a in kept]
         sheet_path = contact_sheet(sheet_items, [a.image for a in kept], out_dir / "contact_sheet.png",
-                                   title=f"{identity.name}: {config.prompt}", matrix=matrix)
+                                   title=f"{identity.name}: {config.prompt}", matrix=matrix,
+                                   provenance=self.provenance)
         steps_done = len(attempts) * config.steps
         summary = {
             "schema": SUMMARY_SCHEMA_ID, "castkeep_version": __version__, "created_at": created,

@@ -10,6 +10,9 @@ from pathlib import Path
 from ..errors import ConfigError
 
 ENV_TOKEN = "CASTKEEP_TOKEN"
+ENV_TOKEN_READS = "CASTKEEP_TOKEN_READS"
+ENV_RATE_LIMIT = "CASTKEEP_RATE_LIMIT"
+DEFAULT_RATE_BURST = 10  # requests a client may send at once before the rate applies (a page's burst of uploads)
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # a whole request: 13 reference photos of a few MB, or an export file
 # Host names that reach only this machine; without a token, the server binds to and answers only these.
 LOCAL_HOST_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -24,7 +27,10 @@ class ServeConfig:
     `max_upload_bytes`: the largest request body. `runs`: the folder generation/storyboard jobs write their run
     folders into (None: `runs` beside a store folder, else the user data folder). `models_dir`: the only folder
     jobs may name local weights in (else Hugging Face ids only). `base_model`/`ip_adapter`: the weights a job
-    that names none uses. `generation_device`/`generation_dtype`: where the diffusion pipeline runs."""
+    that names none uses. `generation_device`/`generation_dtype`: where the diffusion pipeline runs.
+    `token_reads`: every /api request needs the token, reads too (the page trades it once for a session
+    cookie). `rate_limit`: the POST requests (uploads, judging, job submissions) one client address may send
+    per second, after a burst of `rate_burst` (0: no limit)."""
 
     store: str | os.PathLike | None = None
     models: str | None = None
@@ -38,10 +44,19 @@ class ServeConfig:
     ip_adapter: str | None = None
     generation_device: str = "auto"
     generation_dtype: str = "auto"
+    token_reads: bool = False
+    rate_limit: float = 0.0
+    rate_burst: int = DEFAULT_RATE_BURST
 
     def __post_init__(self) -> None:
         if self.token is not None and not self.token.strip():
             raise ConfigError("the token is empty: give a secret, or no token for a server on this machine only")
+        if self.token_reads and self.token is None:
+            raise ConfigError(f"--token-reads needs a token: set one with --token or ${ENV_TOKEN}")
+        if not 0 <= self.rate_limit <= 10_000:
+            raise ConfigError(f"the rate limit must be between 0 (none) and 10000 requests/s, not {self.rate_limit:g}")
+        if not 1 <= self.rate_burst <= 10_000:
+            raise ConfigError(f"the rate burst must be between 1 and 10000 requests, not {self.rate_burst}")
         if not 1 <= self.workers <= 64:
             raise ConfigError(f"workers must be between 1 and 64, not {self.workers}")
         if self.max_upload_bytes < 1024:

@@ -4,6 +4,13 @@ pipeline), each into its own run folder under the runs root, with progress event
 The last pipeline loaded stays warm for the next job with the same (base model, adapter, device, dtype).
 Cancelling is cooperative: a generation stops after its current batch and keeps the best of the attempts made,
 a storyboard stops before its next shot (its ledger holds whole shots, so `castkeep storyboard PLAN --out RUN` resumes it later).
+
+The job list is durable: each job's `job.json` in its run folder is rewritten at every change of state
+(queued, running, final; serve/job_records.py), and a server starting on the runs folder re-reads them all
+(serve/runs_lock.py keeps it to one server per folder). Queued jobs queue again in the order they were
+submitted; a job that was running when the server died runs again once (a storyboard resumes from its ledger,
+a generation starts its output folder afresh), and fails with a clear error if it was already run again once.
+A server stopped gently (SIGTERM, Ctrl-C) interrupts its running job like a cancel, and leaves it queued.
 """
 
 from __future__ import annotations
@@ -11,23 +18,31 @@ from __future__ import annotations
 import logging
 import queue
 import secrets
+import shutil
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..errors import CastkeepError
-from ..utils import utc_now, write_json_atomic
+from ..utils import utc_now
+from . import job_records
+from .runs_lock import RunsLock
 
 log = logging.getLogger("castkeep.serve")
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL = frozenset({"done", "failed", "cancelled"})
 SCORERS = ("arcface", "dlib", "fused")
-JOB_FILE = "job.json"  # in each run folder: what was asked, and how it ended
+MAX_STARTS = 2  # a job the server died running runs once more; dying again, it fails (it may be what kills it)
+
+# The weights a job runs with, from the names in its request: the server's own rule (serve/model_paths.py),
+# applied again when a restarted server re-queues a job (its --models-dir may have changed).
+WeightsResolver = Callable[[str | None, str | None], tuple[str | None, str | None]]
 
 
 @dataclass
@@ -43,6 +58,9 @@ class Job:
     events: list[dict[str, Any]] = field(default_factory=list)
     results: dict[str, Any] | None = None
     cancel_requested: threading.Event = field(default_factory=threading.Event)
+    sequence: int = 0  # submission order, across restarts
+    starts: int = 0  # how many times a worker started it (2: the server died running it once already)
+    saved_progress: dict[str, Any] | None = None  # the last progress of a job read back from its record
 
     def snapshot(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "state": self.state, "error": self.error, "created": self.created,
@@ -51,7 +69,20 @@ class Job:
 
     def progress(self) -> dict[str, Any] | None:
         steps = [e for e in self.events if e["type"] in ("attempt", "shot")]
-        return steps[-1] if steps else None
+        return steps[-1] if steps else self.saved_progress
+
+    def record(self) -> dict[str, Any]:
+        """What job.json holds: the snapshot and the bookkeeping a restarted server needs."""
+        snapshot = {k: v for k, v in self.snapshot().items() if k != "events_url"}
+        return {**snapshot, "sequence": self.sequence, "starts": self.starts}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], runs_root: Path) -> Job:
+        return cls(id=record["id"], kind=record["kind"], request=dict(record.get("request") or {}),
+                   run_dir=runs_root / record["id"], weights=(None, None), state=record.get("state", "queued"),
+                   error=record.get("error"), created=record.get("created") or utc_now(), results=record.get("results"),
+                   sequence=int(record.get("sequence") or 0), starts=int(record.get("starts") or 0),
+                   saved_progress=record.get("progress"))
 
 
 def new_job_id(kind: str) -> str:
@@ -59,22 +90,66 @@ def new_job_id(kind: str) -> str:
 
 
 class JobManager:
-    """The queue, the worker thread, and the one warm pipeline."""
+    """The queue, the worker thread, and the one warm pipeline; the job list, read back from the runs folder
+    at start (which this manager locks: one server per runs folder)."""
 
-    def __init__(self, runs_root: Path, store_path: Path | str, models: str | None, device: str, dtype: str) -> None:
+    def __init__(self, runs_root: Path, store_path: Path | str, models: str | None, device: str, dtype: str,
+                 weights: WeightsResolver | None = None, runs_lock: RunsLock | None = None) -> None:
         self.runs_root, self.store_path, self.models = runs_root, store_path, models
         self.device, self.dtype = device, dtype
+        self._resolve_weights = weights or (lambda base, adapter: (base, adapter))
         self.jobs: dict[str, Job] = {}
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
+        self._stopping = threading.Event()  # the server is shutting down: interrupt, but do not cancel
         self._warm: tuple[tuple[Any, ...], Any] | None = None  # (key, Generator): a cache of one
+        self._runs_lock = runs_lock or RunsLock.acquire(runs_root)
+        self._sequence = 0
+        try:
+            restored = self._restore()
+        except BaseException:
+            self._runs_lock.release()
+            raise
+        self.requeued = [job.id for job in restored]  # for the start-up line
         self._thread = threading.Thread(target=self._work, name="castkeep-jobs", daemon=True)
         self._thread.start()
+        for job in restored:
+            self._queue.put(job)
+
+    def _restore(self) -> list[Job]:
+        """The jobs of the runs folder's records: final ones listed, queued ones (and, once, ones the server
+        died running) to queue again, in submission order."""
+        again = []
+        for record in job_records.load_all(self.runs_root):
+            job = Job.from_record(record, self.runs_root)
+            self._sequence = max(self._sequence, job.sequence)
+            self.jobs[job.id] = job
+            if job.state in FINAL:
+                continue
+            if job.state == "running" and job.starts >= MAX_STARTS:
+                self._finish(job, "failed", f"the server stopped {job.starts} times while running this job; it is "
+                                            f"not run again (submit it again to retry)")
+                continue
+            try:
+                job.weights = self._resolve_weights(job.request.get("base_model"), job.request.get("ip_adapter"))
+            except CastkeepError as exc:  # the restarted server's --models-dir no longer allows these weights
+                self._finish(job, "failed", str(exc))
+                continue
+            restarted = job.state == "running"
+            job.state = "queued"
+            self._emit(job, {"type": "state", "state": "queued", "restarted": restarted})
+            self._save(job)
+            again.append(job)
+            log.info("job %s queued again after a restart%s", job.id, " (it was running)" if restarted else "")
+        return again
 
     # ------------------------------------------------------------------------------ client side
     def submit(self, job: Job) -> Job:
         with self._lock:
+            self._sequence += 1
+            job.sequence = self._sequence
             self.jobs[job.id] = job
+            self._save(job)  # on disk before it is queued: a crash from here on leaves it queued
         self._emit(job, {"type": "state", "state": "queued"})
         self._queue.put(job)
         return job
@@ -86,36 +161,53 @@ class JobManager:
                 self._finish(job, "cancelled")
 
     def close(self) -> None:
-        for job in list(self.jobs.values()):
-            job.cancel_requested.set()
+        """Stop the worker: the running job is interrupted as a cancel would (a generation after its current
+        attempt, a storyboard between shots) and left queued, like the waiting ones, for the next start."""
+        self._stopping.set()
         self._queue.put(None)
         self._thread.join(timeout=30)
         self._warm = None
+        self._runs_lock.release()
 
     # ------------------------------------------------------------------------------ worker side
     def _emit(self, job: Job, event: dict[str, Any]) -> None:
         job.events.append({**event, "job": job.id, "time": round(time.time(), 3)})
 
+    def _save(self, job: Job) -> None:
+        job_records.save(job.run_dir, job.record())
+
     def _finish(self, job: Job, state: str, error: str | None = None) -> None:
         job.state, job.error = state, error
         self._emit(job, {"type": "state", "state": state, "error": error, "final": True})
-        try:
-            job.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(job.run_dir / JOB_FILE, {k: v for k, v in job.snapshot().items() if k != "events_url"})
-        except OSError:
-            log.exception("cannot write %s", job.run_dir / JOB_FILE)
+        self._save(job)
+
+    def _interrupted(self, job: Job) -> bool:
+        """Whether a run that just returned was stopped by the server shutting down (not by a client's cancel):
+        if so the job is queued again on disk, and this start does not count against its restarts."""
+        if not self._stopping.is_set() or job.cancel_requested.is_set():
+            return False
+        job.state, job.starts = "queued", job.starts - 1
+        self._save(job)
+        log.info("job %s interrupted by the shutdown; it runs again at the next start", job.id)
+        return True
 
     def _work(self) -> None:
-        while (job := self._queue.get()) is not None:
+        while (job := self._queue.get()) is not None and not self._stopping.is_set():
             with self._lock:
                 if job.state != "queued":
                     continue  # cancelled while waiting
                 job.state = "running"
+                job.starts += 1
+                self._save(job)  # a crash from here on: the next start knows it was running
             self._emit(job, {"type": "state", "state": "running"})
             try:
                 job.results = self._run(job)
+                if self._interrupted(job):
+                    break
                 self._finish(job, "cancelled" if job.cancel_requested.is_set() else "done")
             except CastkeepError as exc:
+                if self._interrupted(job):
+                    break
                 self._finish(job, "failed", str(exc))
             except Exception as exc:  # a bug: the log has it, the job says so, the server goes on
                 log.error("job %s failed:\n%s", job.id, traceback.format_exc())
@@ -134,8 +226,14 @@ class JobManager:
     def _run(self, job: Job) -> dict[str, Any]:
         return self._generate(job) if job.kind == "generate" else self._storyboard(job)
 
+    def _stop_asked(self, job: Job) -> Callable[[], bool]:
+        return lambda: job.cancel_requested.is_set() or self._stopping.is_set()
+
     def _generate(self, job: Job) -> dict[str, Any]:
         from ..generation.runner import Attempt
+
+        # A generation has no ledger: one the server died running starts again from an empty output folder.
+        shutil.rmtree(job.run_dir / "output", ignore_errors=True)
 
         settings = dict(job.request["settings"])
         total = settings.get("best_of") or settings.get("num_images", 1)
@@ -147,7 +245,7 @@ class JobManager:
         generator = self.generator(*job.weights)
         generator.generate(job.request["character"], store=self.store_path, models=self.models,
                                     out_dir=job.run_dir / "output", on_attempt=on_attempt,
-                           cancel=job.cancel_requested.is_set, **settings)
+                           cancel=self._stop_asked(job), **settings)
         return run_results(job.run_dir)
 
     def _storyboard(self, job: Job) -> dict[str, Any]:
@@ -161,7 +259,7 @@ class JobManager:
         plan = load_plan(job.run_dir / job.request["plan_file"])
         run_storyboard(plan, out_dir=job.run_dir, store=self.store_path, base_model=job.weights[0],
                        ip_adapter=job.weights[1], device=self.device, dtype=self.dtype, models=self.models,
-                       on_shot=on_shot, cancel=job.cancel_requested.is_set,
+                       on_shot=on_shot, cancel=self._stop_asked(job),
                        generator=self.generator(*job.weights))
         return run_results(job.run_dir)
 

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from ..errors import ConfigError
+from .config import ServeConfig
 
 # owner/name[/file-in-repo]: the shapes resolve_weights accepts as a Hub reference.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w.-]+)*$")
@@ -30,3 +31,9 @@ def resolve_model(spec: str | None, models_dir: str | os.PathLike | None, defaul
         return spec  # a Hub id; never a path relative to the server's working folder
     where = "a file or folder under the server's --models-dir, or" if models_dir is not None else ""
     raise ConfigError(f"{what}: {spec!r} is not {where} a Hugging Face id (owner/name)")
+
+
+def job_weights(config: ServeConfig, base_model: str | None, ip_adapter: str | None) -> tuple[str | None, str | None]:
+    """The (base model, FaceID adapter) a job naming these runs with, by the server's rule and defaults."""
+    return (resolve_model(base_model, config.models_dir, config.base_model, "base_model"),
+            resolve_model(ip_adapter, config.models_dir, config.ip_adapter, "ip_adapter"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from ..identity.store import Store, default_store_path
 from ..landmarks.model_pack import same_space
 from .config import ServeConfig
 from .jobs import JobManager
+from .model_paths import job_weights
+from .runs_lock import RunsLock
 from .uploads import Spool, Uploads
 from .workers import Worker, WorkerPool
 
@@ -40,18 +43,25 @@ class ServeState:
     def start(cls, config: ServeConfig) -> ServeState:
         """Open (or make) the store, check that it holds the loaded models' embeddings, load the workers."""
         store_path = config.store_path or default_store_path()
-        pool = WorkerPool(config.models, config.device, config.workers)
+        runs = runs_root(config, store_path)
+        lock = RunsLock.acquire(runs)  # before the models load: a second server on this runs folder stops at once
+        try:
+            pool = WorkerPool(config.models, config.device, config.workers)
+        except BaseException:
+            lock.release()
+            raise
         try:
             with Store.open(store_path, create=True) as store:
                 stored, location = store.fingerprint, store.location  # (a URL's password masked)
             if stored is not None and not same_space(stored, pool.fingerprint):
                 raise StoreError(f"this store holds embeddings of '{stored}', and the models loaded are "
                                  f"'{pool.fingerprint}': start the server with the store's --models", path=location)
+            jobs = JobManager(runs, store_path, config.models, config.generation_device, config.generation_dtype,
+                              weights=partial(job_weights, config), runs_lock=lock)
         except BaseException:
             pool.close()
+            lock.release()
             raise
-        jobs = JobManager(runs_root(config, store_path), store_path, config.models, config.generation_device,
-                          config.generation_dtype)
         return cls(config=config, pool=pool, spool=Spool(config.max_upload_bytes), store_path=store_path, jobs=jobs)
 
     @contextmanager

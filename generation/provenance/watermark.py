@@ -7,10 +7,14 @@ over the whole image and reading takes each bit's majority. diffusers' SDXL pipe
 `dwtDct` method; on 20 generated_dev images it lost 41 % of its bits to JPEG quality 90 (and up to 18 of 48
 to PNG's rounding alone), where dwtDctSvd lost none (README, "Provenance").
 
-The blocks are marked by the package's own `encode_frame`; the wavelet around it is done here, because the
-package's `encode` puts the two detail bands back swapped (horizontal for vertical). Readers never see that
-(they read the low band only), viewers do: it adds chroma noise wherever the image has colour detail (PSNR
-37.7 dB at worst on generated_dev, 21 dB on noise, against 41.6 and 42 dB with the bands in place).
+Embedding is done here, not by the package's `encode`: that puts the two detail bands back swapped
+(horizontal for vertical). Readers never see that (they read the low band only), viewers do: it adds chroma
+noise wherever the image has colour detail (PSNR 37.7 dB at worst on generated_dev, 21 dB on noise, against
+41.6 and 42 dB with the bands in place). And the blocks are marked all at once (`_mark_blocks`, the
+package's `encode_frame` as array operations) rather than in the package's Python loop over 4x4 blocks: 3x
+faster, and it lets go of the GIL, so the mark can be made on a background thread while the pipeline runs
+(the loop held it between every block and starved behind any busy Python thread). The pixels are the
+loop's but for rounding: at most a few pixels per image differ by one level, none in a bit read back.
 """
 
 from __future__ import annotations
@@ -101,6 +105,30 @@ def is_too_small(image: Image.Image) -> bool:
     return image.width * image.height < MIN_PIXELS
 
 
+def _dct_matrix(size: int) -> np.ndarray:
+    """The orthonormal DCT-II as a matrix: D @ block @ D.T is OpenCV's `cv2.dct(block)`."""
+    k, n = np.arange(size)[:, None], np.arange(size)[None, :]
+    return np.cos(np.pi * (2 * n + 1) * k / (2 * size)) * np.where(k == 0, np.sqrt(1 / size), np.sqrt(2 / size))
+
+
+BLOCK = 4  # invisible-watermark's dwtDctSvd block side
+_DCT = _dct_matrix(BLOCK).astype(np.float32)
+
+
+def _mark_blocks(low: np.ndarray) -> None:
+    """invisible-watermark's `encode_frame` on every 4x4 block of `low` at once, in place: each block's
+    largest DCT singular value quantised to carry one payload bit, the payload repeating in row-major
+    block order."""
+    rows, cols = low.shape[0] // BLOCK, low.shape[1] // BLOCK
+    area = low[:rows * BLOCK, :cols * BLOCK]
+    blocks = area.reshape(rows, BLOCK, cols, BLOCK).swapaxes(1, 2).reshape(-1, BLOCK, BLOCK)
+    u, s, vt = np.linalg.svd(_DCT @ blocks @ _DCT.T)
+    bits = np.asarray(_payload_bits(), dtype=s.dtype)[np.arange(len(blocks)) % PAYLOAD_BITS]
+    s[:, 0] = (s[:, 0] // SCALE + 0.25 + 0.5 * bits) * SCALE
+    marked = _DCT.T @ ((u * s[:, None, :]) @ vt) @ _DCT
+    area[...] = marked.reshape(rows, cols, BLOCK, BLOCK).swapaxes(1, 2).reshape(rows * BLOCK, cols * BLOCK)
+
+
 def embed_watermark(image: Image.Image) -> Image.Image:
     """`image` as 8-bit RGB carrying castkeep's payload (ValueError when it is too small: check first)."""
     import cv2
@@ -108,12 +136,11 @@ def embed_watermark(image: Image.Image) -> Image.Image:
 
     if is_too_small(image):
         raise ValueError(f"a {image.width}x{image.height} image is too small for a watermark")
-    embedder = _embedder_class()(_payload_bits(), wmLen=PAYLOAD_BITS, scales=[0, SCALE, 0])
     bgr = _bgr_float(image)
     rows, cols = bgr.shape[0] // 4 * 4, bgr.shape[1] // 4 * 4
     yuv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV)
     low, details = pywt.dwt2(yuv[:rows, :cols, 1], "haar")
-    embedder.encode_frame(low, SCALE)  # marks `low` in place
+    _mark_blocks(low)
     yuv[:rows, :cols, 1] = pywt.idwt2((low, details), "haar")
     marked = cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR)
     return Image.fromarray(np.clip(np.rint(marked[:, :, ::-1]), 0, 255).astype(np.uint8), mode="RGB")

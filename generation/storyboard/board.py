@@ -46,7 +46,7 @@ class Storyboard:
 
     def __init__(self, pipeline: PipelineInfo, plan: Plan, identities: dict[str, Identity], run_dir: Path, *,
                  batch_size: int = 1, provenance: Provenance | None = None, vae_tiling: bool | None = None,
-                 vae_slicing: bool | None = None) -> None:
+                 vae_slicing: bool | None = None, mark_on_workers: bool = False) -> None:
         self.pipeline = pipeline
         self.plan = plan
         self.identities = identities
@@ -55,6 +55,8 @@ class Storyboard:
         # Decoding memory, for every shot (like batch_size, not part of a shot's key): None = generate's auto.
         self.vae_tiling, self.vae_slicing = vae_tiling, vae_slicing
         self.provenance = provenance if provenance is not None else Provenance()  # how every take is marked
+        # Ray: each worker watermarks its own takes (same pixels: the same code), the driver saves them.
+        self.mark_on_workers = mark_on_workers and self.provenance.watermark
         self.models = {**pipeline.models, "conditioning": next(iter(identities.values())).conditioning}
         self.sizes = {shot.id: self._size(shot) for shot in plan.shots}  # all checked before the first image
 

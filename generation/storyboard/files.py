@@ -51,7 +51,7 @@ def forget_shot_files(run_dir: Path, shot: Shot, kept: list[dict[str, Any]]) -> 
 def write_take(run_dir: Path, shot: Shot, config: GenerationConfig, take: Take, identities: dict[str, Identity],
                settings: dict[str, Any], models: dict[str, Any], provenance: Provenance | None = None) -> AttemptRow:
     """The take's PNG and sidecar, both complete on disk when this returns; the PNG marked as `provenance`
-    says (default: castkeep's invisible watermark)."""
+    says (default: castkeep's invisible watermark), unless the take comes marked (`take.marked`)."""
     relative = take_path(shot, take.attempt, take.seed)
     path = run_dir / relative
     sidecar = {
@@ -76,8 +76,9 @@ def write_take(run_dir: Path, shot: Shot, config: GenerationConfig, take: Take, 
         "Identity P(same)": "no face" if probability is None else f"{probability:.3f} ({config.scorer}, generated)",
         "Version": f"castkeep {__version__}",
     }
-    sidecar = (provenance or Provenance()).save_png(take.image, path, a1111_parameters(shot.prompt, shot.negative,
-                                                                                       fields), sidecar)
+    image = take.marked if take.marked is not None else take.image  # marked already on a Ray worker
+    sidecar = (provenance or Provenance()).save_png(image, path, a1111_parameters(shot.prompt, shot.negative, fields),
+                                                    sidecar)
     sidecar_path = write_json_atomic(path.with_suffix(".json"), sidecar)
     return AttemptRow(attempt=take.attempt, seed=take.seed, file=relative, sha256=file_sha256(path),
                       sidecar=str(Path(relative).with_suffix(".json")), sidecar_sha256=file_sha256(sidecar_path),

@@ -3,9 +3,10 @@
 Ray is imported here only, and this module only when `--ray` is given. Each worker is a Ray actor that
 loads the pipeline, the scoring models and the store once, from the same `WorkerSpec` the in-process
 runner loads, and makes one pipeline call's takes per request (worker.py). The driver keeps one request
-in flight per worker and is the only writer of the run folder: it writes every take and ledger row as
-the results come back (shot_run.ShotRun, the in-process code), then sends that worker the shot's next
-batch or a new shot.
+in flight per worker and is the only writer of the run folder: it queues every take for its background
+writer as the results come back and records each in the ledger once written (shot_run.ShotRun, the
+in-process code), then sends that worker the shot's next batch or a new shot. The workers watermark their
+own takes (the same code as in-process, so the same pixels): the driver only saves them.
 
 A worker that dies loses only the request it held: that request goes to the front of the queue for the
 next free worker (same attempts, same seeds, so the same pixels), and a fresh actor replaces the dead one.
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import CastkeepError, GenerationError, MissingDependencyError
+from ..background_writer import BackgroundWriter
 from .board import ShotEvent, Storyboard
 from .ledger import Ledger
 from .shot_run import ShotRun
@@ -182,9 +184,15 @@ class RayPool:
     def run(self, board: Storyboard, ledger: Ledger, *, retry_failed: bool = False,
             on_shot: Callable[[ShotEvent], None] | None = None) -> None:
         """Every shot, spread over the workers; the shots' events come as they finish."""
+        with BackgroundWriter() as writer:
+            self._run(board, ledger, writer, retry_failed=retry_failed, on_shot=on_shot)
+
+    def _run(self, board: Storyboard, ledger: Ledger, writer: BackgroundWriter, *, retry_failed: bool,
+             on_shot: Callable[[ShotEvent], None] | None) -> None:
         waiting = deque(board.plan.shots)
         retry: deque[tuple[ShotRun, TakeRequest]] = deque()  # requests whose worker died, first served
         in_flight: dict[Any, _Call] = {}
+        finishing: list[tuple[ShotRun, str | None]] = []  # shots whose files the writer is still writing
         handled = 0
 
         def report(task: ShotRun, outcome: str, worker: str | None) -> None:
@@ -193,17 +201,25 @@ class RayPool:
             if on_shot is not None:
                 on_shot(board.event(ledger, task.shot, outcome, handled, worker))
 
+        def settle(*, wait: bool) -> None:
+            """Complete the shots whose files are written (`wait`: all of them)."""
+            for entry in [entry for entry in finishing if wait or entry[0].written]:
+                finishing.remove(entry)
+                report(entry[0], entry[0].complete(), entry[1])
+
         def next_work() -> tuple[ShotRun, TakeRequest] | None:
             if retry:
                 return retry.popleft()
             while waiting:
-                task = ShotRun(board, ledger, waiting.popleft())
+                task = ShotRun(board, ledger, waiting.popleft(), writer)
                 outcome = task.begin(retry_failed=retry_failed)
                 if outcome is None:
                     request = task.next_request()
                     if request is not None:
                         return task, request
-                    outcome = task.finish()  # every take was intact: only the kept copies to write
+                    task.finish()  # every take was intact: only the kept copies to write
+                    finishing.append((task, None))
+                    continue
                 report(task, outcome, None)
             return None
 
@@ -211,6 +227,7 @@ class RayPool:
             in_flight[actor.make.remote(request)] = _Call(actor, task, request, time.perf_counter())
 
         while True:
+            settle(wait=False)
             while self.idle and (work := next_work()) is not None:
                 send(self.idle.popleft(), *work)
             if not in_flight and not (self.starting and (retry or waiting)):
@@ -239,13 +256,15 @@ class RayPool:
                 report(call.task, call.task.fail(str(cause)), None)
                 self.idle.append(call.actor)
                 continue
-            call.task.record(batch, time.perf_counter() - call.sent)
+            call.task.record(batch, time.perf_counter() - call.sent)  # queued: the writer writes them
             request = call.task.next_request()
             if request is not None:
                 send(call.actor, call.task, request)
                 continue
-            report(call.task, call.task.finish(), batch.worker)
+            call.task.finish()
+            finishing.append((call.task, batch.worker))
             self.idle.append(call.actor)
+        settle(wait=True)  # every file written and recorded before the summary and report
         if retry or waiting:
             raise GenerationError("every Ray worker died before the run finished: run the same command again "
                                   "to resume it")

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any
 from ...errors import CastkeepError, GenerationError
 from ...landmarks.model_pack import ENV_MODELS
 from ...utils import write_bytes_atomic
+from ..background_writer import BackgroundWriter
 from ..conditioning import conditioning_space
 from ..generator import (
     Generator,
@@ -66,23 +68,48 @@ class StoryboardResult:
 def run_in_process(board: Storyboard, ledger: Ledger, worker: ShotWorker, *, retry_failed: bool = False,
                    on_shot: Callable[[ShotEvent], None] | None = None, cancel: Callable[[], bool] | None = None) -> bool:
     """Every shot in plan order, made by one worker in this process; False when `cancel()` said stop (asked
-    before each shot, so the ledger holds only whole shots and the same command resumes the run)."""
-    for index, shot in enumerate(board.plan.shots, start=1):
-        if cancel is not None and cancel():
-            return False
-        task = ShotRun(board, ledger, shot)
-        outcome = task.begin(retry_failed=retry_failed)
-        if outcome is None:
-            try:
+    before each shot, so the ledger holds only whole shots and the same command resumes the run).
+
+    A background writer marks and writes each shot's files while the pipeline makes the next images, the
+    next shot's included: a shot is completed (recorded done, its event sent) once its files are whole,
+    at the latest before the next shot that needs no pipeline and at the end. Events keep the plan's order."""
+    finishing: deque[tuple[ShotRun, int]] = deque()  # shots whose files are still being written
+
+    def settle(*, wait: bool) -> None:
+        while finishing and (wait or finishing[0][0].written):
+            task, index = finishing.popleft()
+            outcome = task.complete()
+            if on_shot is not None:
+                on_shot(board.event(ledger, task.shot, outcome, index, worker.info.label))
+
+    with BackgroundWriter() as writer:
+        for index, shot in enumerate(board.plan.shots, start=1):
+            if cancel is not None and cancel():
+                settle(wait=True)
+                return False
+            task = ShotRun(board, ledger, shot, writer)
+            outcome = task.begin(retry_failed=retry_failed)
+            if outcome is None:
+                failure = None
                 while (request := task.next_request()) is not None:
                     started = time.perf_counter()
-                    batch = worker.make(request)
-                    task.record(batch, time.perf_counter() - started)
-                outcome = task.finish()
-            except GenerationError as exc:  # out of memory and the like: this shot only, the run goes on
-                outcome = task.fail(str(exc))
-        if on_shot is not None:
-            on_shot(board.event(ledger, shot, outcome, index, worker.info.label))
+                    try:
+                        batch = worker.make(request)
+                    except GenerationError as exc:  # out of memory and the like: this shot only, the run goes on
+                        failure = str(exc)
+                        break
+                    task.record(batch, time.perf_counter() - started)  # a write that failed ends the run
+                    settle(wait=False)
+                if failure is None:
+                    task.finish()
+                    finishing.append((task, index))
+                    continue
+                settle(wait=True)
+                outcome = task.fail(failure)
+            settle(wait=True)
+            if on_shot is not None:
+                on_shot(board.event(ledger, shot, outcome, index, worker.info.label))
+        settle(wait=True)  # every file written and recorded before the summary and report
     return True
 
 
@@ -213,7 +240,7 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
             pool, pipeline = stack.enter_context(RayPool.start(spec, ray, workers=workers,
                                                                analyzer=analyzer.fingerprint))
             board = Storyboard(pipeline, plan, identities, run_dir, batch_size=batch_size, provenance=provenance,
-                               **memory)
+                               mark_on_workers=True, **memory)
             _drive(board, ledger, lambda: pool.run(board, ledger, retry_failed=retry_failed, on_shot=on_shot))
         summary_path, report_path, summary = write_report(run_dir, plan, ledger, identities)
         session = ledger.sessions()[-1]

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 
 from ..config import GenerationConfig
 from ..loading import LoadedPipeline
+from ..provenance.output import MarkedImage
 from ..runner import AdapterConditioning, Identity, generate_images, passes
 from ..scoring import OutputScore, Scorer
 from .plan import Region, Shot
@@ -36,6 +37,7 @@ class Take:
     nsfw: bool | None = None
     pipeline_s: float = 0.0
     scoring_s: float = 0.0
+    marked: MarkedImage | None = field(default=None, repr=False)  # the image as saved, when a Ray worker marked it
 
 
 def region_box(region: Region, width: int, height: int) -> tuple[int, int, int, int]:

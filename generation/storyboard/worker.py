@@ -1,6 +1,7 @@
 """The worker's side of a storyboard: a loaded pipeline and the characters' scorers, making one pipeline
 call's takes at a time (shot.make_takes) and writing nothing. The in-process runner holds one worker;
-with `--ray` every Ray actor holds its own, loaded from the same `WorkerSpec` (ray_workers.py).
+with `--ray` every Ray actor holds its own, loaded from the same `WorkerSpec` (ray_workers.py), and marks
+its takes with the watermark when the request says so, so that the driver's work per image stays small.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from ..config import GenerationConfig
 from ..generator import Generator, load_scoring_analyzer, scoring_device
 from ..loading import LoadedPipeline
 from ..plus_conditioning import ClipFaceEmbeds
+from ..provenance.output import Provenance
 from ..runner import AdapterConditioning, Identity, adapter_conditioning
 from ..schedulers import apply_scheduler
 from ..scoring import DOMAIN, IdentityScorer, Scorer
@@ -21,6 +23,7 @@ from .plan import Shot
 from .shot import ShotScorer, Take, make_takes
 
 IN_PROCESS = "in-process"
+WATERMARK = Provenance(watermark=True)  # the pixels' part of provenance: credentials are signed by the driver
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class TakeRequest:
     attempts: tuple[int, ...]
     width: int
     height: int
+    watermark: bool = False  # mark the takes here (a Ray worker, sparing the driver); else the driver's writer does
 
 
 @dataclass
@@ -121,6 +125,10 @@ class ShotWorker:
         prepared = self.conditioning(shot, config)
         takes = make_takes(self.loaded, shot, config, self.identities, scorer, list(request.attempts),
                            request.width, request.height, prepared)
+        if request.watermark:
+            for take in takes:  # only the marked image travels back
+                take.marked = WATERMARK.mark(take.image)
+                take.image = take.marked.image
         return TakeBatch(settings=settings, takes=takes, call_s=time.perf_counter() - started, worker=self.info.label,
                          adapter_inputs={name: inputs.record for name, inputs in prepared.items()})
 

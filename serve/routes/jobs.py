@@ -9,7 +9,7 @@ import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, StreamingResponse
@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from ...errors import PlanError
 from ..errors import ApiError, json_error_schema
 from ..jobs import FINAL, Job, JobManager, new_job_id, run_results
-from ..model_paths import resolve_model
+from ..model_paths import job_weights
 from ..security import require_writer, writer_responses
 from ..state import state
 from . import views
@@ -29,6 +29,9 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SERVED_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".json": "application/json",
                    ".html": "text/html", ".toml": "text/plain", ".yaml": "text/plain"}
 EVENT_POLL_S = 0.2
+# GenerateJob fields that are GenerationConfig keywords of the same name.
+RUN_SETTINGS = ("negative_prompt", "best_of", "min_score", "seed", "steps", "width", "height", "aspect", "guidance",
+                "id_scale", "lora_scale", "s_scale", "scheduler", "scorer")
 
 
 class GenerateJob(BaseModel):
@@ -43,6 +46,13 @@ class GenerateJob(BaseModel):
     width: int | None = Field(default=None, ge=64, le=2048)
     height: int | None = Field(default=None, ge=64, le=2048)
     aspect: str | None = Field(default=None, max_length=20)
+    guidance: float | None = Field(default=None, ge=0, le=30, description="classifier-free guidance scale")
+    id_scale: float | None = Field(default=None, ge=0, le=5, description="how strongly the identity conditions the UNet")
+    lora_scale: float | None = Field(default=None, ge=0, le=2, description="weight of the FaceID LoRA (0.6-0.7 keeps "
+                                                                             "prompts better than 1.0)")
+    s_scale: float | None = Field(default=None, ge=0, le=5, description="FaceID Plus v2's shortcut scale")
+    scheduler: str | None = Field(default=None, max_length=40)
+    scorer: Literal["dlib", "fused", "arcface"] | None = Field(default=None, description="who judges and ranks outputs")
     base_model: str | None = Field(default=None, description="a Hugging Face id or a path under --models-dir")
     ip_adapter: str | None = Field(default=None, description="a Hugging Face id or a path under --models-dir")
 
@@ -53,21 +63,22 @@ def manager(request: Request) -> JobManager:
 
 
 def _weights(request: Request, base_model: str | None, ip_adapter: str | None) -> tuple[str | None, str | None]:
-    config = state(request).config
-    return (resolve_model(base_model, config.models_dir, config.base_model, "base_model"),
-            resolve_model(ip_adapter, config.models_dir, config.ip_adapter, "ip_adapter"))
+    return job_weights(state(request).config, base_model, ip_adapter)
 
 
 @router.post("/jobs/generate", status_code=202, dependencies=writes, responses=writer_responses(),
              summary="Queue a scored generation of a stored character")
 def submit_generate(request: Request, body: GenerateJob) -> dict[str, Any]:
+    from ...generation.config import GenerationConfig
+
     weights = _weights(request, body.base_model, body.ip_adapter)
     with state(request).store() as store:
         store.get(body.character)  # an unknown name is a 404 now, not a failed job later
     settings: dict[str, Any] = {"num_images": body.n}
-    for name in ("negative_prompt", "best_of", "min_score", "seed", "steps", "width", "height", "aspect"):
+    for name in RUN_SETTINGS:
         if getattr(body, name) is not None:
             settings[name] = getattr(body, name)
+    GenerationConfig(prompt=body.prompt, **settings)  # a bad combination (size, scheduler, ...) is a 400 now, not a failed job
     jobs = manager(request)
     job_id = new_job_id("generate")
     job = Job(id=job_id, kind="generate", run_dir=jobs.runs_root / job_id, weights=weights,

@@ -20,17 +20,43 @@ function say(text, isError = false) {
   box.hidden = !text;
 }
 
-// One API call: JSON in and out; a refusal's {"error": {...}} becomes an Error with its message.
-async function api(path, { method = "GET", body = null } = {}) {
+// One API call: JSON in and out; a refusal's {"error": {...}} becomes an Error with its message. A read refused
+// for want of the token (a server started with --token-reads) signs in once and is asked again.
+async function api(path, { method = "GET", body = null, retried = false } = {}) {
   const headers = {};
   const token = $("#token").value.trim();
   if (token && method !== "GET") headers.Authorization = `Bearer ${token}`;
   const response = await fetch(path, { method, body, headers });
   const data = await response.json().catch(() => null);
+  if (response.status === 401 && method === "GET" && !retried) {
+    if (await signIn()) return api(path, { method, body, retried: true });
+    locked = true;
+    $("#token-field").hidden = false;
+    $("#token").focus();
+    throw new Error(token ? "That token is not this server's: enter it again above."
+      : "This server needs its token to show anything: enter it above.");
+  }
   if (!response.ok) {
     throw new Error(data && data.error ? `${data.error.message} (${data.error.type})` : `HTTP ${response.status}`);
   }
   return data;
+}
+
+// The sign-in of a server whose reads need the token: the token, typed once (kept for this tab), is traded for
+// an HttpOnly session cookie that the page's images, run files and event streams load with. One at a time.
+let signingIn = null;
+let locked = false; // a read was refused for want of the token: entering it loads the page again
+function signIn() {
+  const token = $("#token").value.trim();
+  if (!token) return Promise.resolve(false);
+  if (!signingIn) {
+    const form = new FormData();
+    form.append("token", token);
+    signingIn = fetch("/api/session", { method: "POST", body: form })
+      .then((response) => response.ok, () => false)
+      .finally(() => { signingIn = null; });
+  }
+  return signingIn;
 }
 
 const percent = (p) => `${(100 * p).toFixed(p > 0.995 || p < 0.005 ? 1 : 0)} %`;
@@ -40,6 +66,7 @@ async function loadStatus() {
   $("#status").textContent = `${status.characters} character(s) · models ${status.models.split(":")[0]} · v${status.version}`
     + (status.read_only ? " · read-only store" : "");
   $("#token-field").hidden = !status.writes_need_token;
+  $("#token").placeholder = status.reads_need_token ? "needed to use this server" : "needed to change the store";
 }
 
 async function loadGallery() {
@@ -206,7 +233,14 @@ async function refresh() {
 document.addEventListener("DOMContentLoaded", () => {
   const token = $("#token");
   token.value = sessionStorage.getItem("castkeep-token") || "";
-  token.addEventListener("change", () => sessionStorage.setItem("castkeep-token", token.value.trim()));
+  token.addEventListener("change", () => {
+    sessionStorage.setItem("castkeep-token", token.value.trim());
+    if (locked) {  // the page waited for the token: load everything now
+      locked = false;
+      say("");
+      refresh().then(() => loadRuns()).catch((error) => say(error.message, true));
+    }
+  });
   dropZone($("#probe-drop"), $("#probe-input"), (files) => judge(files[0]));
   dropZone($("#register-drop"), $("#register-input"), (files) => {
     $("#register-files").textContent = files.length ? Array.from(files, (f) => f.name).join(", ") : "";

@@ -200,6 +200,7 @@ def test_generate_watermarks_its_outputs_unless_told_not_to(invoke, tiny_256, ti
     sidecar = json.loads(output.with_suffix(".json").read_text())
     assert sidecar_errors(sidecar) == [] and sidecar["provenance"]["watermark"]["applied"] is True
     assert inspect_image(output)["watermark"]["status"] == "found"
+    assert inspect_image(tmp_path / "marked" / "contact_sheet.png")["watermark"]["status"] == "found"
 
     plain = _generate_256(invoke, tiny_256, tiny_models, store_dir, tmp_path / "plain", "--no-watermark")
     assert plain.returncode == 0, plain.stderr
@@ -209,6 +210,7 @@ def test_generate_watermarks_its_outputs_unless_told_not_to(invoke, tiny_256, ti
     assert json.loads(output.with_suffix(".json").read_text())["provenance"]["watermark"] is None
     reading = inspect_image(output)["watermark"]
     assert reading["status"] == "not found" and reading["bit_errors"] > 6
+    assert inspect_image(tmp_path / "plain" / "contact_sheet.png")["watermark"]["status"] == "not found"
 
 
 @pytest.mark.generation

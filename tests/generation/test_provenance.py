@@ -106,6 +106,34 @@ def test_invisible_watermark_itself_reads_castkeeps_payload(marked):
 
 
 @pytest.mark.slow
+def test_marking_all_blocks_at_once_is_invisible_watermarks_own_block_loop(faces_dir):
+    """watermark.py marks every 4x4 block in one array operation; the package's `encode_frame` loops over
+    them in Python. Same marks: a pixel differs by one level at most (float rounding), on very few pixels."""
+    import cv2
+    import pywt
+
+    from castkeep.generation.provenance import watermark
+
+    def package_loop(image: Image.Image) -> np.ndarray:
+        embedder = watermark._embedder_class()(watermark._payload_bits(), wmLen=watermark.PAYLOAD_BITS,
+                                               scales=[0, watermark.SCALE, 0])
+        bgr = watermark._bgr_float(image)
+        rows, cols = bgr.shape[0] // 4 * 4, bgr.shape[1] // 4 * 4
+        yuv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV)
+        low, details = pywt.dwt2(yuv[:rows, :cols, 1], "haar")
+        embedder.encode_frame(low, watermark.SCALE)
+        yuv[:rows, :cols, 1] = pywt.idwt2((low, details), "haar")
+        return np.clip(np.rint(cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR)[:, :, ::-1]), 0, 255).astype(np.uint8)
+
+    noise = np.random.default_rng(3).integers(0, 256, (262, 330, 3), dtype=np.uint8)  # sides not multiples of 8
+    images = [Image.open(path).convert("RGB") for path in generated_images(faces_dir, 3)] + [Image.fromarray(noise)]
+    for image in images:
+        ours = np.asarray(watermark.embed_watermark(image), dtype=np.int16)
+        theirs = package_loop(image).astype(np.int16)
+        assert np.abs(ours - theirs).max() <= 1 and np.count_nonzero(ours != theirs) < 1e-4 * ours.size
+        assert watermark.read_watermark(Image.fromarray(ours.astype(np.uint8))).bit_errors == 0
+
+
 def test_unmarked_photos_carry_no_watermark(faces_dir):
     """No false positive: real generated images and photos, as they are and after JPEG, read far from the payload."""
     others = [faces_dir / name for name in (
@@ -223,7 +251,7 @@ def test_storyboard_takes_are_marked_and_kept_copies_keep_the_marks(faces_dir, c
     image = Image.open(generated_images(faces_dir, 1)[0]).convert("RGB")
     take = Take(attempt=0, seed=7, image=image, score={"probability": 0.8}, value=1.4, passed=True)
     settings = {"sampler": "DDIM"}
-    models = {**SIDECAR["models"], "base_model_kind": "sd15"}
+    models = {**SIDECAR["models"], "base_model_kind": "sd15", "faceid_lora": None}
 
     default = write_take(tmp_path / "default", shot, shot.config(), take, identities, settings, models)
     assert inspect_image(tmp_path / "default" / default.file)["watermark"]["status"] == "found"

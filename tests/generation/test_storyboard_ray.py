@@ -187,3 +187,39 @@ def test_bench_series_splits_each_shots_time(tmp_path, one_thread_run):
     assert text.returncode == 0 and "castkeep overhead per image" in text.stdout and "of a 1 s GPU image" in text.stdout
     missing = invoke_cli("bench", "series", str(tmp_path), "--out", str(tmp_path))
     assert missing.returncode == 16 and "no summary.json" in missing.stderr
+
+
+def test_ray_workers_mark_their_takes_into_the_same_files(tmp_path, plan_file, tiny_models, cast_store,
+                                                          no_ray_left_behind):
+    """At 256x256 (large enough to carry the watermark) each Ray worker marks its own takes: every file
+    carries the mark and has the pixels and provenance of a one-thread in-process run's."""
+    import torch
+    from test_storyboard_writer import PLAN_256, run_256
+    from tiny_pipelines import build_tiny_pipeline
+
+    from castkeep.generation.provenance.inspection import inspect_image
+
+    pipe = build_tiny_pipeline()
+    pipe.unet.register_to_config(sample_size=128)
+    tiny_256 = tmp_path / "tiny-sd15-256"
+    pipe.save_pretrained(tiny_256, safe_serialization=True)
+    plan = tmp_path / "marked.toml"
+    plan.write_text(PLAN_256, encoding="utf-8")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = run_256(plan, tmp_path / "in-process", tiny_256, tiny_models, cast_store)
+    finally:
+        torch.set_num_threads(threads)
+    assert reference.returncode == 0, reference.stderr
+    result = run_256(plan, tmp_path / "ray", tiny_256, tiny_models, cast_store, "--ray", "auto", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray").glob("*/**/*.png"))
+    assert names == sorted(p.relative_to(tmp_path / "in-process") for p in (tmp_path / "in-process").glob("*/**/*.png"))
+    assert len(names) == 7
+    for name in names:
+        marked, expected = tmp_path / "ray" / name, tmp_path / "in-process" / name
+        assert inspect_image(marked)["watermark"]["status"] == "found", name
+        assert np.array_equal(pixels(marked), pixels(expected)), name
+        provenance = json.loads(marked.with_suffix(".json").read_text())["provenance"]
+        assert provenance == json.loads(expected.with_suffix(".json").read_text())["provenance"]

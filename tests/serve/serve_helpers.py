@@ -46,7 +46,8 @@ class LiveServer:
 
 
 def start_server(store: Path, log: Path, *extra: str, timeout: float = 90.0) -> LiveServer:
-    """`castkeep serve` in a subprocess on a free local port; returns once /api/status answers."""
+    """`castkeep serve` in a subprocess on a free local port; returns once /api/status answers (or refuses for
+    want of the token, with --token-reads)."""
     import httpx
 
     port = free_port()
@@ -59,7 +60,7 @@ def start_server(store: Path, log: Path, *extra: str, timeout: float = 90.0) -> 
         if process.poll() is not None:
             raise RuntimeError(f"castkeep serve exited with {process.returncode}: {log.read_text()[-2000:]}")
         try:
-            if httpx.get(f"{url}/api/status", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/api/status", timeout=2).status_code in (200, 401):  # 401: reads need the token
                 return LiveServer(url, store, process)
         except httpx.HTTPError:
             time.sleep(0.3)

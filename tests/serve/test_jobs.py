@@ -152,3 +152,21 @@ def test_weights_outside_the_models_folder_and_writes_without_the_token_are_refu
     assert jobs_client.post("/api/jobs/nothing/cancel").status_code == 401
     unknown = jobs_client.post("/api/jobs/generate", json={**body, "character": "Nobody"}, headers=AUTH)
     assert unknown.status_code == 404
+
+
+def test_a_generate_job_takes_the_cli_s_per_run_knobs_and_refuses_bad_ones_before_queueing(jobs_client):
+    body = {"character": PEOPLE[0], "prompt": "a portrait", "seed": 5, "steps": 2, "width": 64, "height": 64,
+            "guidance": 3.0, "id_scale": 0.5, "lora_scale": 0.6, "scheduler": "euler", "scorer": "dlib", **WEIGHTS}
+    answer = jobs_client.post("/api/jobs/generate", json=body, headers=AUTH)
+    assert answer.status_code == 202, answer.text
+    job = wait(jobs_client, answer.json()["id"], lambda job: job["state"] in ("done", "failed", "cancelled"))
+    assert job["state"] == "done", job
+    settings = jobs_client.get(job["results"]["summary"]).json()["settings"]
+    assert {k: settings[k] for k in ("guidance", "id_scale", "lora_scale", "scheduler", "scorer")} == {
+        "guidance": 3.0, "id_scale": 0.5, "lora_scale": 0.6, "scheduler": "euler", "scorer": "dlib"}
+    queued = len(jobs_client.get("/api/jobs").json())
+    for bad in ({"scheduler": "nope"}, {"lora_scale": 3}, {"aspect": "banana"}, {"scorer": "eyeball"}):
+        refused = jobs_client.post("/api/jobs/generate", json={**body, **bad}, headers=AUTH)
+        assert refused.status_code in (400, 422), (bad, refused.text)
+        assert "detail" in refused.json() or "error" in refused.json(), refused.text
+    assert len(jobs_client.get("/api/jobs").json()) == queued  # nothing queued for them

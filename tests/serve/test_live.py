@@ -86,3 +86,48 @@ def test_the_page_identifies_an_uploaded_photo(live_server, tmp_path):
         shutil.copy(ARTIFACTS / "page.png", tmp_path / "page.png")
     finally:
         browser.quit()
+
+
+def test_the_page_asks_once_for_the_token_of_a_server_whose_reads_need_it(tmp_path):
+    """--token-reads in a real browser: the page loads, shows nothing but the token field; the token typed once
+    signs it in (a session cookie), and the gallery, the reference crops (images: no header), identify and the
+    Runs view then work."""
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+    from serve_helpers import photo_files, start_server, stop_server
+
+    token = "studio-lan-token"
+    server = start_server(tmp_path / "store", tmp_path / "server.log", "--token", token, "--token-reads", "--workers", "1")
+    browser = None
+    try:
+        registered = httpx.post(f"{server.url}/api/characters", data={"name": "Mara"}, files=photo_files(MARA[:3]),
+                                headers={"Authorization": f"Bearer {token}"}, timeout=120)
+        assert registered.status_code == 201, registered.text
+        browser = _browser()
+        browser.get(f"{server.url}/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: "needs its token" in b.find_element(By.ID, "message").text)
+        assert browser.find_element(By.ID, "token").is_displayed()
+        assert browser.find_elements(By.CSS_SELECTOR, "#gallery li") == []
+        field = browser.find_element(By.ID, "token")
+        field.send_keys(token, Keys.TAB)  # typed once: the change signs in and loads the page
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#gallery li")) == 1)
+        wait.until(lambda b: b.find_element(By.ID, "runs-empty").is_displayed())
+        browser.find_elements(By.CSS_SELECTOR, "#gallery li")[0].click()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#references img")) == 3)
+        wait.until(lambda b: all(b.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
+                                 for img in b.find_elements(By.CSS_SELECTOR, "#gallery img, #references img")))
+        browser.find_element(By.ID, "probe-input").send_keys(str(MARA[4]))
+        wait.until(lambda b: b.find_element(By.ID, "result").get_attribute("data-best"))
+        assert browser.find_element(By.ID, "result").get_attribute("data-best") == "Mara"
+        # The only console errors are the reads refused before the token was typed.
+        errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert all("401" in message for message in errors), errors
+        cookies = {c["name"]: c for c in browser.execute_cdp_cmd("Network.getAllCookies", {})["cookies"]}  # path /api/
+        assert cookies["castkeep_session"]["httpOnly"] and cookies["castkeep_session"]["value"] != token
+    finally:
+        if browser is not None:
+            browser.quit()
+        stop_server(server)
