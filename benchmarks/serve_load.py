@@ -3,7 +3,9 @@ with the answers checked against the CLI's and the CLI's own cold start timed in
 
 1. The CLI answers each probe image cold (`castkeep identify IMAGE --json`, then `score IMAGE -c TOP`, each a
    new process): the reference answers, and the cold-start time a server saves.
-2. A server is started on a free local port (or `url` is used), warmed with one request per image.
+2. A server is started on a free local port (or `url` is used), warmed with one request per image. With a
+   `token`, every request carries it as `Authorization: Bearer TOKEN` (a server started with --token-reads needs it
+   for every /api request); a server that refuses the requests for want of it stops the bench before any load.
 3. For identify, then score: `clients` threads, each with its own HTTP connection, send `requests` requests
    each, cycling over the images; every answer is compared with the CLI's (same characters in the same order,
    same cosine to 1e-6; the JSON is the same object). Latency p50/p90/p99, throughput, errors, mismatches.
@@ -82,6 +84,30 @@ def cli_answers(images: list[Path], store: Path, env: dict[str, str]) -> list[Ex
     return expected
 
 
+def _auth(token: str | None) -> dict[str, str]:
+    """The headers of every request: the bearer token, when there is one."""
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
+def _refused(url: str, token: str | None) -> BenchmarkInputError:
+    if token is None:
+        return BenchmarkInputError(f"the server at {url} needs its token for every request (it runs with --token-reads): "
+                                   "pass --token TOKEN or set CASTKEEP_TOKEN")
+    return BenchmarkInputError(f"the server at {url} refused the token (401): pass the token it was started with")
+
+
+def check_access(url: str, token: str | None) -> None:
+    """Stop before the load when the server refuses reads (a --token-reads server, no or a wrong token): every
+    request would be a 401, and the figures would measure refusals."""
+    httpx = _httpx()
+    try:
+        answer = httpx.get(f"{url}/api/status", headers=_auth(token), timeout=30)
+    except httpx.HTTPError as exc:
+        raise BenchmarkInputError(f"no castkeep serve answers at {url}: {exc}") from None
+    if answer.status_code == 401:
+        raise _refused(url, token)
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -89,14 +115,18 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_server(store: Path, workers: int, env: dict[str, str], log: Path, timeout: float = 180) -> Iterator[str]:
-    """`castkeep serve` on a free local port for the length of the block; yields its URL."""
+def running_server(store: Path, workers: int, env: dict[str, str], log: Path, timeout: float = 180,
+                   token: str | None = None) -> Iterator[str]:
+    """`castkeep serve` on a free local port for the length of the block (with `token` as its token, when given);
+    yields its URL."""
     httpx = _httpx()
     port = _free_port()
     log.parent.mkdir(parents=True, exist_ok=True)
     # Its own runs folder (it runs no job): a server already serving this store holds the store's runs folder.
     # No rate limit, whatever the environment says: the benchmark measures how fast the server answers.
     runs = tempfile.TemporaryDirectory(prefix="castkeep-bench-runs-")
+    if token is not None:  # the server's token is the one the requests carry (CASTKEEP_TOKEN_READS may be set)
+        env = {**env, "CASTKEEP_TOKEN": token}
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "castkeep", "serve", "--store", str(store), "--port", str(port),
                                     "--workers", str(workers), "--runs", runs.name, "--rate-limit", "0"],
@@ -108,8 +138,11 @@ def running_server(store: Path, workers: int, env: dict[str, str], log: Path, ti
             if process.poll() is not None:
                 raise BenchmarkInputError(f"castkeep serve exited ({process.returncode}); see its log", path=log)
             try:
-                if httpx.get(f"{url}/api/status", timeout=2).status_code == 200:
+                status = httpx.get(f"{url}/api/status", headers=_auth(token), timeout=2).status_code
+                if status == 200:
                     break
+                if status == 401:
+                    raise _refused(url, token)
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
@@ -145,13 +178,14 @@ def _request(client: Any, url: str, kind: str, expected: Expected) -> Any:
     return client.post(f"{url}/api/{kind}", files=files, data=data)
 
 
-def load(url: str, kind: str, expected: list[Expected], clients: int, requests: int) -> dict[str, Any]:
+def load(url: str, kind: str, expected: list[Expected], clients: int, requests: int,
+         token: str | None = None) -> dict[str, Any]:
     """`clients` threads x `requests` requests of `kind`, each thread with its own connection."""
     httpx = _httpx()
 
     def client_run(index: int) -> list[tuple[float, bool, bool]]:
         outcomes = []
-        with httpx.Client(timeout=300) as client:
+        with httpx.Client(timeout=300, headers=_auth(token)) as client:
             for i in range(requests):
                 probe = expected[(index + i) % len(expected)]
                 start = time.perf_counter()
@@ -187,7 +221,7 @@ def _png_header(width: int, height: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
 
 
-def hostile(url: str, good: Expected) -> dict[str, Any]:
+def hostile(url: str, good: Expected, token: str | None = None) -> dict[str, Any]:
     """Bad uploads: each must be a 4xx JSON error; a good request must be answered after them."""
     httpx = _httpx()
     photo = good.image.read_bytes()
@@ -195,7 +229,7 @@ def hostile(url: str, good: Expected) -> dict[str, Any]:
              "100000 x 100000 PNG header": ("bomb.png", _png_header(100_000, 100_000)),
              "a path in the file name": ("../../x.jpg", photo)}
     rows = []
-    with httpx.Client(timeout=120) as client:
+    with httpx.Client(timeout=120, headers=_auth(token)) as client:
         for label, (name, content) in cases.items():
             answer = client.post(f"{url}/api/identify", files={"image": (name, content, "image/jpeg")})
             try:
@@ -211,12 +245,15 @@ def hostile(url: str, good: Expected) -> dict[str, Any]:
 
 def bench_serve(images_dir: str | os.PathLike, store: str | os.PathLike, *, url: str | None = None, clients: int = 8,
                 requests: int = 10, limit: int = 4, workers: int = 2, models: str | None = None,
-                out_dir: str | os.PathLike = "bench-results", name: str = "serve") -> dict[str, Any]:
-    """The whole bench (module docstring); writes `<out_dir>/<name>.json` and returns the result."""
+                out_dir: str | os.PathLike = "bench-results", name: str = "serve", token: str | None = None) -> dict[str, Any]:
+    """The whole bench (module docstring); writes `<out_dir>/<name>.json` and returns the result. `token`: the
+    server's bearer token, sent with every request (needed by a server started with --token-reads)."""
     store = Path(store)
     if not (store / "castkeep.sqlite3").is_file():
         raise BenchmarkInputError("no character store here (register characters first)", path=store)
     images = collect_images(images_dir, limit)
+    if url is not None:  # before the cold CLI runs: a server that refuses every request is known in one request
+        check_access(url.rstrip("/"), token)
     env = dict(os.environ)
     if models is not None:
         env["CASTKEEP_MODELS"] = str(models)
@@ -228,23 +265,23 @@ def bench_serve(images_dir: str | os.PathLike, store: str | os.PathLike, *, url:
         if url is not None:
             yield url.rstrip("/")
         else:
-            with running_server(store, workers, env, Path(out_dir) / f"{name}-server.log") as started:
+            with running_server(store, workers, env, Path(out_dir) / f"{name}-server.log", token=token) as started:
                 yield started
 
     with server() as address:
         httpx = _httpx()
-        with httpx.Client(timeout=300) as warm:
+        with httpx.Client(timeout=300, headers=_auth(token)) as warm:
             single = []
             for probe in expected:  # warm-up, and one request alone: latency without queueing
                 start = time.perf_counter()
                 _request(warm, address, "identify", probe)
                 single.append(time.perf_counter() - start)
-        phases = {kind: load(address, kind, expected, clients, requests) for kind in ("identify", "score")}
-        checks = hostile(address, expected[0])
+        phases = {kind: load(address, kind, expected, clients, requests, token) for kind in ("identify", "score")}
+        checks = hostile(address, expected[0], token)
     cold_median = float(np.median(cold))
     p50 = phases["identify"]["latency_ms"]["p50"] / 1000
     result = {"bench": "serve", "images_dir": str(images_dir), "images": [str(p) for p in images], "store": str(store),
-              "url": url, "workers": None if url is not None else workers, "clients": clients, "requests_per_client": requests,
+              "url": url, "token": token is not None, "workers": None if url is not None else workers, "clients": clients, "requests_per_client": requests,
               "cli_cold_identify_s": {"median": round(cold_median, 3), "min": round(min(cold), 3),
                                       "runs": [round(c, 3) for c in cold]},
               "single_identify_ms": round(float(np.median(single[1:] or single)) * 1000, 1),

@@ -233,6 +233,8 @@ def series(run_dir: Path, gpu_image_s: float, name: str | None, out_dir: Path, a
 @click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), envvar="CASTKEEP_STORE",
               show_envvar=True, help="The store the server serves (the CLI's reference answers read it too).")
 @click.option("--url", default=None, help="A running `castkeep serve` on that store (default: start one on a free local port).")
+@click.option("--token", default=None, envvar="CASTKEEP_TOKEN", show_envvar=True,
+              help="The server's bearer token, sent with every request (a server started with --token-reads needs it).")
 @click.option("--clients", type=click.IntRange(1, 256), default=8, show_default=True, help="Concurrent clients.")
 @click.option("--requests", type=click.IntRange(1, 10000), default=10, show_default=True,
               help="Requests per client, for identify and again for score.")
@@ -244,8 +246,8 @@ def series(run_dir: Path, gpu_image_s: float, name: str | None, out_dir: Path, a
 @click.option("--models", "models", metavar="PACK", default=None, envvar="CASTKEEP_MODELS", show_envvar=True,
               help="Model pack of the store.")
 @json_option
-def serve_load(images_dir: Path, store_path: Path, url: str | None, clients: int, requests: int, limit: int, workers: int,
-               name: str, out_dir: Path, models: str | None, as_json: bool) -> None:
+def serve_load(images_dir: Path, store_path: Path, url: str | None, token: str | None, clients: int, requests: int,
+               limit: int, workers: int, name: str, out_dir: Path, models: str | None, as_json: bool) -> None:
     """Load test of `castkeep serve`: CLIENTS concurrent clients x REQUESTS identify and score requests each; p50/p99
     latency, throughput, errors, answers checked against the CLI's, bad uploads, and the identify p50 against a
     cold `castkeep identify` measured in the same run."""
@@ -254,5 +256,5 @@ def serve_load(images_dir: Path, store_path: Path, url: str | None, clients: int
 
     check_result_name(name)
     result = bench_serve(images_dir, store_path, url=url, clients=clients, requests=requests, limit=limit, workers=workers,
-                         models=models, out_dir=out_dir, name=name)
+                         models=models, out_dir=out_dir, name=name, token=token)
     _print(result, as_json, summary_text)

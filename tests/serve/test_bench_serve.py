@@ -1,4 +1,5 @@
-"""`castkeep bench serve` against a running server: latency figures, no errors, the CLI's answers, bad uploads."""
+"""`castkeep bench serve` against a running server: latency figures, no errors, the CLI's answers, bad uploads; and
+against a server started with --token-reads, whose every request needs the token."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from serve_helpers import MARA, THEO
+from serve_helpers import MARA, THEO, photo_files, start_server, stop_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
@@ -28,3 +29,39 @@ def test_bench_serve_against_a_running_server(live_server, invoke, tmp_path):
     assert data["hostile"]["all_refused"] and data["hostile"]["serving_after"]
     assert [c["status"] for c in data["hostile"]["cases"]] == [400, 415, 413, 400]
     assert (tmp_path / "out" / "serve.json").is_file()
+
+
+def test_bench_serve_sends_the_token_a_token_reads_server_needs(invoke, tmp_path):
+    import httpx
+
+    token = "bench secret"
+    server = start_server(tmp_path / "store", tmp_path / "server.log", "--token", token, "--token-reads")
+    try:
+        for name, photos in (("Mara", MARA[:2]), ("Theo", THEO[:2])):
+            answer = httpx.post(f"{server.url}/api/characters", data={"name": name}, files=photo_files(photos),
+                                headers={"Authorization": f"Bearer {token}"}, timeout=120)
+            assert answer.status_code == 201, answer.text
+        probes = tmp_path / "probes"
+        probes.mkdir()
+        shutil.copy(MARA[5], probes / MARA[5].name)
+        args = ("bench", "serve", "--images", str(probes), "--store", str(server.store), "--url", server.url,
+                "--clients", "2", "--requests", "2", "--limit", "1", "--out", str(tmp_path / "out"), "--json")
+        # Without the token (or with a wrong one): one line saying what to do, before any load; not a crash (70).
+        for extra, says in (((), "pass --token TOKEN or set CASTKEEP_TOKEN"), (("--token", "guess"), "refused the token")):
+            refused = invoke(*args, *extra, env={"CASTKEEP_TOKEN": None})
+            assert refused.returncode == 16, (refused.returncode, refused.stderr)
+            assert says in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert not (tmp_path / "out" / "serve.json").exists()
+        # The token from castkeep serve's own variable: every request carries it, none is refused.
+        result = invoke(*args, env={"CASTKEEP_TOKEN": token})
+        assert result.returncode == 0, result.stderr
+        data = json.loads(result.stdout)
+        assert data["token"] is True and token not in result.stdout
+        for kind in ("identify", "score"):
+            phase = data["phases"][kind]
+            assert phase["requests"] == 4 and phase["errors"] == 0 and phase["mismatches"] == 0
+        # The bad uploads are refused for what they are (not 401s for want of the token), and the server still serves.
+        assert [c["status"] for c in data["hostile"]["cases"]] == [400, 415, 413, 400]
+        assert data["hostile"]["serving_after"]
+    finally:
+        stop_server(server)
