@@ -281,7 +281,8 @@ def bench_serve(images_dir: str | os.PathLike, store: str | os.PathLike, *, url:
     cold_median = float(np.median(cold))
     p50 = phases["identify"]["latency_ms"]["p50"] / 1000
     result = {"bench": "serve", "images_dir": str(images_dir), "images": [str(p) for p in images], "store": str(store),
-              "url": url, "token": token is not None, "workers": None if url is not None else workers, "clients": clients, "requests_per_client": requests,
+              "url": url, "token": token is not None,  # whether the requests carried one; never the token
+              "workers": None if url is not None else workers, "clients": clients, "requests_per_client": requests,
               "cli_cold_identify_s": {"median": round(cold_median, 3), "min": round(min(cold), 3),
                                       "runs": [round(c, 3) for c in cold]},
               "single_identify_ms": round(float(np.median(single[1:] or single)) * 1000, 1),
