@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,20 @@ from .plan import Plan
 SUMMARY_SCHEMA_ID = "castkeep.storyboard.summary/1"
 THUMBNAIL = 256
 COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
+
+
+def _adapter_inputs(run_dir: Path, take: Any) -> dict[str, Any] | None:
+    """What the adapter was given for the kept take, per character (`{NAME: {variant, identity tokens, CLIP crops'
+    hashes, s_scale, ...}}`): its sidecar's `models.adapter_inputs`, the record written with the image (the ledger
+    holds the sidecar's hash, not its content). None before the shot has a take, or for a sidecar without one."""
+    if take is None:
+        return None
+    try:
+        sidecar = json.loads((run_dir / take.sidecar).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    inputs = (sidecar.get("models") or {}).get("adapter_inputs") if isinstance(sidecar, dict) else None
+    return inputs if isinstance(inputs, dict) else None
 
 
 def _shot_entry(ledger: Ledger, shot: Any) -> dict[str, Any]:
@@ -42,6 +57,7 @@ def _shot_entry(ledger: Ledger, shot: Any) -> dict[str, Any]:
         "characters": list(shot.characters), "seed": shot.seed, "state": state,
         "target_met": None if row is None else row.target_met, "rounds": 1 if row is None else row.rounds,
         "attempts": len(attempts), "kept": kept, "score": score, "flags": flags,
+        "adapter_inputs": _adapter_inputs(ledger.run_dir, best),
         "takes": [a.file for a in attempts.values()],
         "timing": {"pipeline_s": round(sum(a.pipeline_s for a in attempts.values()), 3),
                    "scoring_s": round(sum(a.scoring_s for a in attempts.values()), 3),

@@ -1,8 +1,9 @@
 """FaceID Plus v2 and Portrait adapters in `castkeep storyboard` and the edit commands (issue 9 follow-up): the
 UNet's projection gets the CLIP features of the character's STORED face crops (Plus, encoded once per storyboard
 and reused across shots, s_scale per shot), or one token group per reference vector (Portrait, not the mean
-vector); a shot of several characters is refused before any weights load; fix-face conditions the repaint the
-same way and its sidecar (valid against the edit schema) records the adapter inputs. Tiny random pipelines,
+vector); summary.json repeats each shot's kept take's adapter inputs; a shot of several characters is refused
+before any weights load; fix-face conditions the repaint the same way (Plus v2 and Portrait) and its sidecar
+(valid against the edit schema) records the adapter inputs. Tiny random pipelines,
 adapters and CLIP encoder on disk; a real store registered through the CLI from real photos; real diffusers
 layers observed with forward hooks (test_faceid_plus.py's fixtures and Recorder)."""
 
@@ -56,7 +57,8 @@ s_scale = 0.5
 def test_storyboard_plus_v2_conditions_every_shot_on_the_stored_crops_encoded_once(
         invoke, tiny_models, plus_models, cli_store, tmp_path, monkeypatch):
     """Kills: the guard hook stopping a Plus storyboard; CLIP features not of the stored crops; the shot's
-    s_scale not reaching the projection; the crops encoded again for every shot; no adapter_inputs in takes."""
+    s_scale not reaching the projection; the crops encoded again for every shot; no adapter_inputs in takes, or
+    summary.json's shot entries without their kept take's adapter_inputs (or another shot's)."""
     import torch
     from diffusers.models.embeddings import IPAdapterFaceIDPlusImageProjection
     from transformers import CLIPVisionModelWithProjection
@@ -88,6 +90,13 @@ def test_storyboard_plus_v2_conditions_every_shot_on_the_stored_crops_encoded_on
                 inputs["s_scale"]) == ("faceid-plusv2", 5, 5, True, s_scale)
         assert take["settings"]["s_scale"] == s_scale
         assert take["models"]["image_encoder"] == str(plus_models["encoder"])
+    # summary.json: each shot carries its kept take's record (the shots differ by s_scale, so no other shot's).
+    summary = json.loads((out / "summary.json").read_text())
+    assert [shot["id"] for shot in summary["shots"]] == ["a", "b"]
+    for shot, take in zip(summary["shots"], (first, second), strict=True):
+        assert shot["kept"] and shot["adapter_inputs"] == take["models"]["adapter_inputs"]
+    assert summary["shots"][1]["adapter_inputs"][PERSON]["s_scale"] == 0.5
+    assert len(summary["shots"][0]["adapter_inputs"][PERSON]["clip_crops_sha256"]) == 5
 
 
 @pytest.mark.slow
@@ -191,6 +200,40 @@ def test_fix_face_with_plus_v2_repaints_with_the_stored_crops_features(invoke, t
     assert sidecar["settings"]["s_scale"] == 0.6
     damaged = {**sidecar, "models": {**sidecar["models"], "adapter_inputs": [{**inputs, "variant": "faceid-max"}]}}
     assert edit_sidecar_errors(damaged)
+
+
+@pytest.mark.slow
+def test_fix_face_with_portrait_gets_one_token_group_per_reference(invoke, tiny_models, plus_models, cli_store,
+                                                                   faces_dir, tmp_path, monkeypatch):
+    """Kills: an edit with a Portrait adapter conditioned on the character's single mean vector, or on vectors
+    of another space; no Portrait record in the edit sidecar."""
+    import torch
+    from diffusers.models.embeddings import MultiIPAdapterImageProjection
+
+    seen = Recorder(monkeypatch, MultiIPAdapterImageProjection,
+                    lambda m, args, out: (args[0][0].clone(), tuple(out[0].shape)))
+    photo = tmp_path / "in" / "gul.jpg"
+    photo.parent.mkdir()
+    shutil.copy(sorted((faces_dir / "lfw_gallery" / PERSON).glob("*.jpg"))[-1], photo)
+    out = tmp_path / "fixed.png"
+    result = invoke("fix-face", str(photo), "--character", PERSON, "--store", str(cli_store), "--out", str(out),
+                    "--base-model", str(tiny_models["pipeline"]), "--ip-adapter", str(plus_models["portrait"]),
+                    "--steps", "3", "--strength", "0.7", "--seed", "1", "--device", "cpu", "--no-watermark", "--json")
+    assert result.returncode == 0, result.stderr
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert edit_sidecar_errors(sidecar) == []
+    fingerprint = sidecar["models"]["conditioning"][0]["fingerprint"]  # one per --character
+    assert fingerprint.startswith("buffalo_l:")  # the adapter's space, not the store's buffalo_s_lite
+    references, _ = _stored_references(cli_store, fingerprint)
+    expected = np.stack([r.embeddings[fingerprint] / np.linalg.norm(r.embeddings[fingerprint]) for r in references])
+    assert seen.calls  # int(3 x 0.7) = 2 denoising steps
+    for embeds, projected in seen.calls:
+        assert embeds.shape == (2, 5, 512) and projected == (2, 5, 16, 32)  # 5 references x 16 tokens
+        assert torch.count_nonzero(embeds[0]) == 0
+        assert np.allclose(embeds[1].numpy(), expected, atol=1e-6)
+    (inputs,) = sidecar["models"]["adapter_inputs"]
+    assert (inputs["variant"], inputs["identity_tokens"], inputs["identity_vectors"], inputs["references"]) == (
+        "faceid-portrait", 80, 5, 5)
 
 
 @pytest.mark.slow
