@@ -117,15 +117,14 @@ def _text(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _config(prompt: str | None, negative_prompt: str, seed: int | None, steps: int, guidance: float,
-            id_scale: float, lora_scale: float, s_scale: float,
-             scheduler: str, scorer: str,
-            vae_tiling: bool | None) -> dict[str, Any]:
-    """The GenerationConfig fields every edit command takes."""
-    return {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
-            "guidance": guidance, "id_scale": id_scale, "lora_scale": lora_scale, "s_scale": s_scale,
-            "scheduler": scheduler,
-            "scorer": scorer, "vae_tiling": vae_tiling}
+def _edit_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The options every edit command shares (weights, loading, scoring, diffusion knobs, provenance) as the
+    keywords of castkeep.generation.edits' functions: --store becomes `store`, and --no-watermark/--c2pa-*
+    one `provenance`."""
+    shared = dict(options)
+    shared["store"] = shared.pop("store_path")
+    shared["provenance"] = make_provenance(shared.pop("no_watermark"), shared.pop("c2pa_cert"), shared.pop("c2pa_key"))
+    return shared
 
 
 @click.command("fix-face")
@@ -147,14 +146,7 @@ def _config(prompt: str | None, negative_prompt: str, seed: int | None, steps: i
 @provenance_options
 @json_option
 def fix_face(image: Path, characters: tuple[str, ...], faces: tuple[int, ...], prompt: str | None, strength: float,
-             margin: float, keep: str, out: Path | None, store_path: Path | None, models: str | None, scorer: str,
-             base_model: str | None, ip_adapter: str | None, conditioning_models: str | None, negative_prompt: str,
-             seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, s_scale: float,
-             scheduler: str,
-             device: str, dtype: str, base_config: str | None, vae: str | None, offload: str,
-             image_encoder: str | None, plus_version: str,
-             vae_tiling: bool | None, no_watermark: bool, c2pa_cert: Path | None,
-             c2pa_key: Path | None, as_json: bool) -> None:
+             margin: float, keep: str, out: Path | None, as_json: bool, **options: Any) -> None:
     """Restore the faces of IMAGE as stored characters, ADetailer-style.
 
     Each face is cropped with a margin, repainted at the model's resolution with its character's identity
@@ -165,14 +157,8 @@ def fix_face(image: Path, characters: tuple[str, ...], faces: tuple[int, ...], p
     output (OUT.mask.png)."""
     from ..generation.edits import fix_face as run
 
-    settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, lora_scale, s_scale, scheduler,
-                       scorer, vae_tiling)
-    provenance = make_provenance(no_watermark, c2pa_cert, c2pa_key)
     _run(as_json, lambda: run(image, list(characters), faces=list(faces) or None, strength=strength, margin=margin,
-                              keep=keep, out=out, base_model=base_model, ip_adapter=ip_adapter, device=device,
-                              dtype=dtype, store=store_path, models=models, conditioning_models=conditioning_models,
-                              offload=offload, base_config=base_config, vae=vae, image_encoder=image_encoder,
-                              plus_version=plus_version, provenance=provenance, **settings))
+                              keep=keep, out=out, prompt=prompt, **_edit_options(options)))
 
 
 @click.command("edit")
@@ -193,29 +179,15 @@ def fix_face(image: Path, characters: tuple[str, ...], faces: tuple[int, ...], p
 @provenance_options
 @json_option
 def edit(image: Path, prompt: str, character: str, mask: str, face: int | None, strength: float, margin: float,
-         out: Path | None, store_path: Path | None, models: str | None, scorer: str, base_model: str | None,
-         ip_adapter: str | None, conditioning_models: str | None, negative_prompt: str,
-         seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, s_scale: float,
-             scheduler: str,
-         device: str, dtype: str, base_config: str | None, vae: str | None, offload: str,
-             image_encoder: str | None, plus_version: str,
-         vae_tiling: bool | None, no_watermark: bool, c2pa_cert: Path | None,
-         c2pa_key: Path | None, as_json: bool) -> None:
+         out: Path | None, as_json: bool, **options: Any) -> None:
     """Repaint the --mask region of IMAGE from PROMPT, conditioned on --character's identity (inpainting).
 
     Only pixels where the feathered mask is above 0 change (with --no-watermark); the character's face is
     scored before and after."""
     from ..generation.edits import edit_image
 
-    settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, lora_scale, s_scale, scheduler,
-                       scorer, vae_tiling)
-    provenance = make_provenance(no_watermark, c2pa_cert, c2pa_key)
     _run(as_json, lambda: edit_image(image, character, mask=mask, face=face, strength=strength, margin=margin,
-                                     out=out, base_model=base_model, ip_adapter=ip_adapter, device=device,
-                                     dtype=dtype, store=store_path, models=models,
-                                     conditioning_models=conditioning_models, offload=offload,
-                                     base_config=base_config, vae=vae, image_encoder=image_encoder,
-                              plus_version=plus_version, provenance=provenance, **settings))
+                                     out=out, prompt=prompt, **_edit_options(options)))
 
 
 @click.command("outpaint")
@@ -235,27 +207,13 @@ def edit(image: Path, prompt: str, character: str, mask: str, face: int | None, 
 @provenance_options
 @json_option
 def outpaint(image: Path, character: str, aspect: str | None, left: int, right: int, top: int, bottom: int,
-             prompt: str | None, strength: float, out: Path | None, store_path: Path | None, models: str | None,
-             scorer: str, base_model: str | None, ip_adapter: str | None, conditioning_models: str | None,
-             negative_prompt: str,
-             seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, s_scale: float,
-             scheduler: str,
-             device: str, dtype: str, base_config: str | None, vae: str | None, offload: str,
-             image_encoder: str | None, plus_version: str,
-             vae_tiling: bool | None, no_watermark: bool, c2pa_cert: Path | None,
-             c2pa_key: Path | None, as_json: bool) -> None:
+             prompt: str | None, strength: float, out: Path | None, as_json: bool, **options: Any) -> None:
     """Extend IMAGE's canvas and fill the new area; the original pixels are kept exactly (with
     --no-watermark) and the character's face is re-scored on the new canvas."""
     from ..generation.edits import outpaint as run
 
-    settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, lora_scale, s_scale, scheduler,
-                       scorer, vae_tiling)
-    provenance = make_provenance(no_watermark, c2pa_cert, c2pa_key)
     _run(as_json, lambda: run(image, character, aspect=aspect, left=left, right=right, top=top, bottom=bottom,
-                              strength=strength, out=out, base_model=base_model, ip_adapter=ip_adapter, device=device,
-                              dtype=dtype, store=store_path, models=models, conditioning_models=conditioning_models,
-                              offload=offload, base_config=base_config, vae=vae, image_encoder=image_encoder,
-                              plus_version=plus_version, provenance=provenance, **settings))
+                              strength=strength, out=out, prompt=prompt, **_edit_options(options)))
 
 
 @click.command("upscale")
@@ -278,23 +236,10 @@ def outpaint(image: Path, character: str, aspect: str | None, left: int, right: 
 @provenance_options
 @json_option
 def upscale(image: Path, to: str, mode: str, character: str | None, prompt: str | None, strength: float,
-            tile: int | None, out: Path | None, store_path: Path | None, models: str | None, scorer: str,
-            base_model: str | None, ip_adapter: str | None, conditioning_models: str | None, negative_prompt: str,
-            seed: int | None, steps: int, guidance: float, id_scale: float, lora_scale: float, s_scale: float,
-             scheduler: str,
-            device: str, dtype: str, base_config: str | None, vae: str | None, offload: str,
-             image_encoder: str | None, plus_version: str,
-            vae_tiling: bool | None, no_watermark: bool, c2pa_cert: Path | None,
-            c2pa_key: Path | None, as_json: bool) -> None:
+            tile: int | None, out: Path | None, as_json: bool, **options: Any) -> None:
     """Upscale IMAGE to 2K/4K (the long side) or --to PIXELS, with the face re-scored after."""
     from ..generation.edits import upscale as run
 
-    settings = _config(prompt, negative_prompt, seed, steps, guidance, id_scale, lora_scale, s_scale, scheduler,
-                       scorer, vae_tiling)
-    provenance = make_provenance(no_watermark, c2pa_cert, c2pa_key)
     _run(as_json, lambda: run(image, character, to=to, mode=mode, strength=strength, tile=tile, out=out,
-                              base_model=base_model, ip_adapter=ip_adapter, device=device, dtype=dtype,
-                              store=store_path, models=models, conditioning_models=conditioning_models,
-                              offload=offload, base_config=base_config, vae=vae, image_encoder=image_encoder,
-                              plus_version=plus_version, provenance=provenance, **settings),
+                              prompt=prompt, **_edit_options(options)),
          diffusion=mode == "diffusion")

@@ -241,23 +241,10 @@ def save_tiny_faceid(path: str | Path, pipeline_folder: str | Path, *, seed: int
                      lora: bool = True) -> Path:
     """Write a FaceID checkpoint matching the UNet in `pipeline_folder`: safetensors (flat keys), or for a
     `.bin` name the nested `{"image_proj": ..., "ip_adapter": ...}` torch file h94 publishes."""
-    import torch
     from diffusers import UNet2DConditionModel
-    from safetensors.torch import save_file
 
     unet = UNet2DConditionModel.from_pretrained(Path(pipeline_folder) / "unet")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = faceid_state_dict(unet, seed=seed, lora=lora)
-    if path.suffix == ".bin":
-        nested: dict[str, dict] = {"image_proj": {}, "ip_adapter": {}}
-        for key, value in state.items():
-            group, _, rest = key.partition(".")
-            nested[group][rest] = value
-        torch.save(nested, str(path))
-    else:
-        save_file(state, str(path))
-    return path
+    return _save_state(faceid_state_dict(unet, seed=seed, lora=lora), Path(path))
 
 
 # ---------------------------------------------------------------------------------- stand-ins
