@@ -87,10 +87,11 @@ def read_png_text(path: str | os.PathLike) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------- validation
-# JSON Schemas (draft 2020-12) of the files a run or an edit writes, shipped as package data; the summary's
+# JSON Schemas (draft 2020-12) of the files a run or an edit writes, shipped as package data; the summaries'
 # and the edit sidecar's schemas refer to the generation sidecar's parts by `$id`.
 SCHEMA_DIR = Path(__file__).with_name("schemas")
-SCHEMA_FILES = {"sidecar": "sidecar.schema.json", "summary": "summary.schema.json", "edit": "edit.schema.json"}
+SCHEMA_FILES = {"sidecar": "sidecar.schema.json", "summary": "summary.schema.json", "edit": "edit.schema.json",
+                "storyboard": "storyboard.schema.json"}
 
 
 @functools.cache
@@ -118,6 +119,12 @@ def sidecar_errors(data: Any) -> list[str]:
 def summary_errors(data: Any) -> list[str]:
     """Why `data` is not a valid run summary.json; empty when it is valid against schemas/summary.schema.json."""
     return _schema_errors("summary", data)
+
+
+def storyboard_summary_errors(data: Any) -> list[str]:
+    """Why `data` is not a valid storyboard run's summary.json (generation/storyboard/report.py); empty when it
+    is valid against schemas/storyboard.schema.json."""
+    return _schema_errors("storyboard", data)
 
 
 def edit_sidecar_errors(data: Any) -> list[str]:

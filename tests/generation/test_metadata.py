@@ -1,11 +1,13 @@
-"""The files a generation run writes, without generating: the shipped JSON Schemas of the sidecar and
-summary.json (and what they refuse), and the A1111 `parameters` text other tools read."""
+"""The files a generation run writes, without generating: the shipped JSON Schemas of the sidecar,
+summary.json and a storyboard's summary.json (and what they refuse), and the A1111 `parameters` text other
+tools read."""
 
 from __future__ import annotations
 
 import copy
 import json
 
+import numpy as np
 import pytest
 
 from castkeep.generation.metadata import (
@@ -15,9 +17,16 @@ from castkeep.generation.metadata import (
     a1111_parameters,
     parse_a1111_parameters,
     sidecar_errors,
+    storyboard_summary_errors,
     summary_errors,
 )
-from castkeep.generation.runner import SUMMARY_SCHEMA_ID
+from castkeep.generation.runner import SUMMARY_SCHEMA_ID, Identity
+from castkeep.generation.scoring import OutputScore
+from castkeep.generation.storyboard.ledger import AttemptRow, Ledger
+from castkeep.generation.storyboard.plan import parse_plan
+from castkeep.generation.storyboard.report import SUMMARY_SCHEMA_ID as STORYBOARD_SCHEMA_ID
+from castkeep.generation.storyboard.report import build_summary
+from castkeep.generation.storyboard.shot_run import ShotTiming
 
 ROOT = SCHEMA_DIR.parent.parent
 VERDICTS = {"arcface": {"scorer": "arcface", "domain": "generated", "score": 0.61, "metric": "cosine", "threshold": 0.1239,
@@ -81,6 +90,7 @@ def test_the_schemas_are_valid_draft_2020_12_and_name_the_ids_castkeep_writes():
         Draft202012Validator.check_schema(schema)
     assert schemas["sidecar"]["properties"]["schema"] == {"const": SIDECAR_SCHEMA_ID}
     assert schemas["summary"]["properties"]["schema"] == {"const": SUMMARY_SCHEMA_ID}
+    assert schemas["storyboard"]["properties"]["schema"] == {"const": STORYBOARD_SCHEMA_ID}
 
 
 def test_the_schemas_ship_as_package_data():
@@ -150,6 +160,91 @@ def test_sidecar_errors_name_the_damage(path, value, where):
 ])
 def test_summary_errors_name_the_damage(path, value, where):
     errors = summary_errors(damaged(SUMMARY, path, value))
+    assert errors and all(error.startswith(where) for error in errors), errors
+
+
+ADAPTER_INPUTS = {"variant": "faceid", "identity_tokens": 4, "identity_vectors": 1, "references": None,
+                  "reference_rule": None, "shortcut": None, "s_scale": None, "clip_references": None,
+                  "clip_crops_sha256": None, "image_encoder": None, "image_encoder_hash": None}
+
+
+@pytest.fixture(scope="module")
+def storyboard_summary(tmp_path_factory) -> dict:
+    """report.build_summary over a real ledger holding a shot in every state, without generating: s1 done (one
+    character, its take's sidecar giving the adapter inputs), s2 below target (a cast: Bo got no face of the two),
+    s3 an error, s4 running, s5 pending; one session finished, the second still open."""
+    run = tmp_path_factory.mktemp("storyboard")
+    plan = parse_plan({"title": "Tiny series", "seed": 5, "shots": [
+        {"id": "s1", "prompt": "Ada at a desk", "characters": ["Ada"], "caption": "Morning"},
+        {"id": "s2", "prompt": "both talking", "characters": ["Ada", "Bo"], "regions": {"Ada": "left", "Bo": "right"},
+         "min_score": 0.9},
+        {"id": "s3", "prompt": "Bo running", "characters": ["Bo"]},
+        {"id": "s4", "prompt": "Ada waving", "characters": ["Ada"]},
+        {"id": "s5", "prompt": "Bo asleep", "characters": ["Bo"]}]})
+    identities = {name: Identity(name, np.full(512, index + 1.0, dtype=np.float32), source="store")
+                  for index, name in enumerate(("Ada", "Bo"))}
+    found = {**SCORE, "faces": 2}
+    unassigned = OutputScore(face_found=False, faces=2).to_dict()  # a face in the image, none left for Bo
+    scores = {
+        "s1": {"characters": {"Ada": {**SCORE, "log_odds": 1.9, "region": None, "passed": True}}, "value": 1.9,
+               "probability": 0.87, "face_found": True, "passed": True, "flags": []},
+        "s2": {"characters": {"Ada": {**found, "log_odds": 1.9, "region": "left", "face": 0, "in_region": True,
+                                      "better_match": None, "passed": False},
+                              "Bo": {**unassigned, "log_odds": None, "region": "right", "face": None, "in_region": False,
+                                     "better_match": None, "passed": False}},
+               "value": None, "probability": None, "face_found": False, "passed": False,
+               "flags": ["below target: Ada", "no face: Bo"]}}
+    with Ledger.open(run) as ledger:
+        ledger.start_session()
+        ledger.set_meta(title=plan.title, plan=None, models=SIDECAR["models"], shots=[shot.id for shot in plan.shots])
+        for shot in plan.shots[:2]:
+            ledger.begin_shot(shot.id, shot.number, "key")
+            take = f"attempts/{shot.id}/{shot.id}_try00_s{shot.seed}.png"
+            (run / take).parent.mkdir(parents=True)
+            (run / take).with_suffix(".json").write_text(json.dumps({"models": {"adapter_inputs": {
+                name: ADAPTER_INPUTS for name in shot.characters}}}))
+            ledger.record_attempt(shot.id, "key", AttemptRow(
+                attempt=0, seed=shot.seed, file=take, sha256="a" * 64, sidecar=take[:-4] + ".json",
+                sidecar_sha256="b" * 64, passed=shot.id == "s1", value=1.9, score=scores[shot.id], pipeline_s=1.2,
+                scoring_s=0.3, write_s=0.1))
+            kept = {"file": f"shots/{shot.id}.png", "sha256": "c" * 64, "sidecar": f"shots/{shot.id}.json",
+                    "sidecar_sha256": "d" * 64, "attempt": 0, "rank": 1, "seed": shot.seed, "passed": shot.id == "s1"}
+            ledger.finish_shot(shot.id, target_met=shot.id == "s1", kept=[kept],
+                               timing=ShotTiming(images=1, pipeline_s=1.2, scoring_s=0.3, workers=["in-process"]
+                                                 ).to_dict(1.7))
+        ledger.begin_shot("s3", 3, "key")
+        ledger.fail_shot("s3", "CUDA out of memory")
+        ledger.finish_session("interrupted")
+        ledger.start_session()
+        ledger.begin_shot("s4", 4, "key")
+        return build_summary(plan, ledger, identities)
+
+
+def test_a_storyboard_summary_with_a_shot_in_every_state_is_valid(storyboard_summary):
+    assert [shot["state"] for shot in storyboard_summary["shots"]] == [
+        "done", "failed-target", "error", "running", "pending"]
+    assert storyboard_summary["shots"][0]["adapter_inputs"] == {"Ada": ADAPTER_INPUTS}
+    assert storyboard_summary["timing"]["overhead_share_of_pipeline"] is not None
+    assert storyboard_summary_errors(storyboard_summary) == []
+
+
+@pytest.mark.parametrize("path, value, where", [
+    ("schema", "castkeep.generation.summary/3", "$.schema"),  # a generate run's summary id
+    ("shots.2.state", ..., "$.shots[2]"),
+    ("shots.4.state", "queued", "$.shots[4].state"),
+    ("shots.0.target_met", False, "$.shots[0].target_met"),  # done, yet its target missed
+    ("shots.1.kept", [], "$.shots[1].kept"),  # finished without a kept image
+    ("shots.0.kept.0.sha256", "abc", "$.shots[0].kept[0].sha256"),
+    ("shots.0.score.characters.Ada.face_found", False, "$.shots[0].score.characters.Ada"),  # no face, yet a cosine
+    ("shots.1.score.characters.Bo.in_region", ..., "$.shots[1].score.characters.Bo"),  # a cast's placement
+    ("shots.0.adapter_inputs.Ada.variant", "faceid-xl", "$.shots[0].adapter_inputs.Ada.variant"),
+    ("shots.0.timing.split.workers", "in-process", "$.shots[0].timing.split.workers"),
+    ("table.probability.Ada.0", 1.5, "$.table.probability.Ada[0]"),
+    ("sessions.1.outcome", "crashed", "$.sessions[1].outcome"),
+    ("counts.unfinished", ..., "$.counts"),
+])
+def test_storyboard_summary_errors_name_the_damage(storyboard_summary, path, value, where):
+    errors = storyboard_summary_errors(damaged(storyboard_summary, path, value))
     assert errors and all(error.startswith(where) for error in errors), errors
 
 
