@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from test_faceid_plus import OTHER, PERSON, Recorder, _clip_hidden, _stored_references, cli_store, plus_models
 
-from castkeep.generation.metadata import edit_sidecar_errors
+from castkeep.generation.metadata import edit_sidecar_errors, storyboard_summary_errors
 
 pytestmark = pytest.mark.generation
 __all__ = ["cli_store", "plus_models"]  # fixtures, used by name
@@ -92,6 +92,7 @@ def test_storyboard_plus_v2_conditions_every_shot_on_the_stored_crops_encoded_on
         assert take["models"]["image_encoder"] == str(plus_models["encoder"])
     # summary.json: each shot carries its kept take's record (the shots differ by s_scale, so no other shot's).
     summary = json.loads((out / "summary.json").read_text())
+    assert storyboard_summary_errors(summary) == []
     assert [shot["id"] for shot in summary["shots"]] == ["a", "b"]
     for shot, take in zip(summary["shots"], (first, second), strict=True):
         assert shot["kept"] and shot["adapter_inputs"] == take["models"]["adapter_inputs"]

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from castkeep.generation.metadata import storyboard_summary_errors
 from castkeep.identity.store import Store
 
 pytestmark = [pytest.mark.generation, pytest.mark.slow]
@@ -144,6 +145,7 @@ def reference_run(tmp_path_factory, plan_file, tiny_models, cast_store) -> Path:
 
 def test_a_six_shot_two_character_plan_runs(reference_run):
     summary = json.loads((reference_run / "summary.json").read_text())
+    assert storyboard_summary_errors(summary) == []  # s4 below target, s3 a two-character cast
     assert [shot["id"] for shot in summary["shots"]] == ["s1", "s2", "s3", "s4", "s5", "s6"]
     assert summary["counts"]["unfinished"] == 0 and summary["counts"]["error"] == 0
     # Tiny-model noise has no face: every shot is flagged, s4 (min_score 0.9) missed its target in 3 takes.
@@ -207,6 +209,9 @@ def test_a_run_killed_with_sigkill_resumes_with_the_same_pixels(tmp_path, refere
     assert all(np.array_equal(got[name], expected[name]) for name in expected)
     summary = json.loads(resumed.stdout)
     assert summary["counts"]["unfinished"] == 0 and summary["images_generated"] == 12 - len(before)
+    # The killed session never ended: its outcome is null in summary.json.
+    written = json.loads((out / "summary.json").read_text())
+    assert written["sessions"][0]["outcome"] is None and storyboard_summary_errors(written) == []
 
     # Run again: nothing left to do, no pipeline call.
     again = invoke_cli(*arguments(plan_file, out, tiny_models, cast_store), "--json")
