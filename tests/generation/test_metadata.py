@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -185,7 +186,7 @@ def storyboard_summary(tmp_path_factory) -> dict:
                   for index, name in enumerate(("Ada", "Bo"))}
     found = {**SCORE, "faces": 2}
     unassigned = OutputScore(face_found=False, faces=2).to_dict()  # a face in the image, none left for Bo
-    scores = {
+    scores: dict[str, dict[str, Any]] = {
         "s1": {"characters": {"Ada": {**SCORE, "log_odds": 1.9, "region": None, "passed": True}}, "value": 1.9,
                "probability": 0.87, "face_found": True, "passed": True, "flags": []},
         "s2": {"characters": {"Ada": {**found, "log_odds": 1.9, "region": "left", "face": 0, "in_region": True,
