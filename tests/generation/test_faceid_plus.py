@@ -136,8 +136,9 @@ def test_variants_are_told_apart_from_keys_shapes_and_file_names(tiny_models, pl
 
 def test_the_stored_crop_is_insightfaces_norm_crop_at_224(faces_dir, fast_analyzer):
     """IP-Adapter's reference code gives CLIP `face_align.norm_crop(photo, landmark=kps, image_size=224)`: the
-    stored crop's aligned(224) is that crop (bit-identical on 12 LFW photos here; one grey level allowed for
-    another OpenCV build's rounding)."""
+    stored crop's aligned(224) is that crop (bit-identical on 12 LFW photos with the pinned OpenCV; with the floor
+    versions' OpenCV a few dozen pixels differ by 2-3 grey levels, mean 0.002-0.005: rounding, which the max
+    allows. Keypoints moved by half a pixel give max 43, mean 2.6)."""
     from insightface.utils import face_align
 
     from castkeep.identity.crops import FaceCrop
@@ -148,7 +149,7 @@ def test_the_stored_crop_is_insightfaces_norm_crop_at_224(faces_dir, fast_analyz
     reference = face_align.norm_crop(photo, landmark=np.asarray(kps), image_size=224).astype(np.int16)
     ours = FaceCrop.from_photo(photo, kps).aligned(224).astype(np.int16)
     assert ours.shape == reference.shape == (224, 224, 3)
-    assert np.abs(ours - reference).max() <= 1 and np.abs(ours - reference).mean() < 0.05
+    assert np.abs(ours - reference).max() <= 4 and np.abs(ours - reference).mean() < 0.05
 
 
 # ---------------------------------------------------------------------------------- Plus v2 end to end

@@ -101,7 +101,7 @@ def test_generate_edits_and_storyboard_share_one_definition_of_each_option():
             (param,) = [p for p in command.params if p.name == name]
             assert described(param) == expected, (command.name, name)
     # generate's help texts are the ones it had before the options moved to cli/common.py.
-    helps = {p.name: p.help for p in generate.params}
+    helps = {p.name: getattr(p, "help", None) for p in generate.params}  # click < 8.3 Arguments have no help
     assert helps["s_scale"] == ("FaceID Plus v2: weight of the face-crop (CLIP) tokens added to the identity tokens "
                                 "(shortcut).")
     assert helps["offload"].startswith("Small GPUs: keep weights in CPU RAM")
