@@ -49,11 +49,27 @@ def _tiny_tokenizer():
         return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
 
 
+def _sd15_pipeline(unet, vae, tokenizer):
+    """The tiny text encoder and DDIM scheduler around `unet` and `vae` (made after them: the same random
+    weights for a seed as when each builder made its own)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=CROSS_ATTENTION_DIM,
+        intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=32,
+        vocab_size=len(tokenizer), max_position_embeddings=77))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+
+
 def build_tiny_pipeline(seed: int = 0):
     """An SD1.5-shaped `StableDiffusionPipeline` with tiny random weights (64x64 images)."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     torch.manual_seed(seed)
     tokenizer = _tiny_tokenizer()
@@ -66,15 +82,7 @@ def build_tiny_pipeline(seed: int = 0):
         block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=8, sample_size=64)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=CROSS_ATTENTION_DIM,
-        intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=32,
-        vocab_size=len(tokenizer), max_position_embeddings=77))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+    return _sd15_pipeline(unet, vae, tokenizer)
 
 
 REGIONAL_SIZE = 128  # the regional pipeline's native size: a 64x64 latent, as SD1.5 has at 512 px
@@ -102,8 +110,7 @@ def build_tiny_regional_pipeline(seed: int = 0):
     downsampling of the mask (no antialiasing) rings one cell past its edge (weight -0.09).
     """
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     torch.manual_seed(seed)
     tokenizer = _tiny_tokenizer()
@@ -121,15 +128,7 @@ def build_tiny_regional_pipeline(seed: int = 0):
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=1, sample_size=REGIONAL_SIZE,
         mid_block_add_attention=False)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=CROSS_ATTENTION_DIM,
-        intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=32,
-        vocab_size=len(tokenizer), max_position_embeddings=77))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+    return _sd15_pipeline(unet, vae, tokenizer)
 
 
 def build_tiny_sdxl_pipeline(seed: int = 0):
