@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .common import FINITE_FLOAT, emit, json_option, model_options, scorer_option
+from .common import FACE_DEVICES, FINITE_FLOAT, emit, json_option, model_options, scorer_option
 
 out_option = click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
                           default=Path("bench-results"), show_default=True,
@@ -241,13 +241,17 @@ def series(run_dir: Path, gpu_image_s: float, name: str | None, out_dir: Path, a
 @click.option("--limit", type=click.IntRange(min=1), default=4, show_default=True,
               help="Probe images used (each costs two cold CLI runs for the reference answers).")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="The started server's --workers.")
+@click.option("--device", type=click.Choice(FACE_DEVICES), default="cpu", show_default=True,
+              help="Where the face models run, in the started server and the CLI's reference answers alike (see "
+                   "`castkeep identify --help`).")
 @click.option("--name", default="serve", show_default=True, help="Result file name.")
 @out_option
 @click.option("--models", "models", metavar="PACK", default=None, envvar="CASTKEEP_MODELS", show_envvar=True,
               help="Model pack of the store.")
 @json_option
 def serve_load(images_dir: Path, store_path: Path, url: str | None, token: str | None, clients: int, requests: int,
-               limit: int, workers: int, name: str, out_dir: Path, models: str | None, as_json: bool) -> None:
+               limit: int, workers: int, device: str, name: str, out_dir: Path, models: str | None,
+               as_json: bool) -> None:
     """Load test of `castkeep serve`: CLIENTS concurrent clients x REQUESTS identify and score requests each; p50/p99
     latency, throughput, errors, answers checked against the CLI's, bad uploads, and the identify p50 against a
     cold `castkeep identify` measured in the same run."""
@@ -256,5 +260,5 @@ def serve_load(images_dir: Path, store_path: Path, url: str | None, token: str |
 
     check_result_name(name)
     result = bench_serve(images_dir, store_path, url=url, clients=clients, requests=requests, limit=limit, workers=workers,
-                         models=models, out_dir=out_dir, name=name, token=token)
+                         models=models, out_dir=out_dir, name=name, token=token, device=device)
     _print(result, as_json, summary_text)

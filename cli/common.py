@@ -39,10 +39,13 @@ models_option = click.option(
     "--models", "models", metavar="PACK", default=None, envvar="CASTKEEP_MODELS", show_envvar=True,
     help="Model pack: an insightface pack name (e.g. buffalo_l, downloaded by insightface when "
          "missing) or a folder of .onnx files.")
-device_option = click.option(
-    "--device", type=click.Choice(["cpu", "cuda", "tensorrt", "auto"]), default="cpu", show_default=True,
-    help="onnxruntime device for the face models. `auto` uses CUDA when onnxruntime-gpu really has it; "
-         "`tensorrt` needs onnxruntime-gpu with TensorRT (its first run per image size builds an engine).")
+FACE_DEVICES = ("cpu", "cuda", "tensorrt", "auto", "openvino")
+FACE_DEVICE_HELP = ("Where the face models run: onnxruntime on the CPU, CUDA or TensorRT; `auto` uses CUDA when "
+                    "onnxruntime-gpu really has it; `tensorrt` needs onnxruntime-gpu with TensorRT (its first run per "
+                    "image size builds an engine); `openvino`: OpenVINO on the CPU, faster on Intel CPUs "
+                    "(castkeep[openvino]).")
+device_option = click.option("--device", type=click.Choice(FACE_DEVICES), default="cpu", show_default=True,
+                             help=FACE_DEVICE_HELP)
 face_option = click.option(
     "--face", "face_index", type=click.IntRange(min=0), default=None,
     help="Which face to use when an image holds several (0 = largest, as `analyze` lists them).")

@@ -11,7 +11,7 @@ import click
 
 from .common import device_option, emit, json_option, models_option
 
-PACKAGES = ["castkeep", "numpy", "onnxruntime", "onnxruntime-gpu", "insightface", "mediapipe",
+PACKAGES = ["castkeep", "numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "insightface", "mediapipe",
             "faiss-cpu", "opencv-python", "opencv-python-headless", "opencv-contrib-python",
             "torch", "diffusers", "transformers", "peft", "safetensors", "click"]
 LANDMARKER_LICENSE = "Apache-2.0 (MediaPipe Face Landmarker model card)"

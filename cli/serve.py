@@ -9,15 +9,14 @@ import click
 
 from ..errors import ConfigError, MissingDependencyError
 from ..generation.config import DEVICES, DTYPES
-from .common import models_option
+from .common import device_option, models_option
 from .store_commands import store_option
 
 
 @click.command()
 @store_option
 @models_option
-@click.option("--device", type=click.Choice(["cpu", "cuda", "tensorrt", "auto"]), default="cpu", show_default=True,
-              help="onnxruntime device for the face models.")
+@device_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Any other than this machine's (e.g. 0.0.0.0) needs --token.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)

@@ -111,13 +111,17 @@ class ImageResult:
 
 def _prefetched(sources: Iterable[ImageInput], ahead: int) -> Iterator[tuple[ImageInput, np.ndarray | CastkeepError]]:
     """(source, decoded BGR image or its ImageError) in order, decoding up to `ahead` images in a thread
-    (decoders release the GIL, so this overlaps the model runs)."""
+    (decoders release the GIL, so this overlaps the model runs). `ahead` 0 decodes in the caller's thread:
+    for one image (a server's request) a thread has nothing to overlap, and costs its start and join."""
     def load(source: ImageInput) -> np.ndarray | CastkeepError:
         try:
             return load_image(source)
         except CastkeepError as exc:
             return exc
 
+    if ahead <= 0:
+        yield from ((source, load(source)) for source in sources)
+        return
     queue: deque[tuple[ImageInput, Future[np.ndarray | CastkeepError]]] = deque()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="castkeep-decode") as pool:
         for source in sources:

@@ -186,7 +186,7 @@ def judge_many(store: Any, images: Iterable[Any], judge: Callable[..., Any], *, 
 
         references = ReferenceDescriptors(recogniser, store.analyzer.detector)  # once for the whole batch
     specs = [(image, *parse_image_spec(image)) for image in images]
-    analyzed = store.analyzer.analyze_many(path for _, path, _ in specs)
+    analyzed = store.analyzer.analyze_many((path for _, path, _ in specs), prefetch=min(4, len(specs) - 1))
     for (label, path, spec_face), result in progress(zip(specs, analyzed, strict=True), label="images",
                                                      total=len(specs)):
         try:

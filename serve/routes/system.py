@@ -27,6 +27,7 @@ def status(request: Request) -> dict[str, Any]:
         characters, read_only = len(store), store.read_only
     return {"version": __version__, "models": serve.pool.fingerprint, "store": serve.store_name,
             "characters": characters, "read_only": read_only, "workers": len(serve.pool.workers),
+            "runs_on": serve.pool.pack.active_providers(),  # per face model: onnxruntime's providers, or OpenVINO
             "writes_need_token": serve.config.token is not None, "reads_need_token": serve.config.token_reads,
             "rate_limit": {"per_second": serve.config.rate_limit, "burst": serve.config.rate_burst}
             if serve.config.rate_limit else None,

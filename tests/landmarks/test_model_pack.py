@@ -138,3 +138,17 @@ def test_a_pack_in_castkeep_models_finds_its_sibling_packs_and_never_downloads_i
         resolve_pack_dir("buffalo_l")
     assert str(home / ".insightface" / "models" / "buffalo_l") in str(info.value).split("put its .onnx files in ")[1]
     assert sorted(p.name for p in (packs / "buffalo_s_lite").iterdir()) == sorted(p.name for p in pack_dir.glob("*.onnx"))
+
+
+def test_threads_reach_the_onnxruntime_sessions(pack_dir, monkeypatch):
+    from castkeep.errors import ConfigError
+
+    monkeypatch.delenv("CASTKEEP_ORT_THREADS", raising=False)
+    pack = ModelPack.from_pretrained(pack_dir, threads=1)
+    assert pack.model("recognition").session.get_session_options().intra_op_num_threads == 1
+    monkeypatch.setenv("CASTKEEP_ORT_THREADS", "2")  # the variable, when no threads are given
+    assert ModelPack.from_pretrained(pack_dir).model("recognition").session.get_session_options().intra_op_num_threads == 2
+    for bad in ("0", "two"):
+        monkeypatch.setenv("CASTKEEP_ORT_THREADS", bad)
+        with pytest.raises(ConfigError, match="is not a number of threads"):
+            ModelPack.from_pretrained(pack_dir).model("recognition")

@@ -137,6 +137,7 @@ def test_no_face_names_the_clients_file(client, tmp_path):
 def test_status_page_and_docs(client):
     status = client.get("/api/status").json()
     assert status["characters"] == 2 and status["writes_need_token"] is False and status["models"].startswith("buffalo_s_lite")
+    assert status["runs_on"]["recognition"] == ["CPUExecutionProvider"]  # where the face models really run
     page = client.get("/")
     assert page.status_code == 200 and "<title>castkeep</title>" in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]

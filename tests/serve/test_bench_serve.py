@@ -65,3 +65,25 @@ def test_bench_serve_sends_the_token_a_token_reads_server_needs(invoke, tmp_path
         assert data["hostile"]["serving_after"]
     finally:
         stop_server(server)
+
+
+def test_bench_serve_on_openvino_starts_its_server_and_times_the_default_cli_too(live_server, invoke, tmp_path):
+    """--device openvino: the server it starts and the CLI's reference answers both run OpenVINO (the answers agree);
+    the headline is against the faster cold command, the default device's included."""
+    pytest.importorskip("openvino")
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    shutil.copy(THEO[5], probes / THEO[5].name)
+    result = invoke("bench", "serve", "--images", str(probes), "--store", str(live_server.store), "--device", "openvino",
+                    "--workers", "2", "--clients", "2", "--requests", "2", "--limit", "1", "--out", str(tmp_path / "out"),
+                    "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["device"] == "openvino" and data["url"] is None
+    assert data["server_runs_on"]["recognition"] == data["server_runs_on"]["detection"] == ["OpenVINO:CPU"]
+    for kind in ("identify", "score"):
+        phase = data["phases"][kind]
+        assert phase["requests"] == 4 and phase["errors"] == 0 and phase["mismatches"] == 0
+    cold, default = data["cli_cold_identify_s"]["median"], data["cli_cold_identify_default_device_s"]["median"]
+    assert data["cold_baseline_s"] == round(min(cold, default), 3) > 0
+    assert "Uvicorn running" in (tmp_path / "out" / "serve-server.log").read_text()
