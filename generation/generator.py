@@ -273,6 +273,14 @@ class Generator:
             return runner.run(config, identity, target, keep_rejected=keep_rejected)
 
 
+def adapter_variant(weights: Path, plus_version: str, generator: Generator | None = None) -> str:
+    """The FaceID variant (loading.FACEID_VARIANTS) a run conditions: the loaded `generator`'s, else the one
+    the checkpoint's key shapes tell (nothing is loaded), so the characters are read with what it takes."""
+    if generator is not None:
+        return generator.loaded.checkpoint.variant
+    return inspect_faceid(weights, plus_version).variant
+
+
 def generate(character: CharacterOrIdentity, prompt: str | None = None, *, base_model: PathSpec | None = None,
              ip_adapter: PathSpec | None = None, device: str = "auto", dtype: str = "auto", offload: str = "none",
              base_config: PathSpec | None = None, vae: PathSpec | None = None,
@@ -298,7 +306,7 @@ def generate(character: CharacterOrIdentity, prompt: str | None = None, *, base_
         logger.info("loading %s + %s ...", base, adapter)
         weights = resolve_weights(base, adapter, _spec(base_config))  # finds the files; loads nothing
         space = conditioning_space(weights, pack_option(conditioning_models))
-        variant = inspect_faceid(weights, plus_version).variant  # reads the checkpoint's key shapes only
+        variant = adapter_variant(weights, plus_version)
         identity, opened = resolve_identity(stack, character, store, space, weights.name, variant)
         analyzer = load_scoring_analyzer(models, scoring_device(device))
         check_scoring_model(identity, analyzer, opened)

@@ -37,6 +37,7 @@ _ENCODER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 # What castkeep conditions: plain FaceID (one ArcFace vector), Plus (+ CLIP of the face crop, shortcut off), Plus v2
 # (shortcut on), Portrait (one token group per reference vector, no LoRA).
 FACEID_VARIANTS = ("faceid", "faceid-plus", "faceid-plusv2", "faceid-portrait")
+PLUS_VARIANTS = ("faceid-plus", "faceid-plusv2")  # those that also take CLIP features of the face crops
 PORTRAIT_TOKENS = 16  # ip-adapter-faceid-portrait*: 16 tokens per reference vector (4 for the others)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -190,7 +191,7 @@ class FaceIDCheckpoint:
 
     @property
     def needs_image_encoder(self) -> bool:
-        return self.variant in ("faceid-plus", "faceid-plusv2")
+        return self.variant in PLUS_VARIANTS
 
     @property
     def shortcut(self) -> bool:

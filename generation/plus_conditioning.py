@@ -22,6 +22,8 @@ array, straight to the CLIP image processor, which takes it for RGB; castkeep fe
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,10 +81,20 @@ def encode_face_crops(loaded: Any, images: list[np.ndarray]) -> ClipFaceEmbeds:
                           crops_sha256=digests)
 
 
-def set_clip_embeds(loaded: Any, clip: ClipFaceEmbeds, *, images: int, guidance: bool, s_scale: float) -> Any:
-    """Hand the CLIP features to diffusers' FaceID Plus projection for one pipeline call of `images` images:
-    (batch, 1, seq, hidden) in the order diffusers lays out `ip_adapter_image_embeds` (negatives first), so
-    batch row i's ID vector meets row i's CLIP features. Returns the projection layer."""
+@contextmanager
+def clip_embeds_for_call(loaded: Any, clip: ClipFaceEmbeds | None, *, images: int, guidance: bool,
+                         s_scale: float) -> Iterator[None]:
+    """For one pipeline call of `images` images: a FaceID Plus adapter's CLIP features handed to diffusers'
+    projection, (batch, 1, seq, hidden) in the order diffusers lays out `ip_adapter_image_embeds` (negatives
+    first), so batch row i's ID vector meets row i's CLIP features; forgotten when the call ends, so a later
+    call that sets none fails loudly (guard below) instead of conditioning on another character's face.
+    Nothing for the other adapters; a Plus adapter without `clip` is one GenerationError."""
+    if not loaded.checkpoint.needs_image_encoder:
+        yield
+        return
+    if clip is None:
+        raise GenerationError(f"{loaded.checkpoint.path.name} (FaceID Plus) needs CLIP features of the character's "
+                              "stored face crops, and none were given")
     import torch
 
     layer = loaded.pipe.unet.encoder_hid_proj.image_projection_layers[0]
@@ -91,13 +103,10 @@ def set_clip_embeds(loaded: Any, clip: ClipFaceEmbeds, *, images: int, guidance:
     layer.clip_embeds = batch.unsqueeze(1).to(device=loaded.device, dtype=loaded.pipe.unet.dtype)
     layer.shortcut = loaded.checkpoint.shortcut
     layer.shortcut_scale = s_scale
-    return layer
-
-
-def clear_clip_embeds(loaded: Any) -> None:
-    """Forget a run's CLIP features, so a later call that does not set its own fails loudly (guard below)
-    instead of conditioning on another character's face."""
-    loaded.pipe.unet.encoder_hid_proj.image_projection_layers[0].clip_embeds = None
+    try:
+        yield
+    finally:
+        layer.clip_embeds = None
 
 
 def guard_plus_projection(pipe: Any) -> None:

@@ -22,17 +22,16 @@ from .config import GenerationConfig
 from .contact_sheet import contact_sheet
 from .faceid_lora import apply_faceid_lora_scale, effective_lora_scale
 from .identity_embeds import identity_embeds, normalised_identity, uses_guidance
-from .loading import LoadedPipeline
+from .loading import PLUS_VARIANTS, LoadedPipeline
 from .memory import apply_vae_memory, tiling_wanted
 from .metadata import SIDECAR_SCHEMA_ID, a1111_parameters
 from .plus_conditioning import (
     ClipFaceEmbeds,
     adapter_inputs,
     chosen_references,
-    clear_clip_embeds,
+    clip_embeds_for_call,
     clip_face_image,
     encode_face_crops,
-    set_clip_embeds,
 )
 from .provenance.output import Provenance
 from .schedulers import apply_scheduler
@@ -149,12 +148,6 @@ def generate_images(loaded: LoadedPipeline, config: GenerationConfig, vector: np
     if masks is not None and checkpoint.variant != "faceid":
         raise GenerationError(f"several characters in one image (regions) need a plain FaceID checkpoint; "
                               f"{checkpoint.path.name} is {checkpoint.variant}")
-    if checkpoint.needs_image_encoder:
-        if clip is None:
-            raise GenerationError(f"{checkpoint.path.name} (FaceID Plus) needs CLIP features of the character's "
-                                  "stored face crops, and none were given")
-        set_clip_embeds(loaded, clip, images=len(seeds), guidance=uses_guidance(pipe, config.guidance),
-                        s_scale=config.s_scale)
     pipe.set_ip_adapter_scale(config.id_scale)  # per call: one loaded pipeline serves many configs
     apply_faceid_lora_scale(pipe, config.id_scale, config.lora_scale)
     apply_vae_memory(pipe, tiling=tiling_wanted(config.vae_tiling, width, height, loaded.native_size, loaded.offload),
@@ -170,17 +163,15 @@ def generate_images(loaded: LoadedPipeline, config: GenerationConfig, vector: np
         processed = IPAdapterMaskProcessor().preprocess(masks, height=height, width=width)
         extra["cross_attention_kwargs"] = {"ip_adapter_masks": [processed.reshape(1, len(masks), *processed.shape[2:])]}
     try:
-        output = pipe(prompt=config.prompt, negative_prompt=config.negative_prompt or None,
-                      num_inference_steps=config.steps, guidance_scale=config.guidance, width=width,
-                      height=height, num_images_per_prompt=len(seeds),
-                      generator=generators if len(generators) > 1 else generators[0],
-                      ip_adapter_image_embeds=embeds, output_type="pil", **extra)
+        with clip_embeds_for_call(loaded, clip, images=len(seeds), guidance=guidance, s_scale=config.s_scale):
+            output = pipe(prompt=config.prompt, negative_prompt=config.negative_prompt or None,
+                          num_inference_steps=config.steps, guidance_scale=config.guidance, width=width,
+                          height=height, num_images_per_prompt=len(seeds),
+                          generator=generators if len(generators) > 1 else generators[0],
+                          ip_adapter_image_embeds=embeds, output_type="pil", **extra)
     except torch.OutOfMemoryError:
         raise GenerationError(f"out of memory on {loaded.device} at {width}x{height} x{len(seeds)}: lower "
                               "--batch-size, the size, or use --dtype float16") from None
-    finally:
-        if checkpoint.needs_image_encoder:
-            clear_clip_embeds(loaded)
     nsfw = getattr(output, "nsfw_content_detected", None) or [None] * len(seeds)
     return list(output.images), list(nsfw)
 
@@ -394,7 +385,7 @@ def identity_from_store(store: Any, name: str, space: ConditioningSpace | None =
     UnknownCharacterError (from the store) when missing, UnknownSpaceError when not in that space.
     `variant` (FACEID_VARIANTS) adds what FaceID Plus and Portrait adapters take: the chosen references'
     face crops, or their vectors in the adapter's space (generation/plus_conditioning.py)."""
-    plus = variant in ("faceid-plus", "faceid-plusv2")
+    plus = variant in PLUS_VARIANTS
     character = store.get(name, crops=plus)
     if space is None:
         vector, fingerprint, conditioning = character.vector, character.fingerprint, None

@@ -24,7 +24,7 @@ from ..faceid_lora import apply_faceid_lora_scale
 from ..identity_embeds import identity_embeds, uses_guidance
 from ..loading import INPAINT_KINDS, LoadedPipeline
 from ..memory import apply_vae_memory, tiling_wanted
-from ..plus_conditioning import clear_clip_embeds, set_clip_embeds
+from ..plus_conditioning import clip_embeds_for_call
 from ..runner import AdapterConditioning
 from ..schedulers import apply_scheduler
 from .masks import compose, mask_box
@@ -75,12 +75,6 @@ def run_pipe(loaded: LoadedPipeline, pipe: Any, config: GenerationConfig, inputs
         raise GenerationError(f"--steps {config.steps} x --strength {strength} leaves no denoising step: raise "
                               "either")
     guidance = uses_guidance(pipe, config.guidance)
-    plus = loaded.checkpoint.needs_image_encoder
-    if plus:
-        if inputs.clip is None:
-            raise GenerationError(f"{loaded.checkpoint.path.name} (FaceID Plus) needs CLIP features of the "
-                                  "character's stored face crops, and none were given")
-        set_clip_embeds(loaded, inputs.clip, images=1, guidance=guidance, s_scale=config.s_scale)
     pipe.set_ip_adapter_scale(config.id_scale)
     apply_faceid_lora_scale(pipe, config.id_scale, config.lora_scale)
     # One image per call: slicing only when asked; tiling as `generate` decides it (--vae-tiling, else auto).
@@ -91,16 +85,14 @@ def run_pipe(loaded: LoadedPipeline, pipe: Any, config: GenerationConfig, inputs
     extra: dict[str, Any] = {} if mask is None else {"mask_image": mask, "width": image.width,
                                                      "height": image.height}
     try:
-        output = pipe(prompt=config.prompt, negative_prompt=config.negative_prompt or None, image=image,
-                      strength=strength, num_inference_steps=config.steps, guidance_scale=config.guidance,
-                      generator=torch.Generator(device="cpu").manual_seed(seed), ip_adapter_image_embeds=embeds,
-                      output_type="pil", **extra)
+        with clip_embeds_for_call(loaded, inputs.clip, images=1, guidance=guidance, s_scale=config.s_scale):
+            output = pipe(prompt=config.prompt, negative_prompt=config.negative_prompt or None, image=image,
+                          strength=strength, num_inference_steps=config.steps, guidance_scale=config.guidance,
+                          generator=torch.Generator(device="cpu").manual_seed(seed), ip_adapter_image_embeds=embeds,
+                          output_type="pil", **extra)
     except torch.OutOfMemoryError:
         raise GenerationError(f"out of memory on {loaded.device} at {image.width}x{image.height}: use "
                               "--dtype float16 or a smaller --tile") from None
-    finally:
-        if plus:  # no later call may condition on this character's crops by accident
-            clear_clip_embeds(loaded)
     result: Image.Image = output.images[0]
     return result
 

@@ -21,6 +21,7 @@ from ..generator import (
     ModelsSpec,
     PathSpec,
     StoreSpec,
+    adapter_variant,
     check_scoring_model,
     choose_judge,
     load_recogniser,
@@ -31,7 +32,7 @@ from ..generator import (
     scoring_device,
     weights_specs,
 )
-from ..loading import build_pipeline, check_load_options, inspect_faceid, resolve_weights
+from ..loading import build_pipeline, check_load_options, resolve_weights
 from ..memory import check_offload
 from ..runner import AdapterConditioning, Identity, adapter_conditioning, identity_from_store
 from ..scoring import IdentityScorer
@@ -141,8 +142,7 @@ def edit_session(characters: Sequence[CharacterOrIdentity], config: GenerationCo
                        else resolve_weights(base, adapter, config_folder))
             space = (generator.conditioning_space(conditioning_models) if generator is not None else
                      _space(weights, conditioning_models))
-            variant = (generator.loaded.checkpoint.variant if generator is not None
-                       else inspect_faceid(weights, plus_version).variant)  # the checkpoint's key shapes only
+            variant = adapter_variant(weights, plus_version, generator)
             identities = [resolve_identity(stack, c, opened, space, weights.name, variant) for c in characters]
         else:
             identities = [(c, opened if opened is not None and c.name in opened else None) if isinstance(c, Identity)

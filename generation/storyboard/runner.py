@@ -33,6 +33,7 @@ from ..generator import (
     ModelsSpec,
     PathSpec,
     StoreSpec,
+    adapter_variant,
     check_scoring_model,
     choose_judge,
     load_scoring_analyzer,
@@ -41,7 +42,7 @@ from ..generator import (
     scoring_device,
     weights_specs,
 )
-from ..loading import inspect_faceid, resolve_weights
+from ..loading import resolve_weights
 from ..memory import check_offload
 from ..provenance.output import Provenance
 from ..runner import Identity, identity_from_store
@@ -204,8 +205,7 @@ def run_storyboard(plan: Plan | str | os.PathLike[str], *, out_dir: PathSpec, st
         opened = open_store(stack, store)
         check_cast(plan, opened)  # an unknown name fails before any weights are looked for
         weights = resolve_weights(base, adapter, load["base_config"])
-        variant = (generator.loaded.checkpoint.variant if generator is not None
-                   else inspect_faceid(weights, plus_version).variant)  # the checkpoint's key shapes only
+        variant = adapter_variant(weights, plus_version, generator)
         check_variant_shots(plan, variant, weights)
         identities = resolve_cast(plan, opened, weights, conditioning_models, variant)
         analyzer = (generator.scoring_analyzer(models) if generator is not None
